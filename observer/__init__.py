@@ -1,0 +1,7 @@
+"""pool-observer: see SQLAlchemy connection pools and ORM sessions in production."""
+
+from __future__ import annotations
+
+__all__ = ["__version__"]
+
+__version__ = "0.1.0.dev0"

@@ -1,0 +1,56 @@
+"""The ``observer`` command line: one subcommand per module, loaded only when it is run."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from collections.abc import Sequence
+
+# Each module exposes ``add_arguments(parser)`` and ``run(args) -> int`` (the exit code).
+# Modules are imported lazily so that ``observer --help`` needs no optional dependency.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("observer.demo", "run an instrumented app under load, with leaks to find"),
+    "doctor": ("observer.doctor", "check pool settings against the PostgreSQL server"),
+    "sidecar": ("observer.sidecar", "serve /metrics for a multi-worker app, plus the server view"),
+    "render": ("observer.monitoring.render", "render alert rules and dashboards"),
+}
+
+
+def _available() -> dict[str, tuple[str, str]]:
+    found = {}
+    for name, (module, help_text) in COMMANDS.items():
+        if importlib.util.find_spec(module.rsplit(".", 1)[0]) is None:
+            continue
+        try:
+            if importlib.util.find_spec(module) is None:
+                continue
+        except ModuleNotFoundError:
+            continue
+        found[name] = (module, help_text)
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="observer", description="pool-observer: see your SQLAlchemy pools and sessions."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in _available().items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        module = importlib.import_module(module_name)
+        module.add_arguments(command)
+        command.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    code: int = args._module.run(args)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
