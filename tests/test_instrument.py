@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from collections.abc import AsyncIterator
 from typing import Any
@@ -112,8 +113,12 @@ async def test_metrics_output_passes_promtool_check_metrics(
     try:
         await get(app, "/items/1")
         body = (await get(app, "/metrics")).content
-        result = subprocess.run(
-            [promtool, "check", "metrics"], input=body, capture_output=True, timeout=30
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [promtool, "check", "metrics"],
+            input=body,
+            capture_output=True,
+            timeout=30,
         )
         assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
     finally:
