@@ -48,8 +48,10 @@ def write_report(
     p()
     p(f"Served {load.requests} requests in {load.seconds:.1f} s on {database}: {outcome}")
     if failed:
-        p(f"  {failed} requests got no response: " + ", ".join(
-            f"{what} x{n}" for what, n in load.failures.most_common()))
+        p(
+            f"  {failed} requests got no response: "
+            + ", ".join(f"{what} x{n}" for what, n in load.failures.most_common())
+        )
     p()
     p("Routes: who holds the pool (culprits) and who waits for it (victims)")
     hold = _by(registry, "sqlalchemy_route_connection_hold_seconds_total", "route")
