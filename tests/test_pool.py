@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine, event, exc, text
 from sqlalchemy.pool import NullPool, StaticPool
+from structlog.testing import capture_logs
 
 from observer import Observer
 from tests.conftest import sample
@@ -339,11 +340,16 @@ async def test_a_raising_hook_is_counted_and_the_app_goes_on(
         raise RuntimeError("observer bug")
 
     tracker._m.hold.observe = broken  # type: ignore[method-assign]
-    for _ in range(3):  # a checkin listener that raised would leak the one slot
-        async with engine.connect() as conn:
-            assert (await conn.execute(text("SELECT 1"))).scalar() == 1
-    assert sample(registry, "observer_hook_errors_total", hook="checkin") == 3.0
+    with capture_logs() as logs:
+        for _ in range(3):  # a checkin listener that raised would leak the one slot
+            async with engine.connect() as conn:
+                assert (await conn.execute(text("SELECT 1"))).scalar() == 1
+        assert sample(registry, "observer_hook_errors_total", hook="checkin") == 3.0
     assert gauges(registry)["out"] == 0.0
+    errors = [e for e in logs if e["event"] == "observer.hook_error"]
+    assert len(errors) == 1  # logged once, counted every time
+    assert errors[0]["hook"] == "checkin"
+    assert errors[0]["error"] == "RuntimeError"
 
 
 async def test_close_removes_every_listener_and_wrapper(
@@ -385,3 +391,44 @@ async def test_application_name_is_set_unless_the_app_sets_its_own(
         assert (await conn.execute(text("SHOW application_name"))).scalar() == "pool-observer"
     async with own.connect() as conn:
         assert (await conn.execute(text("SHOW application_name"))).scalar() == "billing"
+
+
+async def test_database_down_gives_the_app_its_own_error_and_exact_gauges(
+    make_observer: Any, registry: CollectorRegistry
+) -> None:
+    """With nothing listening on the port, the app gets the driver's connection error
+    unchanged; no waiter is left behind and no hook error is counted."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine("postgresql+asyncpg://postgres@127.0.0.1:9/none", pool_timeout=1)
+    make_observer().watch(engine, name=POOL)
+    try:
+        for _ in range(2):
+            with pytest.raises(OSError):
+                async with engine.connect():
+                    pass  # pragma: no cover
+        assert gauges(registry)["waiting"] == 0.0
+        assert gauges(registry)["out"] == 0.0
+        assert sample(registry, "sqlalchemy_pool_connections_opened_total", pool=POOL) == 0.0
+        assert sample(registry, "sqlalchemy_pool_checkouts_total", pool=POOL) == 0.0
+        assert hook_errors(registry) == 0.0
+    finally:
+        await engine.dispose()
+
+
+async def test_unwatch_stops_counting_and_removes_the_pool_series(
+    make_engine: Any, make_observer: Any, registry: CollectorRegistry
+) -> None:
+    """After unwatch() the engine's checkouts are no longer counted and its series are gone."""
+    engine = make_engine()
+    obs = make_observer()
+    obs.watch(engine, name=POOL)
+    async with engine.connect():
+        pass
+    assert sample(registry, "sqlalchemy_pool_checkouts_total", pool=POOL) == 1.0
+    obs.unwatch(engine)
+    async with engine.connect():
+        pass
+    assert sample(registry, "sqlalchemy_pool_checkouts_total", pool=POOL) is None
+    assert sample(registry, "sqlalchemy_pool_size", pool=POOL) is None
+    assert "connect" not in engine.sync_engine.pool.__dict__
