@@ -404,7 +404,7 @@ async def test_database_down_gives_the_app_its_own_error_and_exact_gauges(
     make_observer().watch(engine, name=POOL)
     try:
         for _ in range(2):
-            with pytest.raises(OSError):
+            with pytest.raises(ConnectionRefusedError):
                 async with engine.connect():
                     pass  # pragma: no cover
         assert gauges(registry)["waiting"] == 0.0
