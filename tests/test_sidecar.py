@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import asyncpg
 import pytest
 from conftest import PG_HOST, PG_PORT, PG_USER, require
 from pgcluster import PgCluster, available, free_port
+from prometheus_client.parser import text_string_to_metric_families
 from scrape import Samples, reaches, scrape, value, wait_for
 
 from observer.sidecar import Sidecar, check_health
@@ -310,3 +312,45 @@ def test_cli_process_serves_from_env_and_stops_on_sigterm(pg_url: str, tmp_path:
     assert f"serving /metrics and /healthz on http://127.0.0.1:{port}" in err
     assert f"{PG_USER}:***@" in err
     assert PASSWORD not in err
+
+
+def documented_metrics() -> set[str]:
+    """Metric names in the table of docs/sidecar.md."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "sidecar.md").read_text()
+    table = doc.split("## Metrics", 1)[1]
+    return set(re.findall(r"^\| `(\w+)` \|", table, re.MULTILINE))
+
+
+@pytest.mark.postgres
+@pytest.mark.promtool
+def test_every_exported_metric_is_documented_and_passes_promtool(
+    pg_url: str, tmp_path: Path, sidecars: list[Sidecar], promtool: str
+) -> None:
+    """The sidecar's own metrics are exactly the documented ones, and promtool finds only the
+    postgres_exporter name it always flags."""
+    url = start(sidecars, database_url=pg_url, multiproc_dir=str(tmp_path))
+    wait_for(url, lambda s: value(s, "pg_up") == 1, what="pg_up 1")
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    families = {f.name for f in text_string_to_metric_families(text)}
+    counters = {f.name for f in text_string_to_metric_families(text) if f.type == "counter"}
+    exported = {f"{name}_total" if name in counters else name for name in families}
+    assert exported == documented_metrics()
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert result.stdout + result.stderr == (
+        'pg_stat_activity_count non-histogram and non-summary metrics should not have "_count" '
+        "suffix\n"
+    )
+
+
+def test_openmetrics_is_served_when_asked(tmp_path: Path, sidecars: list[Sidecar]) -> None:
+    """A scraper that accepts OpenMetrics gets it (content type and the closing # EOF)."""
+    url = start(sidecars, multiproc_dir=str(tmp_path))
+    request = urllib.request.Request(url, headers={"Accept": "application/openmetrics-text"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        content_type = response.headers["Content-Type"]
+        body = response.read().decode()
+    assert content_type.startswith("application/openmetrics-text")
+    assert body.endswith("# EOF\n")
