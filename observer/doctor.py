@@ -106,11 +106,12 @@ async def check_engine(
     workers: int = 1,
     replicas: int = 1,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    network_idle_timeout: float | None = None,
     application_name: str | None = None,
     pool: PoolSettings | None = None,
 ) -> Report:
     """Check an AsyncEngine's pool against its server; uses one connection from the engine."""
-    deployment = Deployment(workers=workers, replicas=replicas, request_timeout=request_timeout)
+    deployment = Deployment(workers, replicas, request_timeout, network_idle_timeout)
     settings = pool if pool is not None else pool_settings_of(engine.sync_engine.pool)
     async with engine.connect() as conn:
         server = await read_settings(conn)
@@ -125,10 +126,11 @@ def check_sync_engine(
     workers: int = 1,
     replicas: int = 1,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    network_idle_timeout: float | None = None,
     application_name: str | None = None,
 ) -> Report:
     """Check a sync Engine's pool against its server; uses one connection from the engine."""
-    deployment = Deployment(workers=workers, replicas=replicas, request_timeout=request_timeout)
+    deployment = Deployment(workers, replicas, request_timeout, network_idle_timeout)
     settings = pool_settings_of(engine.pool)
     with engine.connect() as conn:
         server = read_settings_sync(conn)
@@ -200,6 +202,19 @@ def _positive(kind: type[int] | type[float], name: str, minimum: float = 0) -> A
     return parse
 
 
+def _seconds(name: str) -> Any:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number (got {text!r})") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{name} must be > 0 seconds (got {text})")
+        return value
+
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``observer doctor``."""
     parser.epilog = "exit codes: 0 clean, 1 findings, 2 usage error or database unreachable"
@@ -218,20 +233,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--pool-recycle", type=_positive(float, "--pool-recycle", -1), default=None,
         help="seconds; -1 for never (SQLAlchemy's default)",
     )  # fmt: skip
-    parser.add_argument("--pool-timeout", type=_positive(float, "--pool-timeout"), default=None)
+    parser.add_argument("--pool-timeout", type=_seconds("--pool-timeout"), default=None)
     parser.add_argument("--pool-pre-ping", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--workers", type=_positive(int, "--workers", 1), default=1)
     parser.add_argument("--replicas", type=_positive(int, "--replicas", 1), default=1)
     parser.add_argument(
-        "--request-timeout", type=_positive(float, "--request-timeout"),
+        "--request-timeout", type=_seconds("--request-timeout"),
         default=DEFAULT_REQUEST_TIMEOUT, help="seconds a client or proxy waits for a response",
+    )  # fmt: skip
+    parser.add_argument(
+        "--network-idle-timeout", type=_seconds("--network-idle-timeout"), default=None,
+        help="seconds a load balancer, NAT or firewall between app and database keeps an idle "
+        "connection (e.g. 350 for an AWS NLB)",
     )  # fmt: skip
     parser.add_argument(
         "--application-name", default=None,
         help="application_name of the app's connections (default: $OBSERVER_APPLICATION_NAME "
         "or pool-observer)",
     )  # fmt: skip
-    parser.add_argument("--connect-timeout", type=_positive(float, "--connect-timeout"), default=10)
+    parser.add_argument("--connect-timeout", type=_seconds("--connect-timeout"), default=10)
     parser.add_argument("--fail-on", choices=["error", "warning", "info"], default="warning")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -288,6 +308,7 @@ def run(args: argparse.Namespace) -> int:
                     workers=args.workers,
                     replicas=args.replicas,
                     request_timeout=args.request_timeout,
+                    network_idle_timeout=args.network_idle_timeout,
                     application_name=args.application_name,
                     pool=pool,
                 ),

@@ -18,6 +18,8 @@ DEFAULT_POOL_SIZE = 5
 DEFAULT_MAX_OVERFLOW = 10
 DEFAULT_POOL_TIMEOUT = 30.0
 DEFAULT_REQUEST_TIMEOUT = 30.0
+# Linux's net.ipv4.tcp_keepalive_time: what tcp_keepalives_idle = 0 means on most servers.
+OS_KEEPALIVE_IDLE = 7200.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class Deployment:
     workers: int = 1
     replicas: int = 1
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    # Idle timeout of a load balancer, NAT or firewall between app and database, if any.
+    network_idle_timeout: float | None = None
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -84,6 +88,11 @@ class Deployment:
             raise ValueError(
                 f"request_timeout must be > 0 seconds (got {self.request_timeout}); it is how "
                 "long a client or proxy waits for a response"
+            )
+        if self.network_idle_timeout is not None and self.network_idle_timeout <= 0:
+            raise ValueError(
+                f"network_idle_timeout must be > 0 seconds (got {self.network_idle_timeout}); "
+                "it is how long a load balancer, NAT or firewall keeps an idle connection"
             )
 
     @property
@@ -163,6 +172,27 @@ def check_settings(
                 f"longer than that are closed under it; {consequence}",
                 f"set pool_recycle={suggest} (below idle_session_timeout) and "
                 "pool_pre_ping=True, or raise idle_session_timeout for the app's role",
+            )
+        )
+
+    network = deployment.network_idle_timeout
+    keepalive = server.tcp_keepalives_idle or OS_KEEPALIVE_IDLE
+    if (
+        network
+        and keepalive >= network
+        and (pool.pool_recycle is None or pool.pool_recycle >= network)
+    ):
+        suggest = max(1, math.floor(network * 0.9))
+        findings.append(
+            Finding(
+                "pool_recycle_vs_network_idle_timeout",
+                "warning" if pool.pool_pre_ping else "error",
+                f"something between app and database drops connections idle for {_s(network)} "
+                f"but pool_recycle is {_s(pool.pool_recycle)} and the server's TCP keepalives "
+                f"start after {_s(keepalive)} (tcp_keepalives_idle): a connection resting in "
+                "the pool is dropped silently, and the next checkout hangs or fails",
+                f"set pool_recycle={suggest} and pool_pre_ping=True, or tcp_keepalives_idle "
+                f"below {_s(network)} on the server",
             )
         )
 

@@ -31,6 +31,7 @@ SERVER = {
     "idle_session_timeout": "5s",
     "idle_in_transaction_session_timeout": "10s",
     "statement_timeout": "60s",
+    "tcp_keepalives_idle": "2",
 }
 # A configuration that is fine for SERVER: 2 x (2 + 3) = 10 <= 17, recycle 4 < 5,
 # pool_timeout 5 < request timeout 8 < idle_in_transaction_session_timeout 10.
@@ -88,7 +89,7 @@ def test_clean_configuration_has_no_finding(
         "idle_session_timeout": 5.0,
         "idle_in_transaction_session_timeout": 10.0,
         "statement_timeout": 60.0,
-        "tcp_keepalives_idle": data["server"]["tcp_keepalives_idle"],
+        "tcp_keepalives_idle": 2.0,
         "available_connections": 17,
     }
     assert data["pool"]["max_connections"] == 5
@@ -114,8 +115,21 @@ def test_clean_configuration_has_no_finding(
         (with_option("--max-overflow", "-1"), {"connections_unbounded": "error"}),
         ([*CLEAN, "--no-pool-pre-ping"], {"pool_pre_ping_off": "warning"}),
         (with_option("--pool-timeout", "8"), {"pool_timeout_vs_request_timeout": "warning"}),
+        (
+            [*CLEAN, "--network-idle-timeout", "1.5"],
+            {"pool_recycle_vs_network_idle_timeout": "warning"},
+        ),
     ],
-    ids=["recycle-equal", "recycle-unset", "in-tx", "too-many", "unbounded", "pre-ping", "timeout"],
+    ids=[
+        "recycle-equal",
+        "recycle-unset",
+        "in-tx",
+        "too-many",
+        "unbounded",
+        "pre-ping",
+        "timeout",
+        "network-idle",
+    ],
 )
 def test_each_finding_appears_alone(
     cluster: PgCluster,
@@ -126,6 +140,17 @@ def test_each_finding_appears_alone(
     """One bad setting on a clean configuration gives exactly its finding and exit code 1."""
     code, out, _ = doctor(capsys, cluster.url(), *args, "--json")
     assert (findings(out), code) == (expected, 1)
+
+
+def test_keepalives_shorter_than_the_network_idle_timeout_are_enough(
+    cluster: PgCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With server keepalives (2 s) inside a 3 s network idle timeout, a 4 s recycle is fine."""
+    code, out, _ = doctor(capsys, cluster.url(), *CLEAN, "--network-idle-timeout", "3", "--json")
+    data = json.loads(out)
+    assert (code, data["findings"]) == (0, [])
+    assert data["server"]["tcp_keepalives_idle"] == 2.0
+    assert data["deployment"]["network_idle_timeout"] == 3.0
 
 
 def test_connection_budget_message_names_the_numbers(
@@ -282,7 +307,9 @@ def test_bad_url_is_a_usage_error(
         (["--workers", "0"], "--workers must be >= 1 (got 0)"),
         (["--pool-size", "x"], "--pool-size must be a number (got 'x')"),
         (["--max-overflow", "-2"], "--max-overflow must be >= -1 (got -2)"),
-        (["--request-timeout", "-1"], "--request-timeout must be >= 0 (got -1)"),
+        (["--request-timeout", "-1"], "--request-timeout must be > 0 seconds (got -1)"),
+        (["--pool-timeout", "0"], "--pool-timeout must be > 0 seconds (got 0)"),
+        (["--network-idle-timeout", "x"], "--network-idle-timeout must be a number (got 'x')"),
     ],
 )
 def test_invalid_option_names_itself(
@@ -316,6 +343,7 @@ def test_deployment_validates() -> None:
         ({"workers": 0}, "workers must be >= 1 (got 0)"),
         ({"replicas": 0}, "replicas must be >= 1 (got 0)"),
         ({"request_timeout": 0}, "request_timeout must be > 0 seconds (got 0)"),
+        ({"network_idle_timeout": -3}, "network_idle_timeout must be > 0 seconds (got -3)"),
     ]:
         with pytest.raises(ValueError, match=r"^" + re.escape(message)):
             Deployment(**kwargs)
