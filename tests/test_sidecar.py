@@ -7,9 +7,11 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +26,7 @@ from pgcluster import PgCluster, available, free_port
 from prometheus_client.parser import text_string_to_metric_families
 from scrape import Samples, reaches, scrape, value, wait_for
 
+from observer.cli import main
 from observer.sidecar import Sidecar, check_health
 from observer.sidecar_config import SidecarConfig
 
@@ -354,3 +357,50 @@ def test_openmetrics_is_served_when_asked(tmp_path: Path, sidecars: list[Sidecar
         body = response.read().decode()
     assert content_type.startswith("application/openmetrics-text")
     assert body.endswith("# EOF\n")
+
+
+def test_a_hung_database_neither_blocks_scrapes_nor_the_poller(sidecars: list[Sidecar]) -> None:
+    """A server that accepts TCP but never answers: scrapes stay fast, the poll gives up after
+    the connect timeout and reports pg_up 0."""
+    with socket.socket() as blackhole:
+        blackhole.bind(("127.0.0.1", 0))
+        blackhole.listen(16)  # the kernel accepts; nobody ever answers the startup packet
+        port = blackhole.getsockname()[1]
+        url = start(
+            sidecars, database_url=f"postgresql://postgres@127.0.0.1:{port}/x", connect_timeout=1
+        )
+        began = time.monotonic()
+        during = scrape(url)
+        assert time.monotonic() - began < 0.5
+        assert (value(during, "pg_up"), value(during, "pg_observer_polls_total")) == (0, 0)
+        after = wait_for(url, lambda s: value(s, "pg_observer_poll_errors_total") == 1)
+        assert 1 <= time.monotonic() - began < 3
+        assert value(after, "pg_up") == 0
+        assert 1 <= value(after, "pg_observer_poll_duration_seconds") < 2.5
+
+
+def test_run_serves_until_sigterm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``observer sidecar`` in this process serves until SIGTERM, then returns 0 and restores
+    the previous signal handlers."""
+    port = free_port()
+    before = signal.getsignal(signal.SIGTERM)
+
+    def stop_when_serving() -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                scrape(f"http://127.0.0.1:{port}/metrics")
+            except OSError:
+                time.sleep(0.05)
+                continue
+            break
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    stopper = threading.Thread(target=stop_when_serving)
+    stopper.start()
+    try:
+        code = main(["sidecar", "--port", str(port), "--multiproc-dir", str(tmp_path)])
+    finally:
+        stopper.join()
+    assert code == 0
+    assert signal.getsignal(signal.SIGTERM) is before
