@@ -146,17 +146,9 @@ class Activity:
         return out
 
 
-def _seconds(setting: str, unit: str | None) -> float | None:
-    value = float(setting)
-    if unit == "ms":
-        value /= 1000.0
-    elif unit == "min":
-        value *= 60.0
-    elif unit == "h":
-        value *= 3600.0
-    elif unit == "d":
-        value *= 86400.0
-    return value
+def _seconds(setting: str, unit: str | None) -> float:
+    # pg_settings reports these timeouts in "ms" or "s" (its base unit, whatever SET used).
+    return float(setting) / 1000.0 if unit == "ms" else float(setting)
 
 
 def _settings(rows: Sequence[Any]) -> ServerSettings:

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -404,3 +405,50 @@ def test_run_serves_until_sigterm(tmp_path: Path, capsys: pytest.CaptureFixture[
         stopper.join()
     assert code == 0
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_broken_metrics_file_fails_the_scrape_not_the_sidecar(
+    tmp_path: Path, sidecars: list[Sidecar]
+) -> None:
+    """A corrupt file in the workers' directory gives a 500 naming the error class; the sidecar
+    keeps serving and recovers when the file is gone."""
+    url = start(sidecars, multiproc_dir=str(tmp_path))
+    # prometheus-client's mmap layout: used bytes, padding, then (key length, JSON key, value);
+    # here the key is not JSON.
+    key = b"not json"
+    entry = struct.pack("i", len(key)) + key + b"\0" * 4 + struct.pack("d", 1.0)
+    broken = tmp_path / "counter_4242.db"
+    broken.write_bytes(struct.pack("i", 8 + len(entry)) + b"\0" * 4 + entry + b"\0" * 32)
+    with pytest.raises(urllib.error.HTTPError) as failed:
+        urllib.request.urlopen(url, timeout=5)
+    assert failed.value.code == 500
+    assert failed.value.read() == b"scrape failed: JSONDecodeError\n"
+    failed.value.close()
+    broken.unlink()
+    assert value(scrape(url), "observer_sidecar_multiproc_files") == 0
+
+
+@pytest.mark.postgres
+def test_a_stalled_poller_makes_healthz_503(pg_url: str, sidecars: list[Sidecar]) -> None:
+    """When the poller has not finished a poll for several intervals, /healthz says 503."""
+    url = start(sidecars, database_url=pg_url)
+    wait_for(url, lambda s: value(s, "pg_up") == 1, what="pg_up 1")
+    poller = sidecars[0].poller
+    assert poller is not None
+    poller.stop()  # the thread ends: as dead as a stuck poller
+    with pytest.raises(urllib.error.HTTPError) as unhealthy:
+        urllib.request.urlopen(url.replace("/metrics", "/healthz"), timeout=5)
+    assert (unhealthy.value.code, unhealthy.value.read()) == (503, b"poller stalled\n")
+    unhealthy.value.close()
+    port = str(sidecars[0].port)
+    assert main(["sidecar", "--check-health", "--port", port]) == 1
+
+
+def test_check_health_command_and_context_manager(tmp_path: Path) -> None:
+    """``observer sidecar --check-health`` exits 0 against a serving sidecar (used as a context
+    manager) and 1 once it is closed."""
+    with Sidecar(SidecarConfig(port=0, multiproc_dir=str(tmp_path))) as sidecar:
+        port = str(sidecar.port)
+        assert main(["sidecar", "--check-health", "--port", port]) == 0
+    assert main(["sidecar", "--check-health", "--port", port]) == 1
+    assert check_health(SidecarConfig(address="::1", port=int(port))) == 1
