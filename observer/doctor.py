@@ -322,6 +322,9 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:
         reason = _redact(f"{type(exc).__name__}: {exc}", url)
         print(f"observer doctor: could not check {url}: {reason}", file=sys.stderr)
+        if args.json:
+            json.dump({"url": str(url), "error": reason, "exit_code": EXIT_UNUSABLE}, sys.stdout)
+            print()
         return EXIT_UNUSABLE
     if args.json:
         data = report.to_dict()

@@ -71,10 +71,11 @@ class Sidecar:
         return self
 
     def close(self) -> None:
-        """Stop serving and polling; joins both threads."""
-        self._server.shutdown()
+        """Stop serving and polling; joins both threads. Safe before start()."""
+        if self._thread.is_alive():
+            self._server.shutdown()  # blocks until serve_forever returns: only if it runs
+            self._thread.join(5)
         self._server.server_close()
-        self._thread.join(5)
         if self.poller is not None:
             self.poller.stop()
 

@@ -155,6 +155,9 @@ def test_compose_services_ports_and_images(compose: dict[str, Any]) -> None:
     assert services["app"]["build"] == {"context": "..", "dockerfile": "Dockerfile"}
     assert (DEPLOY / services["app"]["build"]["context"] / "Dockerfile").is_file()
     assert services["sidecar"]["image"] == services["app"]["image"]
+    # the image's HEALTHCHECK asks the sidecar: the app container (same image) must not use it
+    assert services["app"]["healthcheck"] == {"disable": True}
+    assert "healthcheck" not in services["sidecar"]
 
 
 def test_compose_paths_and_volumes_exist(compose: dict[str, Any]) -> None:

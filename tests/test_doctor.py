@@ -263,13 +263,20 @@ async def test_server_picture_shows_idle_in_transaction_and_lock_waits(cluster: 
 def test_unreachable_database_exits_2_without_the_password(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """Nothing listening: exit code 2, the reason, and the URL with its password masked."""
-    url = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{free_port()}/postgres"
+    """Nothing listening: exit code 2, the reason, and the URL with its password masked; with
+    --json also a JSON error on stdout."""
+    port = free_port()
+    url = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/postgres"
     code, out, err = doctor(capsys, url, "--connect-timeout", "2")
-    assert code == 2
-    assert out == ""
-    assert err.startswith("observer doctor: could not check postgresql+asyncpg://postgres:***@")
+    masked = f"postgresql+asyncpg://postgres:***@127.0.0.1:{port}/postgres"
+    assert (code, out) == (2, "")
+    assert err.startswith(f"observer doctor: could not check {masked}: ConnectionRefusedError: ")
     assert PASSWORD not in err
+    code, out, err = doctor(capsys, url, "--connect-timeout", "2", "--json")
+    data = json.loads(out)
+    assert (code, data["url"], data["exit_code"]) == (2, masked, 2)
+    assert data["error"].startswith("ConnectionRefusedError: ")
+    assert PASSWORD not in out + err
 
 
 @pytest.mark.parametrize(

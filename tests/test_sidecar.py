@@ -452,3 +452,14 @@ def test_check_health_command_and_context_manager(tmp_path: Path) -> None:
         assert main(["sidecar", "--check-health", "--port", port]) == 0
     assert main(["sidecar", "--check-health", "--port", port]) == 1
     assert check_health(SidecarConfig(address="::1", port=int(port))) == 1
+
+
+def test_close_before_start_releases_the_port(tmp_path: Path) -> None:
+    """A sidecar closed without being started returns at once and frees its port."""
+    sidecar = Sidecar(SidecarConfig(port=0, multiproc_dir=str(tmp_path)))
+    port = sidecar.port
+    began = time.monotonic()
+    sidecar.close()
+    assert time.monotonic() - began < 1
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", port))
