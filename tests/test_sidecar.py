@@ -368,16 +368,16 @@ def test_a_hung_database_neither_blocks_scrapes_nor_the_poller(sidecars: list[Si
         blackhole.listen(16)  # the kernel accepts; nobody ever answers the startup packet
         port = blackhole.getsockname()[1]
         url = start(
-            sidecars, database_url=f"postgresql://postgres@127.0.0.1:{port}/x", connect_timeout=1
+            sidecars, database_url=f"postgresql://postgres@127.0.0.1:{port}/x", connect_timeout=2
         )
         began = time.monotonic()
         during = scrape(url)
-        assert time.monotonic() - began < 0.5
+        assert time.monotonic() - began < 1  # well before the 2 s connect timeout
         assert (value(during, "pg_up"), value(during, "pg_observer_polls_total")) == (0, 0)
         after = wait_for(url, lambda s: value(s, "pg_observer_poll_errors_total") == 1)
-        assert 1 <= time.monotonic() - began < 3
+        assert 2 <= time.monotonic() - began < 5
         assert value(after, "pg_up") == 0
-        assert 1 <= value(after, "pg_observer_poll_duration_seconds") < 2.5
+        assert 2 <= value(after, "pg_observer_poll_duration_seconds") < 4
 
 
 def test_run_serves_until_sigterm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
