@@ -61,6 +61,11 @@ class Report:
 
     def exit_code(self, fail_on: str = "warning") -> int:
         """1 when a finding is at least as severe as ``fail_on``, else 0."""
+        if fail_on not in SEVERITY_RANK:
+            raise ValueError(
+                f"fail_on must be one of error, warning, info (got {fail_on!r}); it is the "
+                "lowest severity that fails the check"
+            )
         threshold = SEVERITY_RANK[fail_on]
         bad = any(SEVERITY_RANK[f.severity] >= threshold for f in self.findings)
         return EXIT_FINDINGS if bad else EXIT_OK
@@ -110,7 +115,11 @@ async def check_engine(
     application_name: str | None = None,
     pool: PoolSettings | None = None,
 ) -> Report:
-    """Check an AsyncEngine's pool against its server; uses one connection from the engine."""
+    """Check an AsyncEngine's pool against its server; uses one connection from the engine.
+
+    ``pool`` overrides the settings read from the engine's pool (the command line describes
+    a pool it does not have).
+    """
     deployment = Deployment(workers, replicas, request_timeout, network_idle_timeout)
     settings = pool if pool is not None else pool_settings_of(engine.sync_engine.pool)
     async with engine.connect() as conn:

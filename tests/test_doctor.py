@@ -208,7 +208,9 @@ async def test_check_engine_reads_the_pool_of_an_async_engine(cluster: PgCluster
     )
     assert report.deployment == Deployment(workers=5, replicas=1, request_timeout=8)
     assert [f.code for f in report.findings] == ["connections_exceed_server_limit"]
-    assert report.exit_code() == 1
+    assert (report.exit_code(), report.exit_code("error"), report.exit_code("info")) == (1, 1, 1)
+    with pytest.raises(ValueError, match=r"^fail_on must be one of error, warning, info"):
+        report.exit_code("fatal")
 
 
 def test_check_sync_engine_flags_a_null_pool_as_unbounded(cluster: PgCluster) -> None:
