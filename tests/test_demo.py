@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import httpx
 import pytest
 
 from observer.cli import main
+from tests.pgcluster import free_port
 
 
 def run_demo(capsys: pytest.CaptureFixture[str], *args: str) -> str:
@@ -50,3 +58,44 @@ def test_demo_rejects_a_sync_url(capsys: pytest.CaptureFixture[str]) -> None:
     """A URL without an async driver fails at once with the fix."""
     assert main(["demo", "--database-url", "postgresql://db/app"]) == 2
     assert "needs an async driver, e.g. postgresql+asyncpg://" in capsys.readouterr().err
+
+
+@pytest.mark.postgres
+def test_demo_serves_on_several_workers_and_their_metrics_add_up(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """``--serve --workers 2`` (the Docker stack's app) serves the instrumented app on two
+    uvicorn workers; /metrics adds their counters up and keeps one pool series per worker."""
+    port = free_port()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    command = [sys.executable, "-m", "observer.cli", "demo", "--serve", "--workers", "2",
+               "--port", str(port), "--requests", "60", "--database-url", pg_url]  # fmt: skip
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # blocks until the first round is done (or the exit)
+        assert line.startswith("observer demo: load round 1: 60 requests"), line
+        pids: set[str] = set()
+        checkouts = 0.0
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(pids) < 2:
+            body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            pids = set(re.findall(r'sqlalchemy_pool_size\{pid="(\d+)"', body))
+            checkouts = sum(
+                float(v)
+                for v in re.findall(r"^sqlalchemy_pool_checkouts_total\{[^}]*\} (\S+)", body, re.M)
+            )
+            time.sleep(0.3)
+        assert len(pids) == 2
+        assert checkouts >= 50  # 60 requests, most check out a connection (404s and /stats don't)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -41,6 +41,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--port", type=int, default=None, help="port (8000 with --serve, else any free one)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="serve with N uvicorn worker processes (needs --serve and --database-url; set "
+        "PROMETHEUS_MULTIPROC_DIR so /metrics adds the workers up)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="rounds of load to send (1); 0 keeps sending while serving, for dashboards",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,10 +69,26 @@ def run(args: argparse.Namespace) -> int:
                 f"--database-url needs an async driver, e.g. postgresql+asyncpg://... "
                 f"(got a URL for {url.split('://', 1)[0]!r})"
             )
+        if args.workers < 1:
+            raise ConfigurationError(f"--workers must be >= 1 (got {args.workers})")
+        if args.workers > 1 and (not args.serve or url is None):
+            raise ConfigurationError("--workers needs --serve and --database-url (PostgreSQL)")
+        if args.rounds < 0 or (args.rounds == 0 and not args.serve):
+            raise ConfigurationError("--rounds must be >= 1, or 0 (forever) with --serve")
     except ConfigurationError as exc:
         print(f"observer demo: {exc}", file=sys.stderr)
         return 2
     port = args.port if args.port is not None else (8000 if args.serve else 0)
+    if args.workers > 1:
+        return _serve_workers(
+            url,
+            host=args.host,
+            port=port,
+            workers=args.workers,
+            requests=requests,
+            concurrency=args.concurrency,
+            rounds=args.rounds,
+        )
     return asyncio.run(
         _main(
             url,
@@ -69,8 +98,66 @@ def run(args: argparse.Namespace) -> int:
             host=args.host,
             port=port,
             progress=not args.no_progress,
+            rounds=args.rounds,
         )
     )
+
+
+def _serve_workers(
+    url: str, *, host: str, port: int, workers: int, requests: int, concurrency: int, rounds: int
+) -> int:
+    """The demo app on several uvicorn workers (each instrumented, see app_from_env), with the
+    load sent from this process once the server answers."""
+    import threading
+
+    import uvicorn
+
+    os.environ["OBSERVER_DEMO_DATABASE_URL"] = url
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        print(
+            "observer demo: PROMETHEUS_MULTIPROC_DIR is not set; each worker's /metrics will "
+            "show only that worker",
+            file=sys.stderr,
+        )
+    base_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    threading.Thread(
+        target=lambda: asyncio.run(_load_rounds(base_url, requests, concurrency, rounds)),
+        name="demo-load",
+        daemon=True,
+    ).start()
+    uvicorn.run(
+        "observer.demo.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+    )
+    return 0
+
+
+async def _load_rounds(base_url: str, requests: int, concurrency: int, rounds: int) -> None:
+    import httpx
+
+    from observer.demo.load import drive
+
+    for _ in range(600):  # wait up to a minute for the workers to answer
+        try:
+            async with httpx.AsyncClient(base_url=base_url, timeout=1.0) as http:
+                await http.get("/metrics")
+            break
+        except httpx.HTTPError:
+            await asyncio.sleep(0.1)
+    done = 0
+    while rounds == 0 or done < rounds:
+        result = await drive(base_url, requests=requests, concurrency=concurrency, progress=False)
+        done += 1
+        print(
+            f"observer demo: load round {done}: {result.requests} requests in "
+            f"{result.seconds:.1f} s; see {base_url}/metrics",
+            flush=True,
+        )
 
 
 @contextlib.contextmanager
@@ -110,6 +197,7 @@ async def _main(
     host: str,
     port: int,
     progress: bool,
+    rounds: int = 1,
 ) -> int:
     import uvicorn
     from prometheus_client import CollectorRegistry
@@ -174,7 +262,13 @@ async def _main(
         )
         if serve:
             print(f"\nServing {base_url} (metrics at {base_url}/metrics); Ctrl-C to stop.")
+            if rounds == 0:
+                background = asyncio.create_task(
+                    _load_rounds(base_url, requests, concurrency, rounds)
+                )
             await serving
+            if rounds == 0:
+                background.cancel()
         else:
             server.should_exit = True
             await serving
