@@ -49,12 +49,13 @@ class Alert:
 
 
 def _increase(metric: str, selector: str, window: str, by: str, threshold: float) -> str:
-    # A labelled child appears on its first increment (value 1), and increase() over a series'
-    # very first sample is 0: count a series that did not exist `window` ago by its value.
+    # A labelled child appears on its first increment (value 1), and increase() takes a
+    # series' first sample as its baseline: a series that did not exist `window` ago counts
+    # with its whole value, an older one with its increase.
     return (
         f"sum by ({by}) (\n"
-        f"  (increase({metric}{selector}[{window}]) > 0)\n"
-        f"  or ({metric}{selector} unless {metric}{selector} offset {window})\n"
+        f"  ({metric}{selector} unless {metric}{selector} offset {window})\n"
+        f"  or (increase({metric}{selector}[{window}]) > 0)\n"
         f") > {threshold:g}"
     )
 
