@@ -240,7 +240,7 @@ def observer_alerts(config: MonitoringConfig) -> list[Alert]:
             ),
             c.hook_errors_for,
             "info",
-            "pool-observer hooks are failing, so its metrics may be wrong.",
+            "The pool-observer hooks are failing, so its metrics may be wrong.",
             f"{COUNT} exceptions in the {{{{ $labels.hook }}}} hook of {_where(pool=False)} "
             f"in the last {c.hook_errors_window}; the app is unaffected, the log has the error.",
             POOL_DASHBOARD,

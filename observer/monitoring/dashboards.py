@@ -243,9 +243,17 @@ def pools(config: MonitoringConfig) -> Json:
         ),
         timeseries(
             "Live pools",
-            "Connection pools alive per instance (every engine has one; dispose() replaces it).",
+            "Connection pools alive per instance (every engine has one; dispose() replaces "
+            "it), and pools created per interval: after startup both stay flat.",
             "short",
-            targets((f"sum by (instance) ({m('sqlalchemy_pools', pool=False)})", "{{instance}}")),
+            targets(
+                (f"sum by (instance) ({m('sqlalchemy_pools', pool=False)})", "{{instance}} live"),
+                (
+                    "sum by (instance) (increase("
+                    f"{m('sqlalchemy_pools_created_total', pool=False)}{RATE}))",
+                    "{{instance}} created",
+                ),
+            ),
             width=8,
         ),
         timeseries(

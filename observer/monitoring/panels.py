@@ -300,3 +300,23 @@ def dashboard(
         "uid": uid,
         "version": 1,
     }
+
+
+def all_panels(board: Json) -> list[Json]:
+    """Every panel of a dashboard, those nested in collapsed rows included, rows excluded."""
+    found: list[Json] = []
+    for panel in board["panels"]:
+        if panel["type"] == "row":
+            found.extend(panel.get("panels", []))
+        else:
+            found.append(panel)
+    return found
+
+
+def queries(board: Json) -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every target of a dashboard, Grafana variables unsubstituted."""
+    return [
+        (panel["title"], query["expr"])
+        for panel in all_panels(board)
+        for query in panel.get("targets", [])
+    ]
