@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
-__all__ = ["__version__"]
+from observer.core import Observer
+from observer.instrument import instrument
+from observer.middleware import ObserverMiddleware
+from observer.settings import ConfigurationError, Settings
+
+__all__ = [
+    "ConfigurationError",
+    "Observer",
+    "ObserverMiddleware",
+    "Settings",
+    "__version__",
+    "instrument",
+]
 
 __version__ = "0.1.0.dev0"

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from observer import Observer
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 PG_HOST = os.environ.get("OBSERVER_TEST_PGHOST", "127.0.0.1")
@@ -89,3 +96,43 @@ def promtool() -> str:
     require(path is not None, "promtool is not installed (apt-get install prometheus)")
     assert path is not None
     return path
+
+
+@pytest.fixture
+async def make_engine(pg_url: str) -> AsyncIterator[Callable[..., AsyncEngine]]:
+    """Create async engines on the test database; every one is disposed after the test."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engines: list[AsyncEngine] = []
+
+    def make(**kwargs: Any) -> AsyncEngine:
+        engine = create_async_engine(pg_url, **kwargs)
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        await engine.dispose()
+    gc.collect()  # what the test leaked is reported against this test, not a later one
+
+
+@pytest.fixture
+def make_observer(registry: CollectorRegistry) -> Iterator[Callable[..., Observer]]:
+    """Create an Observer on the test's registry; closed after the test."""
+    from observer import Observer
+
+    observers: list[Observer] = []
+
+    def make(**options: Any) -> Observer:
+        obs = Observer(registry=registry, **options)
+        observers.append(obs)
+        return obs
+
+    yield make
+    for obs in observers:
+        obs.close()
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    """One sample's value as a scrape would see it (None when the series does not exist)."""
+    return registry.get_sample_value(name, labels)

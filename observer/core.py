@@ -1,0 +1,253 @@
+"""The Observer: watches engines, owns the metrics, the trackers and the sweeper."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from time import perf_counter
+from typing import Any, Unpack
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from sqlalchemy.engine import URL, Engine
+
+from observer.asgi_types import ASGIApp
+from observer.collector import FlushCollector, StateCollector, gauge_values
+from observer.context import RequestScope
+from observer.exposition import MetricsEndpoint
+from observer.guard import Hooks
+from observer.live_pools import LivePools
+from observer.logs import RateLimiter
+from observer.metrics import Metrics, multiprocess_mode
+from observer.pool import PoolState, PoolTracker
+from observer.routes import RouteMetrics
+from observer.sessions import SessionTracker
+from observer.settings import ConfigurationError, Options, Settings
+from observer.sweeper import Sweeper
+
+
+def default_pool_name(url: URL) -> str:
+    """``backend://host:port/database``: the URL without user, password or query."""
+    backend = url.get_backend_name()
+    host = url.host or ""
+    port = f":{url.port}" if url.port else ""
+    return f"{backend}://{host}{port}/{url.database or ''}"
+
+
+def sync_engine_of(engine: object) -> Engine:
+    """The sync :class:`Engine` behind ``engine`` (an ``Engine`` or an ``AsyncEngine``)."""
+    if isinstance(engine, Engine):
+        return engine
+    sync = getattr(engine, "sync_engine", None)
+    if isinstance(sync, Engine):
+        return sync
+    raise ConfigurationError(
+        f"expected a SQLAlchemy Engine or AsyncEngine, got {type(engine).__name__}; pass the "
+        "object returned by create_engine() or create_async_engine() (not a session, a "
+        "sessionmaker or a URL)"
+    )
+
+
+class Observer:
+    """Watches SQLAlchemy engines and their sessions, and exports what it sees.
+
+    ``Observer(registry=CollectorRegistry())`` in tests; the default is prometheus-client's
+    global registry, so an app that already exports metrics shows both on one endpoint. Only one
+    Observer can use a registry (its metric names would clash).
+    """
+
+    def __init__(
+        self, *, registry: CollectorRegistry | None = None, **options: Unpack[Options]
+    ) -> None:
+        self.settings = Settings.from_options(dict(options))
+        self.registry = REGISTRY if registry is None else registry
+        self.multiprocess = multiprocess_mode()
+        flush = FlushCollector(self.flush)
+        if not self.multiprocess:
+            self.registry.register(flush)
+        try:
+            self.metrics = Metrics(self.registry, multiprocess=self.multiprocess)
+        except ValueError as exc:
+            if not self.multiprocess:
+                self.registry.unregister(flush)
+            raise ConfigurationError(
+                "another Observer already registered its metrics on this registry; use "
+                "observer.instrument(), which reuses it, or give each Observer its own "
+                f"registry=CollectorRegistry() ({exc})"
+            ) from None
+        self.hooks = Hooks(self.metrics.hook_errors)
+        self.limiter = RateLimiter()
+        self.routes = RouteMetrics(self.metrics, max_routes=self.settings.max_routes)
+        self.live_pools = LivePools(self.metrics, self.hooks)
+        self.sessions = SessionTracker(
+            self.metrics,
+            self.hooks,
+            self.routes,
+            leak_threshold=self.settings.leak_threshold_seconds,
+            capture_origin=self.settings.capture_origin,
+            limiter=self.limiter,
+        )
+        self._trackers: dict[int, PoolTracker] = {}
+        self._lock = threading.RLock()
+        self._sweeper = Sweeper(self._tick, self.settings.sweep_interval_seconds)
+        self._started = False
+        self._closed = False
+        if not self.multiprocess:
+            self.registry.register(
+                StateCollector(self._pool_states, self.live_pools.count, self._sessions_open)
+            )
+
+    # -- engines ----------------------------------------------------------------------------
+
+    def watch(self, engine: Any, *, name: str | None = None) -> None:
+        """Watch ``engine`` (an ``Engine`` or ``AsyncEngine``): its pool and its sessions.
+
+        Watching an engine again is harmless. ``name`` is the ``pool`` label; by default the
+        URL without credentials (``postgresql://db:5432/app``).
+        """
+        sync = sync_engine_of(engine)
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ConfigurationError(f"name must be a non-empty string (got {name!r})")
+        with self._lock:
+            if self._closed:
+                raise ConfigurationError("this Observer is closed; create a new one")
+            existing = self._trackers.get(id(sync))
+            if existing is not None:
+                if name is not None and name != existing.name:
+                    raise ConfigurationError(
+                        f"this engine is already watched as pool {existing.name!r}; "
+                        f"unwatch() it first to rename it to {name!r}"
+                    )
+                return
+            taken = {tracker.name for tracker in self._trackers.values()}
+            if name is None:
+                base = default_pool_name(sync.url)
+                name, n = base, 1
+                while name in taken:
+                    n += 1
+                    name = f"{base}#{n}"
+            elif name in taken:
+                raise ConfigurationError(
+                    f"pool name {name!r} is already used by another watched engine; give each "
+                    "engine its own name="
+                )
+            tracker = PoolTracker(
+                sync,
+                name,
+                metrics=self.metrics,
+                hooks=self.hooks,
+                routes=self.routes,
+                application_name=self.settings.application_name or None,
+                limiter=self.limiter,
+            )
+            tracker.attach()
+            self._trackers[id(sync)] = tracker
+            self.sessions.add_engine(sync)
+            if not self._started:
+                self.live_pools.attach()
+                self._sweeper.start()
+                self._started = True
+
+    def unwatch(self, engine: Any) -> None:
+        """Stop watching ``engine``: every listener and wrapper added for it is removed."""
+        sync = sync_engine_of(engine)
+        with self._lock:
+            tracker = self._trackers.pop(id(sync), None)
+            if tracker is None:
+                return
+            tracker.detach()
+            self.sessions.remove_engine(sync)
+
+    def close(self) -> None:
+        """Unwatch everything, remove every listener and stop the sweeper. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for tracker in list(self._trackers.values()):
+                tracker.detach()
+            self._trackers.clear()
+            self.sessions.detach()
+            self.live_pools.detach()
+            self._sweeper.stop()
+            self.flush()
+
+    @property
+    def pool_names(self) -> list[str]:
+        return [tracker.name for tracker in self._trackers.values()]
+
+    # -- periodic work ------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Count the work deferred out of hooks (garbage-collection events, closes, errors)."""
+        self.hooks.drain()
+
+    def _tick(self) -> None:
+        try:
+            self.flush()
+            self.sessions.check_age()
+            if self.multiprocess:
+                self.push_gauges()
+        except Exception as exc:
+            self.hooks.failed("sweeper", exc)
+
+    def push_gauges(self) -> None:
+        """Set the gauges from pool state (multiprocess mode, where collectors can't run)."""
+        for tracker in list(self._trackers.values()):
+            values = gauge_values(tracker.state())
+            children = tracker._m.gauges
+            for metric, value in values.items():
+                child = children.get(metric)
+                if child is not None:
+                    child.set(value)
+        if self.metrics.live_pools is not None:
+            self.metrics.live_pools.set(self.live_pools.count())
+        if self.metrics.sessions_open is not None:
+            self.metrics.sessions_open.set(self._sessions_open())
+
+    def _pool_states(self) -> list[tuple[str, PoolState]]:
+        return [(tracker.name, tracker.state()) for tracker in list(self._trackers.values())]
+
+    def _sessions_open(self) -> int:
+        return len(self.sessions.open)
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def end_request(self, request: RequestScope) -> None:
+        """Called by the middleware when a request is over: its totals go to its route."""
+        try:
+            self.routes.finish(request)
+        except Exception as exc:
+            self.hooks.failed("end_request", exc)
+
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        """``app`` wrapped in the observer's ASGI middleware (for any ASGI app)."""
+        from observer.middleware import ObserverMiddleware
+
+        return ObserverMiddleware(app, observer=self)
+
+    def metrics_endpoint(self) -> MetricsEndpoint:
+        """An ASGI app serving this observer's metrics."""
+        return MetricsEndpoint(self.registry)
+
+    # -- inspection ---------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Pools and open sessions right now, as plain data (for a health or debug endpoint)."""
+        self.flush()
+        now = perf_counter()
+        return {
+            "pools": [
+                {"name": name, **dataclasses.asdict(state)} for name, state in self._pool_states()
+            ],
+            "live_pools": self.live_pools.count(),
+            "sessions": [
+                {
+                    "age_seconds": round(now - record.started, 3),
+                    "route": record.route,
+                    "request_id": record.scope.request_id if record.scope else None,
+                    "origin": str(record.origin) if record.origin else None,
+                    "leak": record.reported,
+                }
+                for record in sorted(self.sessions.open.values(), key=lambda r: r.started)
+            ],
+        }

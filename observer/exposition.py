@@ -1,0 +1,55 @@
+"""Serving the metrics: an ASGI endpoint that renders off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from observer.asgi_types import Receive, Scope, Send
+from observer.metrics import multiprocess_mode
+
+
+def render(registry: CollectorRegistry, accept: str = "") -> tuple[bytes, str]:
+    """The exposition of ``registry`` (or of every worker's files in multiprocess mode) in the
+    format the ``Accept`` header asks for (OpenMetrics or the Prometheus text format)."""
+    if multiprocess_mode():
+        # A fresh registry per scrape: the collector reads every worker's files.
+        registry = CollectorRegistry(support_collectors_without_names=True)
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    encoder, content_type = choose_encoder(accept)
+    return encoder(registry), content_type
+
+
+class MetricsEndpoint:
+    """``GET`` the metrics; rendering runs in a thread so a slow scrape never blocks requests."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("method") not in ("GET", "HEAD"):
+            await _respond(send, 405, b"method not allowed\n", "text/plain; charset=utf-8")
+            return
+        accept = ""
+        for key, value in scope.get("headers", ()):
+            if key == b"accept":
+                accept = value.decode("latin-1")
+        body, content_type = await asyncio.to_thread(render, self.registry, accept)
+        await _respond(send, 200, b"" if scope["method"] == "HEAD" else body, content_type)
+
+
+async def _respond(send: Send, status: int, body: bytes, content_type: str) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type.encode("latin-1")),
+                (b"content-length", str(len(body)).encode("latin-1")),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

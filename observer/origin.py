@@ -1,0 +1,87 @@
+"""Where in the app's own code something happened: the first frame outside libraries."""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+from types import CodeType, FrameType
+from typing import NamedTuple
+
+_LIBRARY_DIRS = tuple(
+    {
+        os.path.join(os.path.realpath(path), "")
+        for key in ("stdlib", "platstdlib", "purelib", "platlib")
+        if (path := sysconfig.get_paths().get(key))
+    }
+    | {os.path.join(os.path.dirname(os.path.realpath(__file__)), "")}
+)
+_MAX_DEPTH = 80
+
+# code object -> is it app code?  Bounded by the amount of code in the program.
+_is_app_code: dict[CodeType, bool] = {}
+
+
+class Origin(NamedTuple):
+    """A code location: file, line and function."""
+
+    filename: str
+    lineno: int
+    function: str
+
+    def __str__(self) -> str:
+        return f"{_display_path(self.filename)}:{self.lineno} in {self.function}"
+
+
+def _display_path(filename: str) -> str:
+    try:
+        relative = os.path.relpath(filename)
+    except ValueError:
+        return filename
+    return filename if relative.startswith("..") else relative
+
+
+def _classify(code: CodeType) -> bool:
+    filename = code.co_filename
+    if filename.startswith("<"):  # <frozen ...>, <string>
+        return False
+    real = os.path.realpath(filename)
+    if "site-packages" in real or "dist-packages" in real:
+        return False
+    return not real.startswith(_LIBRARY_DIRS)
+
+
+def _search(frame: FrameType | None) -> Origin | None:
+    depth = 0
+    while frame is not None and depth < _MAX_DEPTH:
+        code = frame.f_code
+        app = _is_app_code.get(code)
+        if app is None:
+            app = _is_app_code[code] = _classify(code)
+        if app:
+            return Origin(code.co_filename, frame.f_lineno, code.co_name)
+        frame = frame.f_back
+        depth += 1
+    return None
+
+
+def capture() -> Origin | None:
+    """The caller's first frame in app code, or ``None``.
+
+    SQLAlchemy's asyncio layer runs sync code in a child greenlet whose frames end at
+    ``greenlet_spawn``; the app's ``await session.execute(...)`` is in the parent greenlet's
+    frames, so the search continues there.
+    """
+    found = _search(sys._getframe(1))
+    if found is not None:
+        return found
+    greenlet = sys.modules.get("greenlet")
+    if greenlet is None:
+        return None
+    parent = greenlet.getcurrent().parent
+    while parent is not None:
+        found = _search(parent.gr_frame)
+        if found is not None:
+            return found
+        parent = parent.parent
+    return None

@@ -1,0 +1,83 @@
+"""Per-route counters (who hogs the pool, who waits for it), with a bounded label set."""
+
+from __future__ import annotations
+
+import threading
+from typing import NamedTuple
+
+from prometheus_client import Counter
+
+from observer.context import NO_ROUTE, RequestScope
+from observer.metrics import Metrics
+
+OTHER_ROUTE = "other"
+"""Route label once ``max_routes`` distinct routes have been seen."""
+
+
+class _Children(NamedTuple):
+    checkouts: Counter
+    wait: Counter
+    hold: Counter
+
+
+class RouteMetrics:
+    """Bound route children, created at most ``max_routes`` times (plus ``none`` and ``other``)."""
+
+    def __init__(self, metrics: Metrics, *, max_routes: int) -> None:
+        self._metrics = metrics
+        self._max_routes = max_routes
+        self._lock = threading.Lock()
+        self._children: dict[str, _Children] = {}
+        self._none = self.children(NO_ROUTE)
+
+    def label(self, route: str) -> str:
+        """The label value ``route`` is counted under."""
+        if route in self._children or route in (NO_ROUTE, OTHER_ROUTE):
+            return route
+        special = sum(1 for name in (NO_ROUTE, OTHER_ROUTE) if name in self._children)
+        return route if len(self._children) - special < self._max_routes else OTHER_ROUTE
+
+    def children(self, route: str) -> _Children:
+        found = self._children.get(route)
+        if found is not None:
+            return found
+        with self._lock:
+            label = self.label(route)
+            found = self._children.get(label)
+            if found is None:
+                m = self._metrics
+                found = _Children(
+                    m.route_checkouts.labels(label),
+                    m.route_wait.labels(label),
+                    m.route_hold.labels(label),
+                )
+                self._children[label] = found
+            return found
+
+    def outside_request(self, *, checkouts: int = 0, wait: float = 0.0, hold: float = 0.0) -> None:
+        """Count work done outside any request under ``route="none"``."""
+        children = self._none
+        if checkouts:
+            children.checkouts.inc(checkouts)
+        if wait:
+            children.wait.inc(wait)
+        if hold:
+            children.hold.inc(hold)
+
+    def held(self, scope: RequestScope, seconds: float) -> None:
+        """A connection checked out during ``scope``'s request was returned."""
+        if scope.finished:  # returned after the response: count it straight away
+            self.children(scope.route).hold.inc(seconds)
+        else:
+            scope.hold_seconds += seconds
+
+    def finish(self, scope: RequestScope) -> None:
+        """Add a finished request's totals to its route's counters."""
+        children = self.children(scope.route)
+        scope.finished = True
+        if scope.checkouts:
+            children.checkouts.inc(scope.checkouts)
+        if scope.wait_seconds:
+            children.wait.inc(scope.wait_seconds)
+        if scope.hold_seconds:
+            children.hold.inc(scope.hold_seconds)

@@ -1,0 +1,181 @@
+"""The session tracker: ORM sessions open (holding a transaction), and the ones that leak.
+
+A session is *open* from the start of its root transaction (the moment it can hold a
+connection) until that transaction ends (commit, rollback, close). SQLAlchemy has no session
+open/close events; the root transaction's create/end events are exactly that span.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session, SessionTransaction
+
+from observer import origin as origins
+from observer.context import RequestScope, current_request, route_of
+from observer.guard import Hooks
+from observer.logs import RateLimiter, logger
+from observer.metrics import Metrics
+from observer.routes import RouteMetrics
+
+
+@dataclass(slots=True, eq=False)
+class OpenSession:
+    """What is known about one open session (no strong reference to the session itself)."""
+
+    key: int
+    started: float
+    scope: RequestScope | None
+    origin: origins.Origin | None
+    ref: weakref.ref[Session] | None = None
+    reported: str | None = None  # leak reason once reported
+
+    @property
+    def route(self) -> str:
+        return route_of(self.scope)
+
+
+class SessionTracker:
+    """Listens to every ``Session``; tracks the ones bound to watched engines."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        hooks: Hooks,
+        routes: RouteMetrics,
+        *,
+        leak_threshold: float,
+        capture_origin: bool,
+        limiter: RateLimiter,
+    ) -> None:
+        self._m = metrics
+        self._hooks = hooks
+        self._routes = routes
+        self._threshold = leak_threshold
+        self._capture_origin = capture_origin
+        self._limiter = limiter
+        self._engines: set[int] = set()  # id() of watched sync engines
+        self.open: dict[int, OpenSession] = {}
+        self._listeners = (
+            ("after_transaction_create", hooks.guard("session_begin", self._on_begin)),
+            ("after_transaction_end", hooks.guard("session_end", self._on_end)),
+        )
+        self._attached = False
+
+    def add_engine(self, engine: Engine) -> None:
+        self._engines.add(id(engine))
+        if not self._attached:
+            for identifier, fn in self._listeners:
+                event.listen(Session, identifier, fn)
+            self._attached = True
+
+    def remove_engine(self, engine: Engine) -> None:
+        self._engines.discard(id(engine))
+
+    def detach(self) -> None:
+        for identifier, fn in self._listeners:
+            if event.contains(Session, identifier, fn):
+                event.remove(Session, identifier, fn)
+        self._attached = False
+        self._engines.clear()
+
+    def _watched(self, session: Session) -> bool:
+        bind: Any = session.bind
+        if isinstance(bind, Connection):
+            bind = bind.engine
+        return bind is not None and id(bind) in self._engines
+
+    def _on_begin(self, session: Session, transaction: SessionTransaction) -> None:
+        if transaction.parent is not None or not self._watched(session):
+            return  # a nested transaction, or a session of an engine nobody watches
+        key = id(session)
+        scope = current_request.get()
+        record = OpenSession(
+            key=key,
+            started=perf_counter(),
+            scope=scope,
+            origin=origins.capture() if self._capture_origin else None,
+        )
+        pending = self._hooks.pending
+        collected = self._collected
+
+        def on_collect(_: object) -> None:  # a finalizer: lock-free work only
+            pending.append((collected, record, perf_counter()))
+
+        record.ref = weakref.ref(session, on_collect)
+        self.open[key] = record
+        self._m.sessions_opened.inc()
+        if scope is not None:
+            scope.sessions_opened += 1
+            scope.session_keys.append(key)
+
+    def _on_end(self, session: Session, transaction: SessionTransaction) -> None:
+        if transaction.parent is not None:
+            return
+        record = self.open.pop(id(session), None)
+        if record is None:
+            return
+        record.ref = None  # the session ended properly: its finalizer callback is dropped
+        self._ended(record, perf_counter())
+        if record.reported is not None and self._limiter.allow("session.released"):
+            logger.info(
+                "session.released_after_leak",
+                reason=record.reported,
+                age_seconds=round(perf_counter() - record.started, 3),
+                route=record.route,
+                origin=str(record.origin) if record.origin else None,
+            )
+
+    def _ended(self, record: OpenSession, now: float) -> None:
+        self._m.sessions_closed.inc()
+        self._m.session_duration.observe(now - record.started)
+
+    def _collected(self, record: OpenSession, now: float) -> None:
+        """A session was garbage-collected while it still held its transaction."""
+        if self.open.get(record.key) is record:
+            del self.open[record.key]
+        self._ended(record, now)
+        self.report(record, "garbage_collected", now)
+
+    def report(self, record: OpenSession, reason: str, now: float | None = None) -> None:
+        """Count and log one leak. A session counts once as ``too_old`` or ``request_end``
+        (whichever comes first), and once more if it is then garbage-collected unclosed."""
+        if record.reported is not None and reason != "garbage_collected":
+            return
+        record.reported = reason
+        route = self._routes.label(record.route)
+        self._m.session_leaks.labels(reason, route).inc()
+        if not self._limiter.allow("session.leak"):
+            return
+        age = (perf_counter() if now is None else now) - record.started
+        logger.warning(
+            "session.leak",
+            reason=reason,
+            age_seconds=round(age, 3),
+            route=route,
+            request_id=record.scope.request_id if record.scope else None,
+            origin=str(record.origin) if record.origin else None,
+            hint=_HINTS[reason],
+        )
+
+    def check_age(self, now: float | None = None) -> None:
+        """Report sessions open longer than the threshold (once each)."""
+        now = perf_counter() if now is None else now
+        threshold = self._threshold
+        for record in list(self.open.values()):
+            if record.reported is None and now - record.started > threshold:
+                self.report(record, "too_old", now)
+
+
+_HINTS = {
+    "garbage_collected": "the session was dropped without close(); use 'async with Session() as "
+    "session' or close it in a finally block",
+    "too_old": "a transaction has been open longer than leak_threshold_seconds; commit or close "
+    "the session before slow work",
+    "request_end": "the request finished while its session still held a transaction",
+}

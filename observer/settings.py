@@ -1,0 +1,150 @@
+"""Options: keyword arguments and ``OBSERVER_*`` environment variables, validated at startup."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TypedDict, get_type_hints
+
+ENV_PREFIX = "OBSERVER_"
+
+
+class ConfigurationError(ValueError):
+    """An option has a value the observer cannot work with; the message says how to fix it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Every option of an :class:`~observer.Observer`, with its default.
+
+    Each field can be given as a keyword argument to :func:`observer.instrument` or
+    :class:`observer.Observer`, or as the environment variable ``OBSERVER_<FIELD>`` (upper case).
+    Keyword arguments win over the environment.
+    """
+
+    metrics_path: str | None = "/metrics"
+    """Path where the middleware serves Prometheus metrics; ``None`` serves none."""
+
+    leak_threshold_seconds: float = 30.0
+    """A session holding a transaction longer than this is reported as a ``too_old`` leak."""
+
+    sweep_interval_seconds: float = 1.0
+    """How often the background sweeper checks for old sessions and flushes deferred events."""
+
+    capture_origin: bool = True
+    """Record the code location that opened each session (a few microseconds per session)."""
+
+    application_name: str | None = "pool-observer"
+    """``application_name`` set on new PostgreSQL connections (unless the app sets its own), so
+    the server's ``pg_stat_activity`` can be joined with the app's view; ``None`` or empty: off."""
+
+    max_routes: int = 200
+    """Most distinct route label values; further routes are counted as ``other``."""
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @classmethod
+    def from_options(
+        cls,
+        options: Mapping[str, object] | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """Settings from keyword options over ``OBSERVER_*`` environment variables over defaults."""
+        options = dict(options or {})
+        names = [field.name for field in dataclasses.fields(cls)]
+        for key in options:
+            if key not in names:
+                hint = difflib.get_close_matches(key, names, n=1)
+                suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+                raise ConfigurationError(
+                    f"unknown option {key!r}{suggestion} (known options: {', '.join(names)})"
+                )
+        environ = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        values: dict[str, object] = {}
+        for name in names:
+            env_name = ENV_PREFIX + name.upper()
+            if name in options:
+                values[name] = options[name]
+            elif env_name in environ:
+                values[name] = _parse_env(env_name, environ[env_name], hints[name])
+        return cls(**values)  # type: ignore[arg-type]
+
+
+class Options(TypedDict, total=False):
+    """Keyword options of :func:`observer.instrument` and :class:`observer.Observer`."""
+
+    metrics_path: str | None
+    leak_threshold_seconds: float
+    sweep_interval_seconds: float
+    capture_origin: bool
+    application_name: str | None
+    max_routes: int
+
+
+def _parse_env(env_name: str, raw: str, hint: object) -> object:
+    text = raw.strip()
+    optional = "None" in str(hint)
+    if optional and text.lower() in {"", "none", "off"}:
+        return None
+    if hint is bool:
+        lowered = text.lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigurationError(f"{env_name} must be true or false (got {raw!r})")
+    if hint is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigurationError(
+                f"{env_name} must be a number of seconds (got {raw!r})"
+            ) from None
+    if hint is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigurationError(f"{env_name} must be a whole number (got {raw!r})") from None
+    return text
+
+
+def _validate(settings: Settings) -> None:
+    path = settings.metrics_path
+    if path is not None and (not isinstance(path, str) or not path.startswith("/")):
+        raise ConfigurationError(
+            f"metrics_path must be a path starting with '/' (got {path!r}); "
+            "use None to serve no metrics endpoint"
+        )
+    for name, meaning in (
+        (
+            "leak_threshold_seconds",
+            "how long a session may hold a transaction before it is reported",
+        ),
+        ("sweep_interval_seconds", "how often the background sweeper runs"),
+    ):
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ConfigurationError(
+                f"{name} must be a number > 0 (got {value!r}); it is {meaning}"
+            )
+    if not isinstance(settings.capture_origin, bool):
+        raise ConfigurationError(
+            f"capture_origin must be True or False (got {settings.capture_origin!r})"
+        )
+    app_name = settings.application_name
+    if app_name is not None and (not isinstance(app_name, str) or len(app_name.encode()) > 63):
+        raise ConfigurationError(
+            f"application_name must be a string of at most 63 bytes, PostgreSQL's limit "
+            f"(got {app_name!r}); use None to leave connections' application_name alone"
+        )
+    routes = settings.max_routes
+    if isinstance(routes, bool) or not isinstance(routes, int) or routes < 1:
+        raise ConfigurationError(
+            f"max_routes must be a whole number >= 1 (got {routes!r}); it bounds the route label"
+        )
