@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 import yaml
-from shipped import ALERTS, DASHBOARDS, RULES
+
+from tests.monitoring.shipped import ALERTS, DASHBOARDS, RULES
 
 
 @pytest.fixture(scope="session")

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from shipped import ROOT
 
 from observer.cli import main
 from observer.monitoring import render
 from observer.monitoring.config import MonitoringConfig
+from tests.monitoring.shipped import ROOT
 
 
 def test_committed_files_are_exactly_a_fresh_render(tmp_path: Path) -> None:
@@ -102,6 +102,7 @@ def test_cli_reports_an_invalid_setting(tmp_path: Path, capsys: pytest.CaptureFi
     """`observer render` exits 2 with the validation message and writes nothing."""
     assert main(["render", "--out", str(tmp_path), "--set", "exhausted_for=soon"]) == 2
     assert capsys.readouterr().err == (
-        "observer render: exhausted_for: 'soon' is not a Prometheus duration (e.g. 30s, 5m, 1h30m)\n"
+        "observer render: exhausted_for: 'soon' is not a Prometheus duration "
+        "(e.g. 30s, 5m, 1h30m)\n"
     )
     assert list(tmp_path.iterdir()) == []

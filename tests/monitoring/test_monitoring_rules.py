@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 import yaml
-from shipped import ALERTS, RULES, RUNBOOKS, UNIT_TESTS
 
 from observer.monitoring.alerts import all_alerts
 from observer.monitoring.config import MonitoringConfig, duration_seconds
+from tests.monitoring.shipped import ALERTS, RULES, RUNBOOKS, UNIT_TESTS
 
 # The alerts issue 4 asks for, each by its shipped name.
 EXPECTED_ALERTS = [
