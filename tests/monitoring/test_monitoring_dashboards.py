@@ -6,6 +6,8 @@ import json
 import re
 from typing import Any
 
+import yaml
+
 from observer.monitoring.panels import DATASOURCE, SCHEMA_VERSION, all_panels, queries
 from tests.monitoring.shipped import DASHBOARDS
 
@@ -187,3 +189,20 @@ def test_dashboard_json_is_stably_formatted() -> None:
     for path in DASHBOARDS:
         text = path.read_text()
         assert text == json.dumps(json.loads(text), indent=2) + "\n"
+
+
+def test_provisioning_examples() -> None:
+    """The provider reads JSON files from a directory; the data source is a Prometheus one."""
+    provisioning = DASHBOARDS[0].parent / "provisioning"
+    assert sorted(p.name for p in provisioning.iterdir()) == ["dashboards.yaml", "datasources.yaml"]
+    providers = yaml.safe_load((provisioning / "dashboards.yaml").read_text())
+    assert providers["apiVersion"] == 1
+    assert [(p["type"], p["allowUiUpdates"]) for p in providers["providers"]] == [("file", False)]
+    assert (
+        providers["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards/pool-observer"
+    )
+    sources = yaml.safe_load((provisioning / "datasources.yaml").read_text())
+    assert sources["apiVersion"] == 1
+    [source] = sources["datasources"]
+    assert (source["type"], source["access"], source["isDefault"]) == ("prometheus", "proxy", True)
+    assert source["jsonData"]["timeInterval"] == "15s"
