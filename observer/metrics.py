@@ -147,6 +147,8 @@ class Metrics:
             ["reason", "route"],
             registry=r,
         )
+        for reason in LEAK_REASONS:  # a 0 series from the start, so rate() and panels work
+            self.session_leaks.labels(reason, "none")
         self.route_hold = Counter(
             "sqlalchemy_route_connection_hold_seconds",
             "Connection time used by each route (who hogs the pool).",

@@ -1,0 +1,104 @@
+"""Options: keyword arguments and OBSERVER_* variables, validated with errors that say the fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from observer import ConfigurationError, Observer, Settings
+from observer.settings import Options
+
+
+def test_defaults() -> None:
+    """The defaults are the documented ones."""
+    s = Settings.from_options({}, environ={})
+    assert s.metrics_path == "/metrics"
+    assert s.leak_threshold_seconds == 30.0
+    assert s.sweep_interval_seconds == 1.0
+    assert s.capture_origin is True
+    assert s.application_name == "pool-observer"
+    assert s.max_routes == 200
+
+
+def test_environment_variables_are_read_and_keywords_win() -> None:
+    """OBSERVER_<NAME> sets an option; a keyword argument overrides the environment."""
+    environ = {
+        "OBSERVER_LEAK_THRESHOLD_SECONDS": "12.5",
+        "OBSERVER_CAPTURE_ORIGIN": "false",
+        "OBSERVER_METRICS_PATH": "none",
+        "OBSERVER_MAX_ROUTES": "50",
+        "OBSERVER_APPLICATION_NAME": "billing",
+    }
+    s = Settings.from_options({"max_routes": 10}, environ=environ)
+    assert s.leak_threshold_seconds == 12.5
+    assert s.capture_origin is False
+    assert s.metrics_path is None
+    assert s.application_name == "billing"
+    assert s.max_routes == 10
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"leak_threshold_seconds": -1}, r"leak_threshold_seconds must be a number > 0 \(got -1\)"),
+        ({"leak_threshold_seconds": 0}, "leak_threshold_seconds must be a number > 0"),
+        ({"sweep_interval_seconds": "1"}, "sweep_interval_seconds must be a number > 0"),
+        ({"metrics_path": "metrics"}, "metrics_path must be a path starting with '/'"),
+        ({"capture_origin": "yes"}, "capture_origin must be True or False"),
+        ({"application_name": "x" * 64}, "application_name must be a string of at most 63 bytes"),
+        ({"max_routes": 0}, "max_routes must be a whole number >= 1"),
+        ({"leak_treshold_seconds": 5}, "unknown option 'leak_treshold_seconds'; did you mean"),
+    ],
+)
+def test_bad_options_fail_with_the_option_and_the_fix(
+    options: dict[str, object], message: str
+) -> None:
+    """Each invalid value fails at once, naming the option."""
+    with pytest.raises(ConfigurationError, match=message):
+        Settings.from_options(options, environ={})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        (
+            "OBSERVER_LEAK_THRESHOLD_SECONDS",
+            "soon",
+            "OBSERVER_LEAK_THRESHOLD_SECONDS must be a number",
+        ),
+        ("OBSERVER_CAPTURE_ORIGIN", "maybe", "OBSERVER_CAPTURE_ORIGIN must be true or false"),
+        ("OBSERVER_MAX_ROUTES", "1.5", "OBSERVER_MAX_ROUTES must be a whole number"),
+        ("OBSERVER_SWEEP_INTERVAL_SECONDS", "-2", "sweep_interval_seconds must be a number > 0"),
+    ],
+)
+def test_bad_environment_values_name_the_variable(variable: str, value: str, message: str) -> None:
+    """A wrong OBSERVER_* value fails at startup with the variable's name."""
+    with pytest.raises(ConfigurationError, match=message):
+        Settings.from_options({}, environ={variable: value})
+
+
+def test_observer_validates_at_construction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Observer() reads the environment and fails before touching any registry."""
+    monkeypatch.setenv("OBSERVER_LEAK_THRESHOLD_SECONDS", "-5")
+    with pytest.raises(ConfigurationError, match="leak_threshold_seconds"):
+        Observer()
+
+
+def test_options_typeddict_matches_the_settings_fields() -> None:
+    """Every Settings field is a keyword option, and nothing else is."""
+    import dataclasses
+
+    assert set(Options.__annotations__) == {f.name for f in dataclasses.fields(Settings)}
+
+
+def test_watch_rejects_what_is_not_an_engine(registry: object) -> None:
+    """watch() names what it got and what it needs."""
+    from prometheus_client import CollectorRegistry
+
+    obs = Observer(registry=CollectorRegistry())
+    try:
+        with pytest.raises(
+            ConfigurationError, match="expected a SQLAlchemy Engine or AsyncEngine, got str"
+        ):
+            obs.watch("postgresql://db/app")
+    finally:
+        obs.close()
