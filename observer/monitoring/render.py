@@ -118,7 +118,13 @@ def config_from(args: argparse.Namespace) -> MonitoringConfig:
     if args.scrape_interval is not None:
         changes["scrape_interval"] = args.scrape_interval
     for name, value in args.settings:
-        changes[name] = float(value) if _FIELDS[name].type == "float" else value
+        if _FIELDS[name].type != "float":
+            changes[name] = value
+            continue
+        try:
+            changes[name] = float(value)
+        except ValueError:
+            raise ValueError(f"{name} must be a number (got {value!r})") from None
     return MonitoringConfig(**changes)
 
 

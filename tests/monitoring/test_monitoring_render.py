@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,35 @@ def test_cli_reports_an_invalid_setting(tmp_path: Path, capsys: pytest.CaptureFi
         "(e.g. 30s, 5m, 1h30m)\n"
     )
     assert list(tmp_path.iterdir()) == []
+    assert main(["render", "--out", str(tmp_path), "--set", "saturation_ratio=high"]) == 2
+    assert capsys.readouterr().err == (
+        "observer render: saturation_ratio must be a number (got 'high')\n"
+    )
+
+
+@pytest.mark.promtool
+def test_a_custom_render_still_passes_promtool(promtool: str, tmp_path: Path) -> None:
+    """Rules rendered with another selector, windows and thresholds are valid and lint-clean."""
+    args = ["render", "--out", str(tmp_path), "--job-selector", 'job="api", namespace="prod"']
+    for setting in ("rate_window=2m", "leaks_window=30m", "invalidations_threshold=2.5"):
+        args += ["--set", setting]
+    assert main(args) == 0
+    result = subprocess.run(
+        [
+            promtool,
+            "check",
+            "rules",
+            "--lint=all",
+            "--lint-fatal",
+            str(tmp_path / render.RULES_FILE),
+            str(tmp_path / render.ALERTS_FILE),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = (tmp_path / render.ALERTS_FILE).read_text()
+    assert "job_instance_pool:sqlalchemy_pool_checkout_duration_seconds:p99_rate2m > 0.5" in text
+    assert 'sqlalchemy_orm_session_leaks_total{job="api", namespace="prod"}[30m]' in text
+    assert ") > 2.5\n" in text
