@@ -174,7 +174,7 @@ def stat(
             "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
             "textMode": "auto",
         },
-        "targets": [target(expr, "{{instance}} {{pool}}")],
+        "targets": [target(expr)],
         "title": title,
         "type": "stat",
     }
