@@ -25,6 +25,11 @@ def pools(config: MonitoringConfig) -> Json:
     legend = "{{instance}} {{pool}}"
     layout = Layout()
     layout.add(
+        alert_list(
+            "Firing and pending alerts",
+            "pool-observer's SQLAlchemy* alerts pending or firing now; each links to its runbook.",
+            height=5,
+        ),
         row("Saturation"),
         stat(
             "Busiest pool utilisation",
@@ -201,11 +206,6 @@ def pools(config: MonitoringConfig) -> Json:
             ),
             width=8,
         ),
-        row("Alerts"),
-        alert_list(
-            "pool-observer alerts",
-            "SQLAlchemy* alerts pending or firing now; each links to its runbook.",
-        ),
     )
     _server_row(layout, config)
     return dashboard(
@@ -235,7 +235,7 @@ def _server_row(layout: Layout, config: MonitoringConfig) -> None:
                     "{{application_name}} {{state}}",
                 )
             ),
-            width=8,
+            width=6,
             stack=True,
         ),
         timeseries(
@@ -254,24 +254,32 @@ def _server_row(layout: Layout, config: MonitoringConfig) -> None:
                     "longest transaction: {{state}}",
                 ),
             ),
-            width=8,
+            width=6,
         ),
         timeseries(
-            "Lock waits",
-            "Backends waiting on a lock and the longest wait: a migration or a long "
-            "transaction blocking the app shows here (pg_blocking_pids names the blocker).",
+            "Backends waiting on locks",
+            "Backends waiting on a lock: a migration or a long transaction blocking the app "
+            "shows here (pg_blocking_pids names the blocker).",
             "short",
             targets(
                 (
                     f"sum by (instance, datname) ({s('pg_observer_lock_waiting_backends')})",
-                    "{{datname}} waiting backends",
-                ),
+                    "{{datname}}",
+                )
+            ),
+            width=6,
+        ),
+        timeseries(
+            "Longest lock wait",
+            "How long the longest-waiting backend has waited for a lock.",
+            "s",
+            targets(
                 (
                     f"max by (instance, datname) ({s('pg_observer_lock_wait_max_seconds')})",
-                    "{{datname}} longest wait (s)",
-                ),
+                    "{{datname}}",
+                )
             ),
-            width=8,
+            width=6,
         ),
     )
     up = stat(

@@ -24,6 +24,11 @@ def routes(config: MonitoringConfig) -> Json:
     checkouts = m("sqlalchemy_route_checkouts_total", pool=False)
     layout = Layout()
     layout.add(
+        alert_list(
+            "Firing and pending alerts",
+            "pool-observer's SQLAlchemy* alerts pending or firing now; each links to its runbook.",
+            height=5,
+        ),
         row("Culprits: who holds the connections"),
         timeseries(
             "Connections held, by route (top 10)",
@@ -94,8 +99,6 @@ def routes(config: MonitoringConfig) -> Json:
                 )
             ),
         ),
-        row("Alerts"),
-        alert_list("pool-observer alerts", "SQLAlchemy* alerts pending or firing now."),
     )
     return dashboard(
         "pool-observer-routes",

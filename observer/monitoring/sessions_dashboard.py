@@ -24,6 +24,11 @@ def sessions(config: MonitoringConfig) -> Json:
     leaks = m("sqlalchemy_orm_session_leaks_total", pool=False)
     layout = Layout()
     layout.add(
+        alert_list(
+            "Firing and pending alerts",
+            "pool-observer's SQLAlchemy* alerts pending or firing now; each links to its runbook.",
+            height=5,
+        ),
         row("Sessions"),
         stat(
             "Open sessions",
@@ -128,8 +133,6 @@ def sessions(config: MonitoringConfig) -> Json:
                 )
             ),
         ),
-        row("Alerts"),
-        alert_list("pool-observer alerts", "SQLAlchemy* alerts pending or firing now."),
     )
     return dashboard(
         "pool-observer-sessions",
