@@ -250,4 +250,10 @@ class Observer:
                 }
                 for record in sorted(self.sessions.open.values(), key=lambda r: r.started)
             ],
+            "leaks": [
+                {"reason": reason, "route": route, "origin": origin, "count": count}
+                for (reason, route, origin), count in sorted(
+                    self.sessions.leak_origins.items(), key=lambda item: -item[1]
+                )
+            ],
         }

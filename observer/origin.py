@@ -8,14 +8,17 @@ import sysconfig
 from types import CodeType, FrameType
 from typing import NamedTuple
 
+_PACKAGE_DIR = os.path.join(os.path.dirname(os.path.realpath(__file__)), "")
 _LIBRARY_DIRS = tuple(
     {
         os.path.join(os.path.realpath(path), "")
-        for key in ("stdlib", "platstdlib", "purelib", "platlib")
+        for key in ("stdlib", "platstdlib", "purelib", "platlib", "scripts")
         if (path := sysconfig.get_paths().get(key))
     }
-    | {os.path.join(os.path.dirname(os.path.realpath(__file__)), "")}
+    | {_PACKAGE_DIR}
 )
+# The demo app ships inside the package but is an app: its frames are origins.
+_APP_DIRS = (os.path.join(_PACKAGE_DIR, "demo", ""),)
 _MAX_DEPTH = 80
 
 # code object -> is it app code?  Bounded by the amount of code in the program.
@@ -46,6 +49,8 @@ def _classify(code: CodeType) -> bool:
     if filename.startswith("<"):  # <frozen ...>, <string>
         return False
     real = os.path.realpath(filename)
+    if real.startswith(_APP_DIRS):
+        return True
     if "site-packages" in real or "dist-packages" in real:
         return False
     return not real.startswith(_LIBRARY_DIRS)

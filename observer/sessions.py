@@ -23,6 +23,8 @@ from observer.logs import RateLimiter, logger
 from observer.metrics import Metrics
 from observer.routes import RouteMetrics
 
+MAX_LEAK_ORIGINS = 100  # distinct (reason, route, origin) kept for snapshot(); counters go on
+
 
 @dataclass(slots=True, eq=False)
 class OpenSession:
@@ -61,6 +63,8 @@ class SessionTracker:
         self._limiter = limiter
         self._engines: set[int] = set()  # id() of watched sync engines
         self.open: dict[int, OpenSession] = {}
+        # (reason, route, origin) -> leaks: where leaks come from, for snapshot() and reports
+        self.leak_origins: dict[tuple[str, str, str], int] = {}
         self._listeners = (
             ("after_transaction_create", hooks.guard("session_begin", self._on_begin)),
             ("after_transaction_end", hooks.guard("session_end", self._on_end)),
@@ -150,6 +154,9 @@ class SessionTracker:
         record.reported = reason
         route = self._routes.label(record.route)
         self._m.session_leaks.labels(reason, route).inc()
+        key = (reason, route, str(record.origin) if record.origin else "unknown")
+        if key in self.leak_origins or len(self.leak_origins) < MAX_LEAK_ORIGINS:
+            self.leak_origins[key] = self.leak_origins.get(key, 0) + 1
         if not self._limiter.allow("session.leak"):
             return
         age = (perf_counter() if now is None else now) - record.started
