@@ -11,8 +11,12 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-DEFAULT_APPLICATION_NAME = "pool-observer"
-APPLICATION_NAME_ENV = "OBSERVER_APPLICATION_NAME"
+from observer.settings import ENV_PREFIX, Settings
+
+# The name the library sets on the app's connections (observer.settings.Settings), so the
+# server view can select them.
+DEFAULT_APPLICATION_NAME = Settings.from_options({}, environ={}).application_name or ""
+APPLICATION_NAME_ENV = ENV_PREFIX + "APPLICATION_NAME"
 
 # The states postgres_exporter enumerates for pg_stat_activity_count
 # (collector/pg_stat_activity.go),

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -20,6 +23,29 @@ from tests.pgcluster import free_port
 def run_demo(capsys: pytest.CaptureFixture[str], *args: str) -> str:
     assert main(["demo", "--short", "--no-progress", *args]) == 0
     return capsys.readouterr().out
+
+
+def wait_for_line(stream: IO[str], prefix: str, timeout: float) -> bool:
+    """Read ``stream`` until a line starts with ``prefix`` (False at EOF or after ``timeout``)."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        for line in stream:
+            lines.put(line)
+        lines.put("")  # EOF
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            return False
+        if not line:
+            return False
+        if line.startswith(prefix):
+            return True
+    return False
 
 
 def check_summary(out: str) -> None:
@@ -75,8 +101,8 @@ def test_demo_serves_on_several_workers_and_their_metrics_add_up(
     )
     try:
         assert proc.stdout is not None
-        line = proc.stdout.readline()  # blocks until the first round is done (or the exit)
-        assert line.startswith("observer demo: load round 1: 60 requests"), line
+        # the workers' own log lines (leaks found) share stdout with the demo's progress
+        assert wait_for_line(proc.stdout, "observer demo: load round 1: 60 requests", 60)
         pids: set[str] = set()
         checkouts = 0.0
         deadline = time.monotonic() + 20

@@ -1,0 +1,129 @@
+"""Everything a user may override when rendering the rules and dashboards, validated up front."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any
+
+_DURATION = re.compile(r"^(?:(\d+)(ms|s|m|h|d|w|y))+$")
+_DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
+_UNIT_SECONDS = {
+    "ms": 0.001,
+    "s": 1,
+    "m": 60,
+    "h": 3600,
+    "d": 86400,
+    "w": 604800,
+    "y": 31536000,
+}
+
+DEFAULT_RUNBOOK_URL = "https://github.com/pool-observer/pool-observer/blob/main/docs/runbooks.md"
+
+
+def duration_seconds(value: str) -> float:
+    """Seconds in a Prometheus duration such as ``1h30m``; ValueError when it is not one."""
+    if not _DURATION.match(value):
+        raise ValueError(f"{value!r} is not a Prometheus duration (e.g. 30s, 5m, 1h30m)")
+    return sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(value))
+
+
+@dataclass(frozen=True, kw_only=True)
+class MonitoringConfig:
+    """Selectors, thresholds, ``for:`` durations and links of the rendered rules and dashboards.
+
+    Durations are Prometheus durations (``5m``); ``*_window`` is a range over which a counter's
+    increase is taken, ``*_for`` how long a condition must hold before the alert fires.
+    """
+
+    # Label matchers (without braces) selecting the app's scrape jobs, spliced into every query.
+    job_selector: str = 'job!=""'
+    # Matchers selecting the sidecar's PostgreSQL server metrics; empty: same as job_selector.
+    server_selector: str = ""
+    # Alerts link to ``<runbook_url>#<alertname in lower case>``.
+    runbook_url: str = DEFAULT_RUNBOOK_URL
+    # Grafana base URL (https://grafana.example.com); when set, alerts get a dashboard_url.
+    dashboard_url: str = ""
+    # The scrape interval of the app's jobs: the metrics-absent alert waits at least two.
+    scrape_interval: str = "15s"
+    # Range of the recorded rates and quantiles (recording rules).
+    rate_window: str = "5m"
+
+    exhausted_for: str = "5m"
+    saturation_ratio: float = 0.8
+    saturation_for: str = "15m"
+    timeouts_window: str = "5m"
+    timeouts_for: str = "1m"
+    slow_checkout_seconds: float = 0.5
+    slow_checkout_for: str = "10m"
+    long_hold_seconds: float = 5.0
+    long_hold_for: str = "15m"
+    leak_floor_increase: float = 10.0
+    leak_floor_window: str = "30m"
+    leak_floor_offset: str = "1h"
+    leak_suspected_for: str = "30m"
+    leaks_window: str = "10m"
+    leaks_for: str = "1m"
+    reclaimed_window: str = "10m"
+    reclaimed_for: str = "1m"
+    live_pools_threshold: float = 5.0
+    pools_created_threshold: float = 10.0
+    engine_per_request_window: str = "15m"
+    engine_per_request_for: str = "10m"
+    invalidations_threshold: float = 5.0
+    invalidations_window: str = "10m"
+    invalidations_for: str = "5m"
+    hook_errors_window: str = "10m"
+    hook_errors_for: str = "5m"
+    absent_for: str = "5m"
+    idle_in_transaction_seconds: float = 60.0
+    idle_in_transaction_for: str = "5m"
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name.endswith(("_for", "_window", "_offset", "_interval")):
+                try:
+                    duration_seconds(value)
+                except ValueError as error:
+                    raise ValueError(f"{field.name}: {error}") from None
+            elif field.type == "float" and not value > 0:
+                raise ValueError(f"{field.name} must be > 0 (got {value})")
+        if not 0 < self.saturation_ratio < 1:
+            raise ValueError(
+                f"saturation_ratio must be between 0 and 1 (got {self.saturation_ratio}); "
+                "a pool at 1 is exhausted, which SQLAlchemyPoolExhausted already reports"
+            )
+        for name in ("job_selector", "server_selector"):
+            selector = getattr(self, name)
+            if "{" in selector or "}" in selector:
+                raise ValueError(
+                    f"{name} takes label matchers without braces, "
+                    f"like 'job=\"api\"' (got {selector!r})"
+                )
+        if not self.job_selector.strip():
+            raise ValueError("job_selector must not be empty; use 'job!=\"\"' to select every job")
+        if duration_seconds(self.absent_for) < 2 * duration_seconds(self.scrape_interval):
+            raise ValueError(
+                f"absent_for ({self.absent_for}) must be at least two scrape intervals "
+                f"(2 x {self.scrape_interval}), or the alert fires whenever Prometheus restarts"
+            )
+        if not self.runbook_url.startswith(("http://", "https://")):
+            raise ValueError(f"runbook_url must be an http(s) URL (got {self.runbook_url!r})")
+
+    def selector(self, *matchers: str) -> str:
+        """``{<job_selector>, <matchers>...}``: the selector of an app metric."""
+        return "{" + ", ".join([self.job_selector, *matchers]) + "}"
+
+    def server(self, *matchers: str) -> str:
+        """``{<server_selector>, <matchers>...}``: the selector of a sidecar server metric."""
+        return "{" + ", ".join([self.server_selector or self.job_selector, *matchers]) + "}"
+
+    def runbook(self, alertname: str) -> str:
+        """The runbook link of one alert (an anchor of docs/runbooks.md)."""
+        return f"{self.runbook_url}#{alertname.lower()}"
+
+    def replace(self, **changes: Any) -> MonitoringConfig:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)

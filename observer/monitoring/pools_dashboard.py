@@ -1,0 +1,294 @@
+"""The pool overview dashboard, with the PostgreSQL server view of the sidecar."""
+
+from __future__ import annotations
+
+from observer.monitoring.config import MonitoringConfig
+from observer.monitoring.dashboard_parts import BY_POOL, RATE, links, quantiles, variables
+from observer.monitoring.panels import (
+    Json,
+    Layout,
+    alert_list,
+    dashboard,
+    heatmap,
+    m,
+    row,
+    stat,
+    targets,
+    timeseries,
+)
+
+
+def pools(config: MonitoringConfig) -> Json:
+    """Pool overview: saturation, waits, hold time, errors, alerts and the server's view."""
+    out = m("sqlalchemy_pool_checked_out_connections")
+    cap = f"({m('sqlalchemy_pool_max_connections')} > 0)"
+    legend = "{{instance}} {{pool}}"
+    layout = Layout()
+    layout.add(
+        alert_list(
+            "Firing and pending alerts",
+            "pool-observer's SQLAlchemy* alerts pending or firing now; each links to its runbook.",
+            height=5,
+        ),
+        row("Saturation"),
+        stat(
+            "Busiest pool utilisation",
+            "Highest share of a pool's connections checked out (per worker in multiprocess "
+            "mode). Unbounded pools (max_overflow=-1) have no capacity and are left out.",
+            "percentunit",
+            f"max(max by (job, instance, pool) ({out} / {cap}))",
+            steps=[("green", None), ("orange", config.saturation_ratio), ("red", 1)],
+        ),
+        stat(
+            "Waiting requests",
+            "Callers waiting for a connection right now, summed over the selected pools.",
+            "short",
+            f"sum({m('sqlalchemy_pool_waiting_requests')})",
+            steps=[("green", None), ("orange", 1)],
+        ),
+        stat(
+            "Checkout timeouts",
+            "Checkouts per second that gave up after pool_timeout: requests that failed.",
+            "cps",
+            f"sum(rate({m('sqlalchemy_pool_checkout_timeouts_total')}{RATE}))",
+            steps=[("green", None), ("red", 0.001)],
+        ),
+        stat(
+            "Live pools",
+            "Connection pools alive in the selected processes; it should stay at the number "
+            "of engines. A climbing count means an engine is created per request.",
+            "short",
+            f"sum({m('sqlalchemy_pools', pool=False)})",
+        ),
+        timeseries(
+            "Connections vs capacity",
+            "Checked-out, idle and overflow connections of each pool, with pool_size and "
+            "pool_size + max_overflow as dashed capacity lines.",
+            "short",
+            targets(
+                (f"sum by ({BY_POOL}) ({out})", f"{legend} checked out"),
+                (
+                    f"sum by ({BY_POOL}) ({m('sqlalchemy_pool_checked_in_connections')})",
+                    f"{legend} idle",
+                ),
+                (
+                    f"sum by ({BY_POOL}) ({m('sqlalchemy_pool_overflow_connections')})",
+                    f"{legend} overflow",
+                ),
+                (
+                    f"sum by ({BY_POOL}) ({m('sqlalchemy_pool_size')})",
+                    f"{legend} pool_size capacity",
+                ),
+                (f"sum by ({BY_POOL}) ({cap})", f"{legend} max capacity"),
+            ),
+            capacity=True,
+        ),
+        timeseries(
+            "Waiting requests",
+            "Callers waiting for a connection. Any sustained wait means the pool is too small "
+            "or connections are held too long (see the Routes dashboard for who holds them).",
+            "short",
+            targets((f"sum by ({BY_POOL}) ({m('sqlalchemy_pool_waiting_requests')})", legend)),
+        ),
+        row("Checkout wait and hold time"),
+        heatmap(
+            "Checkout wait",
+            "How long getting a connection took, waiting and timeouts included.",
+            "sum by (le) (increase("
+            f"{m('sqlalchemy_pool_checkout_duration_seconds_bucket')}{RATE}))",
+        ),
+        timeseries(
+            "Checkout wait p50 / p99",
+            "Median and 99th percentile time to get a connection from the pool.",
+            "s",
+            quantiles("sqlalchemy_pool_checkout_duration_seconds", BY_POOL),
+        ),
+        timeseries(
+            "Connection hold p50 / p99",
+            "How long connections stay checked out (checkout to checkin). Long holds starve "
+            "other requests.",
+            "s",
+            quantiles("sqlalchemy_pool_connection_hold_seconds", BY_POOL),
+        ),
+        timeseries(
+            "New connection time p50 / p99",
+            "Time to open a new database connection (TCP, TLS, authentication).",
+            "s",
+            quantiles("sqlalchemy_pool_connect_duration_seconds", BY_POOL),
+        ),
+        row("Errors and churn"),
+        timeseries(
+            "Checkout timeouts",
+            "Checkouts per second that timed out: each one is a failed request.",
+            "cps",
+            targets(
+                (
+                    f"sum by ({BY_POOL}) "
+                    f"(rate({m('sqlalchemy_pool_checkout_timeouts_total')}{RATE}))",
+                    legend,
+                )
+            ),
+            width=8,
+        ),
+        timeseries(
+            "Connections closed, by reason",
+            "Connections closed per second: invalidated (errors, server restarts), detached, "
+            "garbage_collected (never returned by the app), closed (recycle, overflow).",
+            "cps",
+            targets(
+                (
+                    f"sum by ({BY_POOL}, reason) "
+                    f"(rate({m('sqlalchemy_pool_connections_closed_total')}{RATE}))",
+                    f"{legend} {{{{reason}}}}",
+                )
+            ),
+            width=8,
+            stack=True,
+        ),
+        timeseries(
+            "Reclaimed by the garbage collector",
+            "Checked-out connections the garbage collector took back because the app never "
+            "returned them: a connection leak.",
+            "cps",
+            targets(
+                (
+                    f"sum by ({BY_POOL}) "
+                    f"(rate({m('sqlalchemy_pool_connections_reclaimed_total')}{RATE}))",
+                    legend,
+                )
+            ),
+            width=8,
+        ),
+        timeseries(
+            "Checkouts and new connections",
+            "Checkouts and newly opened connections per second. New connections should be "
+            "rare once the pool is warm; many mean recycling or invalidation churn.",
+            "cps",
+            targets(
+                (
+                    f"sum by ({BY_POOL}) (rate({m('sqlalchemy_pool_checkouts_total')}{RATE}))",
+                    f"{legend} checkouts",
+                ),
+                (
+                    f"sum by ({BY_POOL}) "
+                    f"(rate({m('sqlalchemy_pool_connections_opened_total')}{RATE}))",
+                    f"{legend} opened",
+                ),
+            ),
+            width=8,
+        ),
+        timeseries(
+            "Live pools",
+            "Connection pools alive per instance (every engine has one; dispose() replaces "
+            "it), and pools created per interval: after startup both stay flat.",
+            "short",
+            targets(
+                (f"sum by (instance) ({m('sqlalchemy_pools', pool=False)})", "{{instance}} live"),
+                (
+                    "sum by (instance) (increase("
+                    f"{m('sqlalchemy_pools_created_total', pool=False)}{RATE}))",
+                    "{{instance}} created",
+                ),
+            ),
+            width=8,
+        ),
+        timeseries(
+            "Observer hook errors",
+            "Exceptions swallowed inside pool-observer's hooks, by hook. The app is "
+            "unaffected; the metrics may be off. The log has the traceback.",
+            "cps",
+            targets(
+                (
+                    "sum by (instance, hook) "
+                    f"(rate({m('observer_hook_errors_total', pool=False)}{RATE}))",
+                    "{{instance}} {{hook}}",
+                )
+            ),
+            width=8,
+        ),
+    )
+    _server_row(layout, config)
+    return dashboard(
+        "pool-observer-pools",
+        "pool-observer / Connection pools",
+        "SQLAlchemy connection pools: saturation, waits, hold time, errors.",
+        variables(config, pool=True),
+        layout,
+        links(config),
+    )
+
+
+def _server_row(layout: Layout, config: MonitoringConfig) -> None:
+    def s(metric: str) -> str:
+        return m(metric, pool=False)
+
+    layout.add(
+        row("PostgreSQL server view (observer sidecar)"),
+        timeseries(
+            "Server connections by state",
+            "Backends in pg_stat_activity by state, as the sidecar sees them. Many "
+            "'idle in transaction' backends mean sessions left open.",
+            "short",
+            targets(
+                (
+                    f"sum by (instance, application_name, state) ({s('pg_stat_activity_count')})",
+                    "{{application_name}} {{state}}",
+                )
+            ),
+            width=6,
+            stack=True,
+        ),
+        timeseries(
+            "Oldest idle-in-transaction",
+            "Age of the oldest transaction sitting idle: it holds locks and a pool connection "
+            f"(the alert threshold is {config.idle_in_transaction_seconds:g} s).",
+            "s",
+            targets(
+                (
+                    "max by (instance, application_name) "
+                    f"({s('pg_observer_idle_in_transaction_max_seconds')})",
+                    "{{application_name}}",
+                ),
+                (
+                    f"max by (instance, state) ({s('pg_stat_activity_max_tx_duration')})",
+                    "longest transaction: {{state}}",
+                ),
+            ),
+            width=6,
+        ),
+        timeseries(
+            "Backends waiting on locks",
+            "Backends waiting on a lock: a migration or a long transaction blocking the app "
+            "shows here (pg_blocking_pids names the blocker).",
+            "short",
+            targets(
+                (
+                    f"sum by (instance, datname) ({s('pg_observer_lock_waiting_backends')})",
+                    "{{datname}}",
+                )
+            ),
+            width=6,
+        ),
+        timeseries(
+            "Longest lock wait",
+            "How long the longest-waiting backend has waited for a lock.",
+            "s",
+            targets(
+                (
+                    f"max by (instance, datname) ({s('pg_observer_lock_wait_max_seconds')})",
+                    "{{datname}}",
+                )
+            ),
+            width=6,
+        ),
+    )
+    up = stat(
+        "Server reachable",
+        "1 when the sidecar could query PostgreSQL at its last scrape.",
+        "short",
+        f"min({s('pg_up')})",
+        steps=[("red", None), ("green", 1)],
+        width=24,
+        height=3,
+    )
+    layout.add(up)

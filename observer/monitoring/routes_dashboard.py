@@ -1,0 +1,110 @@
+"""The routes dashboard: culprits (who holds connections) and victims (who waits)."""
+
+from __future__ import annotations
+
+from observer.monitoring.config import MonitoringConfig
+from observer.monitoring.dashboard_parts import RATE, links, variables
+from observer.monitoring.panels import (
+    Json,
+    Layout,
+    alert_list,
+    dashboard,
+    m,
+    row,
+    target,
+    targets,
+    timeseries,
+)
+
+
+def routes(config: MonitoringConfig) -> Json:
+    """Routes: which routes hold connections (culprits) and which wait for them (victims)."""
+    hold = m("sqlalchemy_route_connection_hold_seconds_total", pool=False)
+    wait = m("sqlalchemy_route_checkout_wait_seconds_total", pool=False)
+    checkouts = m("sqlalchemy_route_checkouts_total", pool=False)
+    layout = Layout()
+    layout.add(
+        alert_list(
+            "Firing and pending alerts",
+            "pool-observer's SQLAlchemy* alerts pending or firing now; each links to its runbook.",
+            height=5,
+        ),
+        row("Culprits: who holds the connections"),
+        timeseries(
+            "Connections held, by route (top 10)",
+            "Connection-seconds used per second by each route = the average number of "
+            "connections it holds. The dashed line is the total capacity of the pools. "
+            "'none' is work outside any request, 'unmatched' paths no route matched.",
+            "short",
+            [
+                target(f"topk(10, sum by (route) (rate({hold}{RATE})))", "{{route}}"),
+                target(
+                    f"sum({m('sqlalchemy_pool_max_connections', pool=False)} > 0)",
+                    "capacity",
+                    ref="B",
+                ),
+            ],
+            stack=False,
+            capacity=True,
+        ),
+        timeseries(
+            "Mean hold per checkout, by route (top 10)",
+            "How long each route keeps a connection per checkout, on average.",
+            "s",
+            targets(
+                (
+                    f"topk(10, sum by (route) (rate({hold}{RATE})) "
+                    f"/ sum by (route) (rate({checkouts}{RATE})))",
+                    "{{route}}",
+                )
+            ),
+        ),
+        row("Victims: who waits for a connection"),
+        timeseries(
+            "Requests waiting, by route (top 10)",
+            "Seconds spent waiting for a connection per second by each route = the average "
+            "number of its callers waiting.",
+            "short",
+            targets((f"topk(10, sum by (route) (rate({wait}{RATE})))", "{{route}}")),
+            stack=True,
+        ),
+        timeseries(
+            "Mean wait per checkout, by route (top 10)",
+            "How long each route waits for a connection per checkout, on average.",
+            "s",
+            targets(
+                (
+                    f"topk(10, sum by (route) (rate({wait}{RATE})) "
+                    f"/ sum by (route) (rate({checkouts}{RATE})))",
+                    "{{route}}",
+                )
+            ),
+        ),
+        row("Traffic and leaks"),
+        timeseries(
+            "Checkouts by route (top 10)",
+            "Connection checkouts per second by route.",
+            "cps",
+            targets((f"topk(10, sum by (route) (rate({checkouts}{RATE})))", "{{route}}")),
+        ),
+        timeseries(
+            "Session leaks by route (top 10)",
+            "Sessions leaked per second by route; see the Sessions and leaks dashboard.",
+            "cps",
+            targets(
+                (
+                    "topk(10, sum by (route) (rate("
+                    f"{m('sqlalchemy_orm_session_leaks_total', pool=False)}{RATE})))",
+                    "{{route}}",
+                )
+            ),
+        ),
+    )
+    return dashboard(
+        "pool-observer-routes",
+        "pool-observer / Routes: culprits and victims",
+        "Which routes hold the pool's connections and which routes wait for them.",
+        variables(config, pool=False),
+        layout,
+        links(config),
+    )

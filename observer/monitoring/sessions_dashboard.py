@@ -1,0 +1,144 @@
+"""The sessions and leaks dashboard."""
+
+from __future__ import annotations
+
+from observer.monitoring.config import MonitoringConfig
+from observer.monitoring.dashboard_parts import RATE, links, quantiles, variables
+from observer.monitoring.panels import (
+    Json,
+    Layout,
+    alert_list,
+    dashboard,
+    heatmap,
+    m,
+    row,
+    stat,
+    targets,
+    timeseries,
+)
+
+
+def sessions(config: MonitoringConfig) -> Json:
+    """Sessions and leaks: open sessions with their floor, leaks by reason and route."""
+    opened = m("sqlalchemy_orm_sessions_open", pool=False)
+    leaks = m("sqlalchemy_orm_session_leaks_total", pool=False)
+    layout = Layout()
+    layout.add(
+        alert_list(
+            "Firing and pending alerts",
+            "pool-observer's SQLAlchemy* alerts pending or firing now; each links to its runbook.",
+            height=5,
+        ),
+        row("Sessions"),
+        stat(
+            "Open sessions",
+            "ORM sessions holding a transaction (and so possibly a connection) right now.",
+            "short",
+            f"sum({opened})",
+        ),
+        stat(
+            "Session leaks",
+            "Sessions per second reported as leaked (left open at the end of a request, "
+            "garbage-collected while open, or open too long).",
+            "cps",
+            f"sum(rate({leaks}{RATE}))",
+            steps=[("green", None), ("red", 0.001)],
+        ),
+        stat(
+            "Sessions opened",
+            "ORM sessions that started a transaction, per second.",
+            "cps",
+            f"sum(rate({m('sqlalchemy_orm_sessions_opened_total', pool=False)}{RATE}))",
+        ),
+        stat(
+            "Connections reclaimed by GC",
+            "Checked-out connections the garbage collector took back, per second.",
+            "cps",
+            f"sum(rate({m('sqlalchemy_pool_connections_reclaimed_total', pool=False)}{RATE}))",
+            steps=[("green", None), ("red", 0.001)],
+        ),
+        timeseries(
+            "Open sessions and their floor",
+            f"Open sessions and their minimum over {config.leak_floor_window}. Bursts come and "
+            "go; a floor that keeps rising is a leak (SQLAlchemySessionLeakSuspected).",
+            "short",
+            targets(
+                (f"sum by (instance) ({opened})", "{{instance}} open"),
+                (
+                    f"min by (instance) (min_over_time({opened}[{config.leak_floor_window}]))",
+                    f"{{{{instance}}}} floor ({config.leak_floor_window} minimum)",
+                ),
+            ),
+            width=24,
+        ),
+        row("Leaks"),
+        timeseries(
+            "Leaks by reason",
+            "request_end: still open when the response finished; garbage_collected: dropped "
+            "while open; too_old: open longer than the threshold.",
+            "cps",
+            targets(
+                (f"sum by (instance, reason) (rate({leaks}{RATE}))", "{{instance}} {{reason}}")
+            ),
+            stack=True,
+        ),
+        timeseries(
+            "Leaks by route (top 10)",
+            "Which routes leak sessions. The leak log events carry the code location that "
+            "opened each session ('origin').",
+            "cps",
+            targets((f"topk(10, sum by (route) (rate({leaks}{RATE})))", "{{route}}")),
+            stack=True,
+        ),
+        row("Session lifetime"),
+        heatmap(
+            "Session duration",
+            "How long sessions stay open (transaction start to end).",
+            "sum by (le) (increase("
+            f"{m('sqlalchemy_orm_session_duration_seconds_bucket', pool=False)}{RATE}))",
+        ),
+        timeseries(
+            "Session duration p50 / p99",
+            "Median and 99th percentile session duration.",
+            "s",
+            quantiles("sqlalchemy_orm_session_duration_seconds", "instance", pool=False),
+        ),
+        timeseries(
+            "Sessions opened and closed",
+            "Sessions opened and closed per second: the gap between them is what piles up.",
+            "cps",
+            targets(
+                (
+                    "sum by (instance) "
+                    f"(rate({m('sqlalchemy_orm_sessions_opened_total', pool=False)}{RATE}))",
+                    "{{instance}} opened",
+                ),
+                (
+                    "sum by (instance) "
+                    f"(rate({m('sqlalchemy_orm_sessions_closed_total', pool=False)}{RATE}))",
+                    "{{instance}} closed",
+                ),
+            ),
+        ),
+        timeseries(
+            "Connections reclaimed by GC",
+            "Checked-out connections the garbage collector took back: the app never returned "
+            "them (SQLAlchemyPoolConnectionsReclaimed).",
+            "cps",
+            targets(
+                (
+                    "sum by (instance, pool) (rate("
+                    f"{m('sqlalchemy_pool_connections_reclaimed_total', pool=False)}{RATE}))",
+                    "{{instance}} {{pool}}",
+                )
+            ),
+        ),
+    )
+    return dashboard(
+        "pool-observer-sessions",
+        "pool-observer / Sessions and leaks",
+        "SQLAlchemy ORM sessions: open sessions, their floor, leaks by reason and route.",
+        variables(config, pool=False),
+        layout,
+        links(config),
+    )

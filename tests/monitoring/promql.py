@@ -1,0 +1,78 @@
+"""Every PromQL expression the project ships (Grafana variables substituted) and its metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import yaml
+
+from observer.monitoring.panels import queries
+from tests.monitoring.shipped import ALERTS, DASHBOARDS, RULES
+
+# Grafana's macros as dashboard-linter substitutes them; every other variable matches anything.
+MACROS = {"__rate_interval": "1m", "__interval": "1m", "__range": "1h", "__auto": "1m"}
+_VARIABLE = re.compile(r"\$\{([^}]+)\}|\$(\w+)|\[\[(\w+)\]\]")
+_LABEL_VALUES = re.compile(r"^label_values\((.*),\s*\w+\)$")
+KEYWORDS = {
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "offset",
+    "bool",
+    "inf",
+    "nan",
+}
+
+
+def substitute(expr: str, macros: dict[str, str] = MACROS) -> str:
+    """``expr`` with Grafana variables replaced so that Prometheus can parse and run it."""
+
+    def value(match: re.Match[str]) -> str:
+        name = (match.group(1) or match.group(2) or match.group(3)).split(":")[0]
+        return macros.get(name, ".+")
+
+    return _VARIABLE.sub(value, expr)
+
+
+def dashboard_expressions(rate_interval: str = "1m") -> list[tuple[str, str]]:
+    """(where, PromQL) of every dashboard target and variable query, variables substituted."""
+    macros = {**MACROS, "__rate_interval": rate_interval}
+    found = []
+    for path in DASHBOARDS:
+        board = json.loads(path.read_text())
+        for title, expr in queries(board):
+            found.append((f"{path.name}: {title}", substitute(expr, macros)))
+        for variable in board["templating"]["list"]:
+            if variable["type"] == "query":
+                match = _LABEL_VALUES.match(variable["query"]["query"])
+                assert match, variable["query"]
+                found.append((f"{path.name}: ${variable['name']}", substitute(match.group(1))))
+    return found
+
+
+def rule_expressions() -> list[tuple[str, str]]:
+    """(rule name, PromQL) of every alerting and recording rule."""
+    found = []
+    for path in (RULES, ALERTS):
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                found.append((rule.get("alert") or rule["record"], rule["expr"]))
+    return found
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names an expression reads (label names, functions and keywords left out)."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    text = re.sub(r"\{[^}]*\}", " ", text)
+    text = re.sub(r"\[[^\]]*\]", " ", text)
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    names = set()
+    for match in re.finditer(r"(?<![\w.])([A-Za-z_:][\w:]*)(\s*\()?", text):
+        if match.group(2) is None and match.group(1) not in KEYWORDS:
+            names.add(match.group(1))
+    return names

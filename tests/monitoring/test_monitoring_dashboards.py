@@ -1,0 +1,208 @@
+"""The shipped dashboards follow the rules ported from mixtool and grafana/dashboard-linter."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import yaml
+
+from observer.monitoring.panels import DATASOURCE, SCHEMA_VERSION, all_panels, queries
+from tests.monitoring.shipped import DASHBOARDS
+
+UNIT_PANELS = {"timeseries", "stat", "gauge", "heatmap", "bargauge"}
+RATE_RANGE = re.compile(r"\b(rate|irate|increase)\((.*?)\[([^\]]+)\]")
+SELECTOR = re.compile(r"\b([a-z_:][a-z0-9_:]*)\{([^}]*)\}")
+
+
+def test_the_three_dashboards_ship_with_stable_uids(dashboards: dict[str, Any]) -> None:
+    """Pools, sessions and routes dashboards, each uid equal to its file name."""
+    assert sorted(dashboards) == [
+        "pool-observer-pools.json",
+        "pool-observer-routes.json",
+        "pool-observer-sessions.json",
+    ]
+    for name, board in dashboards.items():
+        assert board["uid"] == name.removesuffix(".json")
+        assert len(board["uid"]) <= 40  # Grafana's uid limit
+
+
+def test_dashboards_are_provisionable_code(dashboards: dict[str, Any]) -> None:
+    """Titles, tags, not editable, pinned schemaVersion, no __inputs nor ${DS_...} anywhere."""
+    for path in DASHBOARDS:
+        assert "__inputs" not in path.read_text()
+        assert "${DS_" not in path.read_text()
+    for board in dashboards.values():
+        assert board["title"].startswith("pool-observer / ")
+        assert board["tags"] == ["pool-observer", "sqlalchemy"]
+        assert board["editable"] is False
+        assert board["schemaVersion"] == SCHEMA_VERSION == 39
+        assert board["links"][0]["title"] == "Runbooks"
+
+
+def test_datasource_variable(dashboards: dict[str, Any]) -> None:
+    """Exactly one datasource variable, named datasource, labelled Data Source, of Prometheus."""
+    for board in dashboards.values():
+        found = [v for v in board["templating"]["list"] if v["type"] == "datasource"]
+        assert len(found) == 1
+        assert (found[0]["name"], found[0]["label"], found[0]["query"]) == (
+            "datasource",
+            "Data Source",
+            "prometheus",
+        )
+
+
+def test_job_instance_pool_variables(dashboards: dict[str, Any]) -> None:
+    """job, instance (and pool for pools): multi-select, All is .+, reload on time change."""
+    for name, board in dashboards.items():
+        variables = {v["name"]: v for v in board["templating"]["list"] if v["type"] == "query"}
+        expected = (
+            ["job", "instance", "pool"]
+            if name == "pool-observer-pools.json"
+            else [
+                "job",
+                "instance",
+            ]
+        )
+        assert list(variables) == expected
+        for variable in variables.values():
+            assert variable["multi"] is True
+            assert variable["includeAll"] is True
+            assert variable["allValue"] == ".+"
+            assert variable["refresh"] == 2
+            assert variable["datasource"] == DATASOURCE
+            assert variable["definition"] == variable["query"]["query"]
+
+
+def test_every_panel_has_title_description_unit_and_templated_datasource(
+    dashboards: dict[str, Any],
+) -> None:
+    """dashboard-linter panel-title-description, panel-units and panel-datasource rules."""
+    for board in dashboards.values():
+        for panel in all_panels(board):
+            assert panel["title"], panel
+            assert len(panel["description"]) > 20, panel["title"]
+            if panel["type"] in UNIT_PANELS:
+                assert panel["fieldConfig"]["defaults"]["unit"], panel["title"]
+            for target in panel.get("targets", []):
+                assert panel["datasource"] == target["datasource"] == DATASOURCE
+
+
+def test_every_selector_filters_on_job_and_instance(dashboards: dict[str, Any]) -> None:
+    """dashboard-linter target-job and target-instance rules, for every selector of a target."""
+    for board in dashboards.values():
+        for title, expr in queries(board):
+            selectors = SELECTOR.findall(expr)
+            assert selectors, title
+            for _metric, matchers in selectors:
+                assert 'job=~"$job"' in matchers, (title, expr)
+                assert 'instance=~"$instance"' in matchers, (title, expr)
+
+
+def test_pool_metrics_filter_on_the_pool_variable(dashboards: dict[str, Any]) -> None:
+    """On the pools dashboard, every pool-labelled metric follows the pool variable."""
+    board = dashboards["pool-observer-pools.json"]
+    for title, expr in queries(board):
+        for metric, matchers in SELECTOR.findall(expr):
+            if metric.startswith("sqlalchemy_pool_"):
+                assert 'pool=~"$pool"' in matchers, (title, metric)
+
+
+def test_rates_use_rate_interval(dashboards: dict[str, Any]) -> None:
+    """dashboard-linter target-rate-interval rule: rate/irate/increase over $__rate_interval."""
+    checked = calls = 0
+    for board in dashboards.values():
+        for title, expr in queries(board):
+            calls += len(re.findall(r"\b(?:rate|irate|increase)\(", expr))
+            for _fn, _arg, window in RATE_RANGE.findall(expr):
+                assert window == "$__rate_interval", (title, expr)
+                checked += 1
+    assert checked == calls == 34
+
+
+def test_heatmaps_show_prometheus_buckets(dashboards: dict[str, Any]) -> None:
+    """Heatmaps read the buckets as they are (format heatmap, no calculation, {{le}} legend)."""
+    heatmaps = [
+        panel
+        for board in dashboards.values()
+        for panel in all_panels(board)
+        if panel["type"] == "heatmap"
+    ]
+    assert [panel["title"] for panel in heatmaps] == ["Checkout wait", "Session duration"]
+    for panel in heatmaps:
+        assert panel["options"]["calculate"] is False
+        assert [(t["format"], t["legendFormat"]) for t in panel["targets"]] == [
+            ("heatmap", "{{le}}")
+        ]
+
+
+def test_capacity_is_drawn_next_to_usage(dashboards: dict[str, Any]) -> None:
+    """The connections panel has pool_size and max capacity lines, drawn dashed."""
+    panel = next(
+        p
+        for p in all_panels(dashboards["pool-observer-pools.json"])
+        if p["title"] == "Connections vs capacity"
+    )
+    legends = [t["legendFormat"] for t in panel["targets"]]
+    assert legends[-2:] == [
+        "{{instance}} {{pool}} pool_size capacity",
+        "{{instance}} {{pool}} max capacity",
+    ]
+    override = panel["fieldConfig"]["overrides"][0]
+    assert override["matcher"] == {"id": "byRegexp", "options": ".*(capacity|limit).*"}
+    assert override["properties"][0] == {
+        "id": "custom.lineStyle",
+        "value": {"dash": [10, 10], "fill": "dash"},
+    }
+
+
+def test_every_dashboard_lists_the_alerts(dashboards: dict[str, Any]) -> None:
+    """Each dashboard has an alert list panel filtered to the SQLAlchemy alerts."""
+    for board in dashboards.values():
+        lists = [p for p in all_panels(board) if p["type"] == "alertlist"]
+        assert len(lists) == 1
+        assert lists[0]["options"]["alertName"] == "SQLAlchemy"
+
+
+def test_panel_ids_are_unique_and_the_grid_has_no_overlap(dashboards: dict[str, Any]) -> None:
+    """Unique panel ids; every gridPos inside the 24 columns; no two panels overlap."""
+    for board in dashboards.values():
+        panels = board["panels"]
+        assert [p["id"] for p in panels] == list(range(1, len(panels) + 1))
+        cells: set[tuple[int, int]] = set()
+        for panel in panels:
+            pos = panel["gridPos"]
+            assert pos["x"] >= 0
+            assert pos["x"] + pos["w"] <= 24
+            area = {
+                (x, y)
+                for x in range(pos["x"], pos["x"] + pos["w"])
+                for y in range(pos["y"], pos["y"] + pos["h"])
+            }
+            assert not cells & area, panel["title"]
+            cells |= area
+
+
+def test_dashboard_json_is_stably_formatted() -> None:
+    """Two-space indented JSON with a final newline (clean diffs on regeneration)."""
+    for path in DASHBOARDS:
+        text = path.read_text()
+        assert text == json.dumps(json.loads(text), indent=2) + "\n"
+
+
+def test_provisioning_examples() -> None:
+    """The provider reads JSON files from a directory; the data source is a Prometheus one."""
+    provisioning = DASHBOARDS[0].parent / "provisioning"
+    assert sorted(p.name for p in provisioning.iterdir()) == ["dashboards.yaml", "datasources.yaml"]
+    providers = yaml.safe_load((provisioning / "dashboards.yaml").read_text())
+    assert providers["apiVersion"] == 1
+    assert [(p["type"], p["allowUiUpdates"]) for p in providers["providers"]] == [("file", False)]
+    assert (
+        providers["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards/pool-observer"
+    )
+    sources = yaml.safe_load((provisioning / "datasources.yaml").read_text())
+    assert sources["apiVersion"] == 1
+    [source] = sources["datasources"]
+    assert (source["type"], source["access"], source["isDefault"]) == ("prometheus", "proxy", True)
+    assert source["jsonData"]["timeInterval"] == "15s"

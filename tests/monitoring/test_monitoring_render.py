@@ -1,0 +1,141 @@
+"""The generated files are what `observer render` produces, and rendering is configurable."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from observer.cli import main
+from observer.monitoring import render
+from observer.monitoring.config import MonitoringConfig
+from tests.monitoring.shipped import ROOT
+
+
+def test_committed_files_are_exactly_a_fresh_render(tmp_path: Path) -> None:
+    """Rendering the default configuration again reproduces every committed file byte for byte."""
+    assert main(["render", "--out", str(tmp_path)]) == 0
+    rendered = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.*"))
+    committed = sorted(
+        p.relative_to(ROOT).as_posix()
+        for pattern in ("alerts/*.yaml", "dashboards/*.json")
+        for p in ROOT.glob(pattern)
+    )
+    assert rendered == committed
+    for relative in rendered:
+        assert (tmp_path / relative).read_bytes() == (ROOT / relative).read_bytes(), relative
+
+
+def test_check_reports_stale_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`observer render --check` exits 0 on fresh files and 1, naming the file, on a stale one."""
+    assert main(["render", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert main(["render", "--out", str(tmp_path), "--check"]) == 0
+    (tmp_path / render.RULES_FILE).write_text("groups: []\n")
+    assert main(["render", "--out", str(tmp_path), "--check"]) == 1
+    assert capsys.readouterr().err == (
+        f"stale: {render.RULES_FILE} (run: observer render --out {tmp_path})\n"
+    )
+
+
+def test_selector_thresholds_and_links_can_be_overridden(tmp_path: Path) -> None:
+    """Job selector, thresholds, for: durations, runbook and dashboard URLs reach the rules."""
+    code = main(
+        [
+            "render",
+            "--out",
+            str(tmp_path),
+            "--job-selector",
+            'job="checkout-api"',
+            "--runbook-url",
+            "https://wiki.example.com/db",
+            "--dashboard-url",
+            "https://grafana.example.com/",
+            "--set",
+            "saturation_ratio=0.9",
+            "--set",
+            "saturation_for=30m",
+        ]
+    )
+    assert code == 0
+    groups = yaml.safe_load((tmp_path / render.ALERTS_FILE).read_text())["groups"]
+    rule = {r["alert"]: r for g in groups for r in g["rules"]}["SQLAlchemyPoolSaturationHigh"]
+    assert rule["expr"] == (
+        "job_instance_pool:sqlalchemy_pool_checked_out_per_max_connections:ratio > 0.9"
+    )
+    assert rule["for"] == "30m"
+    assert rule["annotations"]["runbook_url"] == (
+        "https://wiki.example.com/db#sqlalchemypoolsaturationhigh"
+    )
+    assert rule["annotations"]["dashboard_url"] == (
+        "https://grafana.example.com/d/pool-observer-pools?var-job={{ $labels.job }}"
+        "&var-instance={{ $labels.instance }}&var-pool={{ $labels.pool }}"
+    )
+    recorded = yaml.safe_load((tmp_path / render.RULES_FILE).read_text())["groups"][0]
+    assert 'sqlalchemy_pool_max_connections{job="checkout-api"} > 0' in recorded["rules"][0]["expr"]
+    board = json.loads((tmp_path / "dashboards/pool-observer-pools.json").read_text())
+    job = board["templating"]["list"][1]
+    assert job["definition"] == 'label_values(sqlalchemy_pools{job="checkout-api"}, job)'
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"exhausted_for": "5 minutes"}, "exhausted_for: '5 minutes' is not a Prometheus duration"),
+        ({"long_hold_seconds": 0.0}, "long_hold_seconds must be > 0 (got 0.0)"),
+        ({"saturation_ratio": 1.0}, "saturation_ratio must be between 0 and 1 (got 1.0)"),
+        ({"job_selector": '{job="api"}'}, "job_selector takes label matchers without braces"),
+        ({"job_selector": " "}, "job_selector must not be empty"),
+        ({"absent_for": "1m", "scrape_interval": "1m"}, "absent_for (1m) must be at least two"),
+        ({"runbook_url": "docs/runbooks.md"}, "runbook_url must be an http(s) URL"),
+    ],
+)
+def test_invalid_settings_fail_naming_the_option(changes: dict[str, object], message: str) -> None:
+    """A wrong setting fails at once with a message that names the option."""
+    with pytest.raises(ValueError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+        MonitoringConfig(**changes)  # type: ignore[arg-type]
+
+
+def test_cli_reports_an_invalid_setting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`observer render` exits 2 with the validation message and writes nothing."""
+    assert main(["render", "--out", str(tmp_path), "--set", "exhausted_for=soon"]) == 2
+    assert capsys.readouterr().err == (
+        "observer render: exhausted_for: 'soon' is not a Prometheus duration "
+        "(e.g. 30s, 5m, 1h30m)\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+    assert main(["render", "--out", str(tmp_path), "--set", "saturation_ratio=high"]) == 2
+    assert capsys.readouterr().err == (
+        "observer render: saturation_ratio must be a number (got 'high')\n"
+    )
+
+
+@pytest.mark.promtool
+def test_a_custom_render_still_passes_promtool(promtool: str, tmp_path: Path) -> None:
+    """Rules rendered with another selector, windows and thresholds are valid and lint-clean."""
+    args = ["render", "--out", str(tmp_path), "--job-selector", 'job="api", namespace="prod"']
+    for setting in ("rate_window=2m", "leaks_window=30m", "invalidations_threshold=2.5"):
+        args += ["--set", setting]
+    assert main(args) == 0
+    result = subprocess.run(
+        [
+            promtool,
+            "check",
+            "rules",
+            "--lint=all",
+            "--lint-fatal",
+            str(tmp_path / render.RULES_FILE),
+            str(tmp_path / render.ALERTS_FILE),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = (tmp_path / render.ALERTS_FILE).read_text()
+    assert "job_instance_pool:sqlalchemy_pool_checkout_duration_seconds:p99_rate2m > 0.5" in text
+    assert 'sqlalchemy_orm_session_leaks_total{job="api", namespace="prod"}[30m]' in text
+    assert ") > 2.5\n" in text
