@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from observer.asgi_types import ASGIApp, Receive, Scope, Send
 from observer.context import RequestScope, current_request
+from observer.live_page import LivePage
 from observer.routing import route_template
 
 if TYPE_CHECKING:
@@ -25,6 +26,8 @@ class ObserverMiddleware:
         self.observer = observer
         self.metrics_path = observer.settings.metrics_path
         self.metrics = observer.metrics_endpoint()
+        live_path = observer.settings.live_page_path
+        self.live_page = LivePage(observer, live_path) if live_path else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -32,6 +35,9 @@ class ObserverMiddleware:
             return
         if self.metrics_path is not None and scope.get("path") == self.metrics_path:
             await self.metrics(scope, receive, send)
+            return
+        if self.live_page is not None and self.live_page.handles(scope.get("path", "")):
+            await self.live_page(scope, receive, send)
             return
         request = RequestScope(method=scope.get("method", ""), request_id=_request_id(scope))
         token = current_request.set(request)

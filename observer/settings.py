@@ -44,6 +44,10 @@ class Settings:
     max_routes: int = 200
     """Most distinct route label values; further routes are counted as ``other``."""
 
+    live_page_path: str | None = None
+    """Path of the live page (pools and open sessions, refreshing); ``None``: off. It shows
+    routes and code locations: serve it only where /metrics would be acceptable too."""
+
     def __post_init__(self) -> None:
         _validate(self)
 
@@ -85,6 +89,7 @@ class Options(TypedDict, total=False):
     capture_origin: bool
     application_name: str | None
     max_routes: int
+    live_page_path: str | None
 
 
 def _parse_env(env_name: str, raw: str, hint: object) -> object:
@@ -115,11 +120,17 @@ def _parse_env(env_name: str, raw: str, hint: object) -> object:
 
 
 def _validate(settings: Settings) -> None:
-    path = settings.metrics_path
-    if path is not None and (not isinstance(path, str) or not path.startswith("/")):
+    for option in ("metrics_path", "live_page_path"):
+        path = getattr(settings, option)
+        if path is not None and (not isinstance(path, str) or not path.startswith("/")):
+            raise ConfigurationError(
+                f"{option} must be a path starting with '/' (got {path!r}); use None to serve "
+                "nothing there"
+            )
+    if settings.metrics_path is not None and settings.metrics_path == settings.live_page_path:
         raise ConfigurationError(
-            f"metrics_path must be a path starting with '/' (got {path!r}); "
-            "use None to serve no metrics endpoint"
+            "live_page_path and metrics_path must differ (both are "
+            f"{settings.metrics_path!r}); the live page could be /observer"
         )
     for name, meaning in (
         (
