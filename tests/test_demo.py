@@ -80,6 +80,20 @@ def test_demo_on_postgresql(capsys: pytest.CaptureFixture[str], pg_url: str) -> 
     check_summary(run_demo(capsys, "--database-url", pg_url))
 
 
+def test_the_readme_demo_command_runs(tmp_path: Path) -> None:
+    """``scripts/demo`` (the README's first command) runs the demo to its summary."""
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        ["bash", str(root / "scripts" / "demo"), "--short", "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    check_summary(result.stdout)
+
+
 def test_demo_rejects_a_sync_url(capsys: pytest.CaptureFixture[str]) -> None:
     """A URL without an async driver fails at once with the fix."""
     assert main(["demo", "--database-url", "postgresql://db/app"]) == 2
