@@ -259,6 +259,7 @@ async def _main(
             events=events,
             base_url=base_url,
             database=database,
+            serving=serve,
         )
         if serve:
             print(f"\nServing {base_url} (metrics at {base_url}/metrics); Ctrl-C to stop.")

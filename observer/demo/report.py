@@ -36,6 +36,7 @@ def write_report(
     events: Counter[str],
     base_url: str,
     database: str,
+    serving: bool = False,
 ) -> None:
     def p(line: str = "") -> None:
         print(line, file=out)
@@ -99,5 +100,10 @@ def write_report(
         )
     p()
     p("Where to look")
-    p(f"  {base_url}/metrics          Prometheus metrics (sqlalchemy_pool_*, sqlalchemy_orm_*)")
+    if serving:
+        p(f"  {base_url}/metrics   Prometheus metrics (sqlalchemy_pool_*, sqlalchemy_orm_*)")
+    else:
+        p(
+            "  /metrics                       Prometheus metrics: run with --serve to keep the app up"
+        )
     p("  dashboards/ and alerts/        Grafana dashboards and alert rules for these metrics")
