@@ -103,7 +103,5 @@ def write_report(
     if serving:
         p(f"  {base_url}/metrics   Prometheus metrics (sqlalchemy_pool_*, sqlalchemy_orm_*)")
     else:
-        p(
-            "  /metrics                       Prometheus metrics: run with --serve to keep the app up"
-        )
-    p("  dashboards/ and alerts/        Grafana dashboards and alert rules for these metrics")
+        p("  /metrics                  Prometheus metrics: run with --serve to keep the app up")
+    p("  dashboards/ and alerts/   Grafana dashboards and alert rules for these metrics")
