@@ -178,8 +178,10 @@ class Observer:
     # -- periodic work ------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Count the work deferred out of hooks (garbage-collection events, closes, errors)."""
+        """Count the work deferred out of hooks (garbage-collection events, closes, errors) and
+        the work done outside requests."""
         self.hooks.drain()
+        self.routes.flush()
 
     def _tick(self) -> None:
         try:

@@ -23,7 +23,7 @@ from observer.context import RequestScope, current_request
 from observer.guard import Hooks
 from observer.logs import RateLimiter, logger
 from observer.metrics import Metrics
-from observer.routes import RouteMetrics
+from observer.routes import CHECKOUTS, HOLD, WAIT, RouteMetrics
 
 CHECKOUT = "pool_observer.checkout"  # (checkout time, request scope, pool id) while checked out
 GC = "pool_observer.gc"  # set by reset when the garbage collector reclaims the connection
@@ -66,6 +66,7 @@ class PoolTracker:
         self._m = metrics.bind_pool(name)
         self._hooks = hooks
         self._routes = routes
+        self._outside = routes.outside
         self._application_name = application_name
         self._limiter = limiter
         self._lock = threading.Lock()
@@ -175,7 +176,9 @@ class PoolTracker:
                 self._out[pool_id] = self._out.get(pool_id, 0) + 1
         info[CHECKOUT] = (now, scope, pool_id)
         if scope is None:
-            self._routes.outside_request(checkouts=1, wait=waited)
+            sums = self._outside.slot()
+            sums[CHECKOUTS] += 1
+            sums[WAIT] += waited
         else:
             scope.checkouts += 1
             scope.wait_seconds += waited
@@ -186,7 +189,7 @@ class PoolTracker:
         m.checkout_duration.observe(waited)
         scope = current_request.get()
         if scope is None:
-            self._routes.outside_request(checkouts=0, wait=waited)
+            self._outside.slot()[WAIT] += waited
         else:
             scope.wait_seconds += waited
         if self._limiter.allow("pool.checkout_timeout"):
@@ -248,7 +251,7 @@ class PoolTracker:
         held = now - started
         self._m.hold.observe(held)
         if scope is None:
-            self._routes.outside_request(hold=held)
+            self._outside.slot()[HOLD] += held
         else:
             self._routes.held(scope, held)
 
