@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine, event, exc, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool, StaticPool
 from structlog.testing import capture_logs
 
@@ -368,7 +370,12 @@ async def test_close_removes_every_listener_and_wrapper(
     async with engine.connect():
         pass
     assert "connect" in sync.pool.__dict__
+    class_level = [(Session, identifier, fn) for identifier, fn in obs.sessions._listeners] + [
+        (Engine, identifier, fn) for identifier, fn in obs.live_pools._listeners
+    ]
+    assert all(event.contains(*listener) for listener in class_level)
     obs.close()
+    assert not any(event.contains(*listener) for listener in class_level)
     after = {name: len(getattr(sync.pool.dispatch, name)) for name in ("checkin", "reset", "close")}
     assert after == before
     assert "connect" not in sync.pool.__dict__
