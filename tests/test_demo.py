@@ -56,12 +56,14 @@ def check_summary(out: str) -> None:
             r"^\s+\d+ x (?P<reason>\w+)\s+(?P<route>\S+)\s+(?P<origin>\S+ in \w+)$", out, re.M
         )
     }
-    # the two leaking endpoints, each with the line that opened the session; nothing else leaks
-    assert {route for _, route in leaks} == {"/cart/{cart_id}", "/checkout/{cart_id}"}
-    assert all(
-        origin.startswith("observer/demo/app.py:") or "/observer/demo/app.py:" in origin
-        for origin in leaks.values()
-    )
+    # The two leaking endpoints, each with the line that opened its session. Under PostgreSQL a
+    # healthy request can be collateral damage of those leaks (its connection is left busy, its
+    # close fails, its session is collected open: seen with and without the observer), so other
+    # routes may appear too; every origin is still a line of the demo app.
+    assert {"/cart/{cart_id}", "/checkout/{cart_id}"} <= {route for _, route in leaks}
+    assert leaks[("garbage_collected", "/cart/{cart_id}")].endswith(" in get_cart")
+    assert leaks[("garbage_collected", "/checkout/{cart_id}")].endswith(" in checkout")
+    assert all("observer/demo/app.py:" in origin for origin in leaks.values())
     assert re.search(r"/reports/daily\s+\d+\s+[\d.]+", out)  # the route holding connections
     assert "an engine is being created per request" in out
     assert "/metrics" in out
