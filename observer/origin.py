@@ -73,20 +73,17 @@ def _search(frame: FrameType | None) -> Origin | None:
 def capture() -> Origin | None:
     """The caller's first frame in app code, or ``None``.
 
-    SQLAlchemy's asyncio layer runs sync code in a child greenlet whose frames end at
-    ``greenlet_spawn``; the app's ``await session.execute(...)`` is in the parent greenlet's
-    frames, so the search continues there.
+    Under SQLAlchemy's asyncio layer the hook runs in a child greenlet whose frames are
+    SQLAlchemy's own, ending at ``greenlet_spawn``; the app's ``await session.execute(...)``
+    is in the parent greenlet, a few frames up. So the search starts there (walking the
+    child's frames first cost ~0.3 us a frame), and falls back to the current stack.
     """
-    found = _search(sys._getframe(1))
-    if found is not None:
-        return found
     greenlet = sys.modules.get("greenlet")
-    if greenlet is None:
-        return None
-    parent = greenlet.getcurrent().parent
-    while parent is not None:
-        found = _search(parent.gr_frame)
-        if found is not None:
-            return found
-        parent = parent.parent
-    return None
+    if greenlet is not None:
+        parent = greenlet.getcurrent().parent
+        while parent is not None:
+            found = _search(parent.gr_frame)
+            if found is not None:
+                return found
+            parent = parent.parent
+    return _search(sys._getframe(1))
