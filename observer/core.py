@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import threading
+import uuid
 from time import perf_counter
 from typing import Any, Unpack
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from sqlalchemy.engine import URL, Engine
 
-from observer.asgi_types import ASGIApp
-from observer.collector import FlushCollector, StateCollector, gauge_values
-from observer.context import RequestScope
+from observer.asgi_types import ASGIApp, Scope
+from observer.collector import FlushCollector, RouteHeldCollector, StateCollector, gauge_values
+from observer.context import RequestScope, route_of
 from observer.exposition import MetricsEndpoint
 from observer.guard import Hooks
 from observer.live_pools import LivePools
-from observer.logs import RateLimiter
+from observer.logs import RateLimiter, current_span_context, emit
 from observer.metrics import Metrics, multiprocess_mode
 from observer.pool import PoolState, PoolTracker
 from observer.routes import RouteMetrics
+from observer.routing import UNMATCHED, route_template
 from observer.sessions import SessionTracker
 from observer.settings import ConfigurationError, Options, Settings
 from observer.sweeper import Sweeper
@@ -56,9 +59,21 @@ class Observer:
     """
 
     def __init__(
-        self, *, registry: CollectorRegistry | None = None, **options: Unpack[Options]
+        self,
+        *,
+        registry: CollectorRegistry | None = None,
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
+        **options: Unpack[Options],
     ) -> None:
         self.settings = Settings.from_options(dict(options))
+        from observer import tracing
+
+        # OpenTelemetry: resolved before anything is registered, so a missing extra fails first
+        self._tracer_provider = tracer_provider
+        provider = tracing.meter_provider_or_none(meter_provider)
+        if self.settings.tracing:
+            tracing._require_otel()
         self.registry = REGISTRY if registry is None else registry
         self.multiprocess = multiprocess_mode()
         flush = FlushCollector(self.flush)
@@ -87,6 +102,14 @@ class Observer:
             limiter=self.limiter,
         )
         self._trackers: dict[int, PoolTracker] = {}
+        self._query_spans: dict[int, Any] = {}  # id(sync engine) -> tracing.QuerySpans
+        self.otel = None if provider is None else tracing.OtelMetrics(provider, self._pool_states)
+        # the span current when a request begins, for log lines emitted after it (cheap: one
+        # contextvar read, and only when OpenTelemetry is installed)
+        self._span_context = current_span_context
+        self._grace = self.settings.request_end_grace_seconds
+        self._request_end_check = self.hooks.guard("request_end", self.sessions.check_request_end)
+        self._log_requests = self.settings.log_requests
         self._lock = threading.RLock()
         self._sweeper = Sweeper(self._tick, self.settings.sweep_interval_seconds)
         self._started = False
@@ -95,6 +118,7 @@ class Observer:
             self.registry.register(
                 StateCollector(self._pool_states, self.live_pools.count, self._sessions_open)
             )
+            self.registry.register(RouteHeldCollector(self.route_connections_held))
 
     # -- engines ----------------------------------------------------------------------------
 
@@ -138,7 +162,9 @@ class Observer:
                 routes=self.routes,
                 application_name=self.settings.application_name or None,
                 limiter=self.limiter,
+                slow_checkout=self.settings.slow_checkout_seconds,
             )
+            self._wire_otel(tracker, sync)
             tracker.attach()
             self._trackers[id(sync)] = tracker
             self.sessions.add_engine(sync)
@@ -156,6 +182,22 @@ class Observer:
                 return
             tracker.detach()
             self.sessions.remove_engine(sync)
+            spans = self._query_spans.pop(id(sync), None)
+            if spans is not None:
+                spans.remove()
+
+    def _wire_otel(self, tracker: PoolTracker, engine: Engine) -> None:
+        from observer import tracing
+
+        tracing_on = self.settings.tracing
+        if self.otel is not None:
+            tracker.otel = self.otel.pool(tracker.name)
+        elif tracing_on:
+            tracker.otel = tracing.SpanEventsOnly(tracker.name)
+        if tracing_on:
+            tracker.span_events = True
+            tracker.exemplars = not self.multiprocess  # multiprocess files keep no exemplars
+            self._query_spans[id(engine)] = tracing.QuerySpans(engine, self._tracer_provider)
 
     def close(self) -> None:
         """Unwatch everything, remove every listener and stop the sweeper. Idempotent."""
@@ -166,6 +208,9 @@ class Observer:
             for tracker in list(self._trackers.values()):
                 tracker.detach()
             self._trackers.clear()
+            for spans in self._query_spans.values():
+                spans.remove()
+            self._query_spans.clear()
             self.sessions.detach()
             self.live_pools.detach()
             self._sweeper.stop()
@@ -203,6 +248,9 @@ class Observer:
             self.metrics.live_pools.set(self.live_pools.count())
         if self.metrics.sessions_open is not None:
             self.metrics.sessions_open.set(self._sessions_open())
+        if self.metrics.route_held is not None:
+            for route, count in self.route_connections_held().items():
+                self.metrics.route_held.labels(route).set(count)
 
     def _pool_states(self) -> list[tuple[str, PoolState]]:
         return [(tracker.name, tracker.state()) for tracker in list(self._trackers.values())]
@@ -210,14 +258,82 @@ class Observer:
     def _sessions_open(self) -> int:
         return len(self.sessions.open)
 
+    def route_connections_held(self) -> dict[str, int]:
+        """Connections checked out now, by the route label of the request holding them (every
+        route counted so far is present, with 0 when it holds none)."""
+        label = self.routes.label
+        counts = dict.fromkeys(self.routes.labels, 0)
+        for tracker in list(self._trackers.values()):
+            for stamp in list(tracker.held.values()):
+                route = label(route_of(stamp[1]))
+                counts[route] = counts.get(route, 0) + 1
+        return counts
+
     # -- requests -----------------------------------------------------------------------------
 
+    def begin_request(self, scope: Scope) -> RequestScope:
+        """The attribution scope of a new HTTP request (the middleware puts it in the
+        contextvar). The request id comes from ``X-Request-ID`` (printable, at most 128
+        characters) or is generated."""
+        return RequestScope(
+            method=scope.get("method", ""),
+            request_id=_request_id(scope),
+            asgi=scope,
+            root_path=scope.get("root_path", ""),
+            span_context=self._span_context(),
+            started=perf_counter(),
+        )
+
     def end_request(self, request: RequestScope) -> None:
-        """Called by the middleware when a request is over: its totals go to its route."""
+        """Called by the middleware when the app returned: the route template is resolved,
+        the request's totals go to its route, and the sessions it left open are checked for
+        ``request_end`` leaks once the grace period after the response has passed."""
+        now = perf_counter()
         try:
+            asgi = request.asgi
+            request.route = UNMATCHED if asgi is None else route_template(asgi, request.root_path)
+            request.asgi = None
+            hold = request.hold_now(now)
             self.routes.finish(request)
+            if request.sessions:
+                self._check_sessions(request, now)
+            if self._log_requests:
+                emit(
+                    "info",
+                    "request.end",
+                    request,
+                    route=self.routes.label(request.route),
+                    method=request.method,
+                    status=request.status or None,
+                    duration_ms=round((now - request.started) * 1000, 3),
+                    db_wait_ms=round(request.wait_seconds * 1000, 3),
+                    db_hold_ms=round(hold * 1000, 3),
+                    checkouts=request.checkouts,
+                    sessions_opened=request.sessions_opened,
+                )
         except Exception as exc:
             self.hooks.failed("end_request", exc)
+
+    def _check_sessions(self, request: RequestScope, now: float) -> None:
+        records = [record for record in request.sessions if not record.closed]
+        request.sessions = []  # the records point back at the request: break the cycle
+        if not records:
+            return  # the common case: every session was closed before the app returned
+        # FastAPI >= 0.118 closes yield dependencies after the response is sent, but before the
+        # app call returns (bench/grace_period.py); the grace covers closes that happen later.
+        anchor = request.response_end or now
+        delay = anchor + self._grace - now
+        if delay <= 0:
+            self.sessions.check_request_end(records)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (not an ASGI server): check now
+            self.sessions.check_request_end(records)
+            return
+        # On the loop, not the sweeper thread: the check then runs in the thread that runs the
+        # sessions' events, and a second later than needed at most never.
+        loop.call_later(delay, self._request_end_check, records)
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
         """``app`` wrapped in the observer's ASGI middleware (for any ASGI app)."""
@@ -251,3 +367,13 @@ class Observer:
                 for record in sorted(self.sessions.open.values(), key=lambda r: r.started)
             ],
         }
+
+
+def _request_id(scope: Scope) -> str:
+    for key, value in scope.get("headers", ()):
+        if key == b"x-request-id":
+            text: str = value.decode("latin-1")
+            if 0 < len(text) <= 128 and text.isprintable():
+                return text
+            break
+    return uuid.uuid4().hex
