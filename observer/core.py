@@ -14,7 +14,7 @@ from sqlalchemy.engine import URL, Engine
 
 from observer.asgi_types import ASGIApp, Scope
 from observer.collector import FlushCollector, RouteHeldCollector, StateCollector, gauge_values
-from observer.context import RequestScope, route_of
+from observer.context import RequestScope, current_request, route_of
 from observer.exposition import MetricsEndpoint
 from observer.guard import Hooks
 from observer.live_pools import LivePools
@@ -93,6 +93,8 @@ class Observer:
         self.limiter = RateLimiter()
         self.routes = RouteMetrics(self.metrics, max_routes=self.settings.max_routes)
         self.live_pools = LivePools(self.metrics, self.hooks)
+        self.live_pools.on_new_pool = self._new_pool
+        self._serving = False  # a request has finished: the app is past its startup
         self.sessions = SessionTracker(
             self.metrics,
             self.hooks,
@@ -252,6 +254,24 @@ class Observer:
             for route, count in self.route_connections_held().items():
                 self.metrics.route_held.labels(route).set(count)
 
+    def _new_pool(self, engine: Engine) -> None:
+        """A pool was used for the first time: after startup, and not one of the watched
+        engines, it smells of an engine created per request (or per task)."""
+        if id(engine) in self._trackers:
+            return
+        if not self._serving and current_request.get() is None:
+            return  # still starting up (or a script): engines are created now
+        if self.limiter.allow("pool.created_after_startup"):
+            emit(
+                "warning",
+                "pool.created_after_startup",
+                pool=default_pool_name(engine.url),
+                live_pools=self.live_pools.count(),
+                hint="a new connection pool appeared while the app is serving: create the "
+                "engine once at startup and share it; an engine per request opens a new pool "
+                "(and new connections) every time",
+            )
+
     def _pool_states(self) -> list[tuple[str, PoolState]]:
         return [(tracker.name, tracker.state()) for tracker in list(self._trackers.values())]
 
@@ -295,6 +315,7 @@ class Observer:
             request.asgi = None
             hold = request.hold_now(now)
             self.routes.finish(request)
+            self._serving = True
             if request.sessions:
                 self._check_sessions(request, now)
             if self._log_requests:

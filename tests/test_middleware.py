@@ -1,0 +1,379 @@
+"""The middleware on a real FastAPI app and a real PostgreSQL: culprit and victim routes,
+request-end leaks with real yield dependencies, Server-Timing, exceptions and cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import re
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
+
+import httpx
+import pytest
+from fastapi import Depends, FastAPI, HTTPException, Request
+from prometheus_client import CollectorRegistry
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from structlog.testing import capture_logs
+
+import observer
+from tests.conftest import sample
+
+pytestmark = pytest.mark.postgres
+
+GRACE = 0.1  # request_end_grace_seconds in these tests (the default, 0.5 s, is measured)
+
+
+def client(app: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+
+
+def route_sample(registry: CollectorRegistry, metric: str, route: str) -> float | None:
+    return sample(registry, metric, route=route)
+
+
+def hook_errors(registry: CollectorRegistry) -> float:
+    total = 0.0
+    for metric in registry.collect():
+        if metric.name == "observer_hook_errors":
+            total += sum(s.value for s in metric.samples if s.name.endswith("_total"))
+    return total
+
+
+def leaks(registry: CollectorRegistry, reason: str, route: str) -> float:
+    value = sample(registry, "sqlalchemy_orm_session_leaks_total", reason=reason, route=route)
+    return value or 0.0
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """The usual yield dependency: FastAPI closes the session after the response is sent."""
+    session = request.app.state.Session()
+    try:
+        yield session
+    finally:
+        await session.close()
+
+
+DbSession = Annotated[AsyncSession, Depends(get_session)]
+
+
+def make_app(engine: AsyncEngine) -> FastAPI:
+    Session = async_sessionmaker(engine, expire_on_commit=False)
+    app = FastAPI()
+    app.state.Session = Session
+
+    @app.get("/hog")
+    async def hog(session: DbSession) -> int:
+        await session.execute(text("SELECT 1"))
+        await asyncio.sleep(0.4)  # holds its connection while it sleeps
+        await session.commit()
+        return 1
+
+    @app.get("/victim")
+    async def victim(session: DbSession) -> int:
+        value = (await session.execute(text("SELECT 2"))).scalar_one()
+        await session.commit()
+        return int(value)
+
+    @app.get("/proper/{n}")
+    async def proper(n: int, session: DbSession) -> int:
+        return int(
+            (await session.execute(text("SELECT CAST(:n AS integer)"), {"n": n})).scalar_one()
+        )
+
+    @app.get("/leaky/{n}")
+    async def leaky(n: int) -> int:
+        session = Session()  # opened, used, never closed
+        return int(
+            (await session.execute(text("SELECT CAST(:n AS integer)"), {"n": n})).scalar_one()
+        )
+
+    @app.get("/slow")
+    async def slow(session: DbSession) -> int:
+        await session.execute(text("SELECT pg_sleep(5)"))
+        return 0  # pragma: no cover - cancelled first
+
+    @app.get("/boom")
+    async def boom(session: DbSession) -> int:
+        await session.execute(text("SELECT 1"))
+        raise ValueError("the app's own error")
+
+    @app.get("/teapot")
+    async def teapot() -> int:
+        raise HTTPException(status_code=418, detail="short and stout")
+
+    return app
+
+
+@pytest.fixture
+def setup(
+    make_engine: Callable[..., AsyncEngine], registry: CollectorRegistry
+) -> Callable[..., tuple[FastAPI, observer.Observer]]:
+    made: list[observer.Observer] = []
+
+    def build(pool_size: int = 1, **options: Any) -> tuple[FastAPI, observer.Observer]:
+        engine = make_engine(pool_size=pool_size, max_overflow=0, pool_timeout=10)
+        app = make_app(engine)
+        options.setdefault("request_end_grace_seconds", GRACE)
+        obs = observer.instrument(
+            app, engine, registry=registry, metrics_path=None, capture_origin=True, **options
+        )
+        made.append(obs)
+        return app, obs
+
+    yield build  # type: ignore[misc]
+    for obs in made:
+        obs.close()
+
+
+async def test_culprit_and_victim_counters_single_them_out(
+    setup: Callable[..., tuple[FastAPI, observer.Observer]], registry: CollectorRegistry
+) -> None:
+    """With one connection in the pool, /hog holds it for 0.4 s while /victim waits for it:
+    the hold counter names /hog, the wait counter names /victim, and while /hog sleeps the
+    held-by-route gauge shows its one connection."""
+    app, _ = setup()
+    async with client(app) as http:
+        hog = asyncio.create_task(http.get("/hog"))
+        await asyncio.sleep(0.15)
+        held_during = route_sample(registry, "sqlalchemy_route_connections_held", "/hog")
+        victim = await http.get("/victim")
+        assert (await hog).status_code == 200
+    assert victim.status_code == 200
+    assert held_during == 1.0
+    assert route_sample(registry, "sqlalchemy_route_connections_held", "/hog") == 0.0
+    hold = "sqlalchemy_route_connection_hold_seconds_total"
+    wait = "sqlalchemy_route_checkout_wait_seconds_total"
+    assert route_sample(registry, hold, "/hog")
+    assert route_sample(registry, hold, "/hog") >= 0.4  # type: ignore[operator]
+    assert route_sample(registry, hold, "/victim") < 0.1  # type: ignore[operator]
+    assert route_sample(registry, wait, "/victim") >= 0.2  # type: ignore[operator]
+    assert route_sample(registry, wait, "/hog") < 0.1  # type: ignore[operator]
+    assert route_sample(registry, "sqlalchemy_route_checkouts_total", "/hog") == 1.0
+    assert route_sample(registry, "sqlalchemy_route_checkouts_total", "/victim") == 1.0
+    assert route_sample(registry, "sqlalchemy_route_requests_total", "/victim") == 1.0
+    assert hook_errors(registry) == 0.0
+
+
+async def test_server_timing_header_carries_wait_and_hold_in_ms(
+    setup: Callable[..., tuple[FastAPI, observer.Observer]], registry: CollectorRegistry
+) -> None:
+    """The response of /hog carries Server-Timing with its DB hold (>= 400 ms: the session is
+    committed before the response starts) and its wait; the request.end log line (opt-in)
+    carries the same numbers."""
+    app, _ = setup(log_requests=True)
+    async with client(app) as http:
+        with capture_logs() as logs:
+            response = await http.get("/hog", headers={"X-Request-ID": "req-42"})
+    header = response.headers["server-timing"]
+    match = re.fullmatch(r"db-wait;dur=(\d+\.\d{3}), db-hold;dur=(\d+\.\d{3})", header)
+    assert match is not None, header
+    wait_ms, hold_ms = float(match[1]), float(match[2])
+    assert hold_ms >= 400.0
+    assert wait_ms < 100.0
+    [end] = [e for e in logs if e["event"] == "request.end"]
+    assert end["route"] == "/hog"
+    assert end["request_id"] == "req-42"
+    assert end["status"] == 200
+    assert end["method"] == "GET"
+    assert end["checkouts"] == 1
+    assert end["sessions_opened"] == 1
+    assert end["db_wait_ms"] == pytest.approx(wait_ms, abs=0.001)
+    assert end["db_hold_ms"] == pytest.approx(hold_ms, abs=0.001)
+
+
+async def test_server_timing_can_be_turned_off_and_requests_are_not_logged_by_default(
+    setup: Callable[..., tuple[FastAPI, observer.Observer]],
+) -> None:
+    """server_timing=False: no header; without log_requests no request.end line."""
+    app, _ = setup(server_timing=False)
+    async with client(app) as http:
+        with capture_logs() as logs:
+            response = await http.get("/victim")
+    assert response.status_code == 200
+    assert "server-timing" not in response.headers
+    assert [e for e in logs if e["event"] == "request.end"] == []
+
+
+@pytest.mark.filterwarnings("ignore:The garbage collector is trying to clean up")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_leaky_endpoint_is_one_request_end_leak_per_request(
+    setup: Callable[..., tuple[FastAPI, observer.Observer]], registry: CollectorRegistry
+) -> None:
+    """Three requests to an endpoint that opens a session, uses it and never closes it: three
+    request_end leaks for its route, each logged with the origin in this file."""
+    app, _ = setup(pool_size=4)
+    async with client(app) as http:
+        with capture_logs() as logs:
+            for n in range(3):
+                assert (
+                    await http.get(f"/leaky/{n}", headers={"x-request-id": f"r{n}"})
+                ).json() == n
+                await asyncio.sleep(GRACE + 0.15)  # past the grace period
+            gc.collect()  # the dropped sessions: also garbage_collected leaks
+            await asyncio.sleep(0)
+    assert leaks(registry, "request_end", "/leaky/{n}") == 3.0
+    request_end = [e for e in logs if e["event"] == "session.leak" and e["reason"] == "request_end"]
+    assert [e["request_id"] for e in request_end] == ["r0", "r1", "r2"]
+    for entry in request_end:
+        assert entry["route"] == "/leaky/{n}"
+        assert entry["log_level"] == "warning"
+        assert "tests/test_middleware.py" in entry["origin"]
+        assert "in leaky" in entry["origin"]
+
+
+async def test_proper_yield_dependency_is_never_a_leak(
+    setup: Callable[..., tuple[FastAPI, observer.Observer]], registry: CollectorRegistry
+) -> None:
+    """Twenty requests (ten at a time) to an endpoint whose yield dependency closes the session
+    after the response is sent: zero leaks of any reason, and nothing left open."""
+    app, obs = setup()
+    async with client(app) as http:
+        for _ in range(2):
+            responses = await asyncio.gather(*(http.get(f"/proper/{n}") for n in range(10)))
+            assert [r.json() for r in responses] == list(range(10))
+    await asyncio.sleep(GRACE + 0.2)
+    obs.flush()
+    for reason in ("request_end", "garbage_collected", "too_old"):
+        assert leaks(registry, reason, "/proper/{n}") == 0.0
+    assert sample(registry, "sqlalchemy_orm_sessions_open") == 0.0
+    assert sample(registry, "sqlalchemy_orm_sessions_opened_total") == 20.0
+
+
+async def test_default_grace_period_covers_a_session_closed_after_the_response(
+    make_engine: Callable[..., AsyncEngine], registry: CollectorRegistry
+) -> None:
+    """With the default grace (0.5 s), a session a background step closes 50 ms after the
+    app returned is not a leak; one never closed is, about half a second later."""
+    engine = make_engine(pool_size=2, max_overflow=0)
+    Session = async_sessionmaker(engine)
+    later: list[asyncio.Task[None]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        session = Session()
+        await session.execute(text("SELECT 1"))
+
+        async def close_soon() -> None:
+            await asyncio.sleep(0.05)
+            await session.close()
+
+        if scope["path"] == "/late-close":
+            later.append(asyncio.create_task(close_soon()))
+        else:
+            later.append(asyncio.create_task(asyncio.sleep(1, session)))  # type: ignore[arg-type]
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    obs = observer.Observer(registry=registry, metrics_path=None)
+    obs.watch(engine)
+    try:
+        async with client(obs.middleware(app)) as http:
+            await http.get("/late-close")
+            await http.get("/never")
+            await asyncio.sleep(0.3)
+            assert leaks(registry, "request_end", "unmatched") == 0.0
+            await asyncio.sleep(0.4)
+            assert leaks(registry, "request_end", "unmatched") == 1.0
+        for task in later:
+            session = await task
+            if session is not None:
+                await session.close()  # type: ignore[attr-defined]
+    finally:
+        obs.close()
+
+
+async def test_app_exceptions_and_status_codes_pass_through_unchanged(
+    setup: Callable[..., tuple[FastAPI, observer.Observer]], registry: CollectorRegistry
+) -> None:
+    """The app's ValueError reaches the caller as the same exception; an HTTPException keeps
+    its status and body; both requests are counted for their routes, with no hook error."""
+    app, _ = setup()
+    async with client(app) as http:
+        with pytest.raises(ValueError, match="the app's own error"):
+            await http.get("/boom")
+        teapot = await http.get("/teapot")
+    assert teapot.status_code == 418
+    assert teapot.json() == {"detail": "short and stout"}
+    assert route_sample(registry, "sqlalchemy_route_requests_total", "/boom") == 1.0
+    assert route_sample(registry, "sqlalchemy_route_requests_total", "/teapot") == 1.0
+    assert route_sample(registry, "sqlalchemy_route_checkouts_total", "/boom") == 1.0
+    await asyncio.sleep(GRACE + 0.1)
+    assert leaks(registry, "request_end", "/boom") == 0.0
+    assert hook_errors(registry) == 0.0
+
+
+async def test_client_disconnect_mid_query_leaves_no_false_leak_and_exact_gauges(
+    setup: Callable[..., tuple[FastAPI, observer.Observer]], registry: CollectorRegistry
+) -> None:
+    """A request cancelled while its query runs (the client went away) gets CancelledError;
+    after the grace period there is no leak, no open session, and no connection held."""
+    app, obs = setup()
+    async with client(app) as http:
+        task = asyncio.create_task(http.get("/slow"))
+        await asyncio.sleep(0.3)
+        assert route_sample(registry, "sqlalchemy_route_connections_held", "/slow") == 1.0
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    await asyncio.sleep(GRACE + 0.2)
+    obs.flush()
+    assert leaks(registry, "request_end", "/slow") == 0.0
+    assert sample(registry, "sqlalchemy_orm_sessions_open") == 0.0
+    pool = obs.pool_names[0]
+    assert sample(registry, "sqlalchemy_pool_checked_out_connections", pool=pool) == 0.0
+    assert route_sample(registry, "sqlalchemy_route_connections_held", "/slow") == 0.0
+    assert route_sample(registry, "sqlalchemy_route_requests_total", "/slow") == 1.0
+    assert hook_errors(registry) == 0.0
+
+
+async def test_request_id_comes_from_the_header_when_sane(
+    setup: Callable[..., tuple[FastAPI, observer.Observer]],
+) -> None:
+    """X-Request-ID is used when printable and at most 128 characters; otherwise a fresh
+    32-hex id is generated."""
+    app, _ = setup(log_requests=True)
+    async with client(app) as http:
+        with capture_logs() as logs:
+            await http.get("/teapot", headers={"x-request-id": "abc-123"})
+            await http.get("/teapot", headers={"x-request-id": "x" * 129})
+            await http.get("/teapot", headers={"x-request-id": "bad\tid"})
+            await http.get("/teapot")
+    ids = [e["request_id"] for e in logs if e["event"] == "request.end"]
+    assert ids[0] == "abc-123"
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids[1:]), ids
+    assert len(set(ids)) == 4
+
+
+async def test_middleware_wraps_any_asgi_app_and_passes_other_scopes_through(
+    registry: CollectorRegistry,
+) -> None:
+    """Observer.middleware() on a plain ASGI app: HTTP requests are scoped (the app sees the
+    RequestScope in the contextvar), lifespan and websocket scopes go through untouched."""
+    from observer.context import current_request
+
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append((scope["type"], current_request.get()))
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    obs = observer.Observer(registry=registry, metrics_path=None)
+    wrapped = obs.middleware(app)
+    try:
+        await wrapped({"type": "lifespan"}, None, None)  # type: ignore[arg-type]
+        await wrapped({"type": "websocket", "path": "/ws"}, None, None)  # type: ignore[arg-type]
+        async with client(wrapped) as http:
+            response = await http.get("/x")
+    finally:
+        obs.close()
+    assert response.text == "ok"
+    assert response.headers["server-timing"] == "db-wait;dur=0.000, db-hold;dur=0.000"
+    assert [(kind, scope is None) for kind, scope in seen] == [
+        ("lifespan", True),
+        ("websocket", True),
+        ("http", False),
+    ]
+    assert sample(registry, "sqlalchemy_route_requests_total", route="unmatched") == 1.0
