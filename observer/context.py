@@ -49,6 +49,8 @@ class RequestScope:
     """The response's HTTP status, once it started."""
     response_end: float = 0.0
     """``perf_counter()`` when the last body message went out (0 until then)."""
+    error: str | None = None
+    """Class name of the exception the app raised through the middleware (it is re-raised)."""
 
     def hold_now(self, now: float) -> float:
         """Connection time used so far: finished holds plus the ones still going on."""

@@ -326,6 +326,7 @@ class Observer:
                     route=self.routes.label(request.route),
                     method=request.method,
                     status=request.status or None,
+                    error=request.error,
                     duration_ms=round((now - request.started) * 1000, 3),
                     db_wait_ms=round(request.wait_seconds * 1000, 3),
                     db_hold_ms=round(hold * 1000, 3),

@@ -61,6 +61,9 @@ class ObserverMiddleware:
         token = current_request.set(request)
         try:
             await self.app(scope, receive, send_wrapper)
+        except BaseException as exc:  # recorded for the request's log line, then re-raised
+            request.error = type(exc).__name__
+            raise
         finally:
             current_request.reset(token)
             observer.end_request(request)
