@@ -112,6 +112,7 @@ class Observer:
         self._grace = self.settings.request_end_grace_seconds
         self._request_end_check = self.hooks.guard("request_end", self.sessions.check_request_end)
         self._log_requests = self.settings.log_requests
+        self._span_attributes = self.settings.tracing
         self._lock = threading.RLock()
         self._sweeper = Sweeper(self._tick, self.settings.sweep_interval_seconds)
         self._started = False
@@ -318,6 +319,8 @@ class Observer:
             self._serving = True
             if request.sessions:
                 self._check_sessions(request, now)
+            if self._span_attributes:
+                _set_span_attributes(request, hold)
             if self._log_requests:
                 emit(
                     "info",
@@ -389,6 +392,23 @@ class Observer:
                 for record in sorted(self.sessions.open.values(), key=lambda r: r.started)
             ],
         }
+
+
+def _set_span_attributes(request: RequestScope, hold: float) -> None:
+    """The request's pool use as attributes of the current span (the server span of the
+    OpenTelemetry ASGI middleware or FastAPI's own, when one wraps this middleware)."""
+    from opentelemetry import trace
+
+    span = trace.get_current_span()
+    if request.checkouts and span.is_recording():
+        span.set_attributes(
+            {
+                "pool_observer.checkouts": request.checkouts,
+                "pool_observer.wait_seconds": request.wait_seconds,
+                "pool_observer.hold_seconds": hold,
+                "pool_observer.sessions_opened": request.sessions_opened,
+            }
+        )
 
 
 def _request_id(scope: Scope) -> str:
