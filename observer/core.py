@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
+import os
 import threading
-import uuid
 from time import perf_counter
 from typing import Any, Unpack
 
@@ -418,4 +419,19 @@ def _request_id(scope: Scope) -> str:
             if 0 < len(text) <= 128 and text.isprintable():
                 return text
             break
-    return uuid.uuid4().hex
+    return f"{_id_prefix}{next(_id_counter):016x}"
+
+
+# Generated request ids: 32 hex digits, a random per-process half and a counter (a uuid4 costs
+# an os.urandom call per request). The random half is drawn again in a forked child.
+_id_prefix = os.urandom(8).hex()
+_id_counter = itertools.count(1)
+
+
+def _new_id_prefix() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix = os.urandom(8).hex()
+    _id_counter = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_id_prefix)
