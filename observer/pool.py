@@ -208,6 +208,7 @@ class PoolTracker:
                 pool=self.name,
                 waited_seconds=round(waited, 6),
                 threshold_seconds=self._slow_checkout,
+                suppressed=self._limiter.take_suppressed("pool.slow_checkout"),
                 **_pool_fields(state),
             )
 
