@@ -74,7 +74,7 @@ class Observer:
         self._tracer_provider = tracer_provider
         provider = tracing.meter_provider_or_none(meter_provider)
         if self.settings.tracing:
-            tracing._require_otel()
+            tracing._require_otel(instrumentation=True)
         self.registry = REGISTRY if registry is None else registry
         self.multiprocess = multiprocess_mode()
         flush = FlushCollector(self.flush)

@@ -26,12 +26,17 @@ _UNCONFIGURED = {
 }
 
 
-def _require_otel() -> None:
+def _require_otel(*, instrumentation: bool = False) -> None:
+    """Fail at setup, naming the fix, when the ``otel`` extra is missing."""
     try:
-        import opentelemetry.trace  # noqa: F401
-    except ImportError:
+        import opentelemetry.trace
+
+        if instrumentation:
+            import opentelemetry.instrumentation.sqlalchemy.engine  # noqa: F401
+    except ImportError as exc:
         raise ConfigurationError(
-            "tracing=True and meter_provider need OpenTelemetry: pip install 'pool-observer[otel]'"
+            f"tracing=True and meter_provider need OpenTelemetry ({exc}): "
+            "pip install 'pool-observer[otel]'"
         ) from None
 
 
