@@ -203,7 +203,7 @@ async def test_leaky_endpoint_is_one_request_end_leak_per_request(
 ) -> None:
     """Three requests to an endpoint that opens a session, uses it and never closes it: three
     request_end leaks for its route, each logged with the origin in this file."""
-    app, _ = setup(pool_size=4)
+    app, obs = setup(pool_size=4)
     async with client(app) as http:
         with capture_logs() as logs:
             for n in range(3):
@@ -212,8 +212,9 @@ async def test_leaky_endpoint_is_one_request_end_leak_per_request(
                 ).json() == n
                 await asyncio.sleep(GRACE + 0.15)  # past the grace period
             gc.collect()  # the dropped sessions: also garbage_collected leaks
-            await asyncio.sleep(0)
+            obs.flush()
     assert leaks(registry, "request_end", "/leaky/{n}") == 3.0
+    assert leaks(registry, "garbage_collected", "/leaky/{n}") == 3.0  # same route on the GC path
     request_end = [e for e in logs if e["event"] == "session.leak" and e["reason"] == "request_end"]
     assert [e["request_id"] for e in request_end] == ["r0", "r1", "r2"]
     for entry in request_end:
@@ -377,3 +378,65 @@ async def test_middleware_wraps_any_asgi_app_and_passes_other_scopes_through(
         ("http", False),
     ]
     assert sample(registry, "sqlalchemy_route_requests_total", route="unmatched") == 1.0
+
+
+async def test_real_server_client_disconnect_leaves_no_false_leak(
+    setup: Callable[..., tuple[FastAPI, observer.Observer]], registry: CollectorRegistry
+) -> None:
+    """Through a real uvicorn server, a client that gives up after 0.1 s on a 0.5 s query: the
+    server finishes the request, its yield dependency closes the session after the response,
+    and there is no leak, no open session and no connection held."""
+    import socket
+
+    import uvicorn
+
+    app, obs = setup()
+
+    @app.get("/half-second")
+    async def half_second(session: DbSession) -> int:
+        await session.execute(text("SELECT pg_sleep(0.5)"))
+        return 1
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="error", lifespan="off", ws="none"
+        )
+    )
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=0.1) as http:
+            with pytest.raises(httpx.ReadTimeout):
+                await http.get("/half-second")
+        await asyncio.sleep(0.5 + GRACE + 0.3)
+    finally:
+        server.should_exit = True
+        await serving
+    obs.flush()
+    assert route_sample(registry, "sqlalchemy_route_requests_total", "/half-second") == 1.0
+    assert (
+        route_sample(registry, "sqlalchemy_route_connection_hold_seconds_total", "/half-second")
+        >= 0.5
+    )  # type: ignore[operator]
+    assert leaks(registry, "request_end", "/half-second") == 0.0
+    assert sample(registry, "sqlalchemy_orm_sessions_open") == 0.0
+    assert route_sample(registry, "sqlalchemy_route_connections_held", "/half-second") == 0.0
+    assert hook_errors(registry) == 0.0
+
+
+async def test_too_old_leak_in_flight_names_the_running_route(
+    setup: Callable[..., tuple[FastAPI, observer.Observer]], registry: CollectorRegistry
+) -> None:
+    """A session open longer than leak_threshold_seconds is reported by the sweeper while its
+    request still runs, under the route the router matched (resolved live)."""
+    app, _ = setup(leak_threshold_seconds=0.1, sweep_interval_seconds=0.05)
+    async with client(app) as http:
+        with capture_logs() as logs:
+            assert (await http.get("/hog", headers={"x-request-id": "old-1"})).json() == 1
+    assert leaks(registry, "too_old", "/hog") == 1.0
+    [event] = [e for e in logs if e["event"] == "session.leak"]
+    assert (event["reason"], event["route"], event["request_id"]) == ("too_old", "/hog", "old-1")
