@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import itertools
-import os
 import threading
 from time import perf_counter
 from typing import Any, Unpack
@@ -19,11 +16,11 @@ from observer.context import RequestScope, current_request, route_of
 from observer.exposition import MetricsEndpoint
 from observer.guard import Hooks
 from observer.live_pools import LivePools
-from observer.logs import RateLimiter, current_span_context, emit
+from observer.logs import RateLimiter, emit
 from observer.metrics import Metrics, multiprocess_mode
 from observer.pool import PoolState, PoolTracker
+from observer.requests import Requests
 from observer.routes import RouteMetrics
-from observer.routing import UNMATCHED, route_template
 from observer.sessions import SessionTracker
 from observer.settings import ConfigurationError, Options, Settings
 from observer.sweeper import Sweeper
@@ -95,7 +92,6 @@ class Observer:
         self.routes = RouteMetrics(self.metrics, max_routes=self.settings.max_routes)
         self.live_pools = LivePools(self.metrics, self.hooks)
         self.live_pools.on_new_pool = self._new_pool
-        self._serving = False  # a request has finished: the app is past its startup
         self.sessions = SessionTracker(
             self.metrics,
             self.hooks,
@@ -107,13 +103,7 @@ class Observer:
         self._trackers: dict[int, PoolTracker] = {}
         self._query_spans: dict[int, Any] = {}  # id(sync engine) -> tracing.QuerySpans
         self.otel = None if provider is None else tracing.OtelMetrics(provider, self._pool_states)
-        # the span current when a request begins, for log lines emitted after it (cheap: one
-        # contextvar read, and only when OpenTelemetry is installed)
-        self._span_context = current_span_context
-        self._grace = self.settings.request_end_grace_seconds
-        self._request_end_check = self.hooks.guard("request_end", self.sessions.check_request_end)
-        self._log_requests = self.settings.log_requests
-        self._span_attributes = self.settings.tracing
+        self.requests = Requests(self.settings, self.routes, self.sessions, self.hooks)
         self._lock = threading.RLock()
         self._sweeper = Sweeper(self._tick, self.settings.sweep_interval_seconds)
         self._started = False
@@ -261,7 +251,7 @@ class Observer:
         engines, it smells of an engine created per request (or per task)."""
         if id(engine) in self._trackers:
             return
-        if not self._serving and current_request.get() is None:
+        if not self.requests.serving and current_request.get() is None:
             return  # still starting up (or a script): engines are created now
         if self.limiter.allow("pool.created_after_startup"):
             emit(
@@ -295,71 +285,14 @@ class Observer:
 
     def begin_request(self, scope: Scope) -> RequestScope:
         """The attribution scope of a new HTTP request (the middleware puts it in the
-        contextvar). The request id comes from ``X-Request-ID`` (printable, at most 128
-        characters) or is generated."""
-        return RequestScope(
-            method=scope.get("method", ""),
-            request_id=_request_id(scope),
-            asgi=scope,
-            root_path=scope.get("root_path", ""),
-            span_context=self._span_context(),
-            started=perf_counter(),
-        )
+        contextvar)."""
+        return self.requests.begin(scope)
 
     def end_request(self, request: RequestScope) -> None:
         """Called by the middleware when the app returned: the route template is resolved,
         the request's totals go to its route, and the sessions it left open are checked for
         ``request_end`` leaks once the grace period after the response has passed."""
-        now = perf_counter()
-        try:
-            asgi = request.asgi
-            request.route = UNMATCHED if asgi is None else route_template(asgi, request.root_path)
-            request.asgi = None
-            hold = request.hold_now(now)
-            self.routes.finish(request)
-            self._serving = True
-            if request.sessions:
-                self._check_sessions(request, now)
-            if self._span_attributes:
-                _set_span_attributes(request, hold)
-            if self._log_requests:
-                emit(
-                    "info",
-                    "request.end",
-                    request,
-                    route=self.routes.label(request.route),
-                    method=request.method,
-                    status=request.status or None,
-                    error=request.error,
-                    duration_ms=round((now - request.started) * 1000, 3),
-                    db_wait_ms=round(request.wait_seconds * 1000, 3),
-                    db_hold_ms=round(hold * 1000, 3),
-                    checkouts=request.checkouts,
-                    sessions_opened=request.sessions_opened,
-                )
-        except Exception as exc:
-            self.hooks.failed("end_request", exc)
-
-    def _check_sessions(self, request: RequestScope, now: float) -> None:
-        records = [record for record in request.sessions if not record.closed]
-        request.sessions = []  # the records point back at the request: break the cycle
-        if not records:
-            return  # the common case: every session was closed before the app returned
-        # FastAPI >= 0.118 closes yield dependencies after the response is sent, but before the
-        # app call returns (bench/grace_period.py); the grace covers closes that happen later.
-        anchor = request.response_end or now
-        delay = anchor + self._grace - now
-        if delay <= 0:
-            self.sessions.check_request_end(records)
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no event loop (not an ASGI server): check now
-            self.sessions.check_request_end(records)
-            return
-        # On the loop, not the sweeper thread: the check then runs in the thread that runs the
-        # sessions' events, and a second later than needed at most never.
-        loop.call_later(delay, self._request_end_check, records)
+        self.requests.end(request)
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
         """``app`` wrapped in the observer's ASGI middleware (for any ASGI app)."""
@@ -393,45 +326,3 @@ class Observer:
                 for record in sorted(self.sessions.open.values(), key=lambda r: r.started)
             ],
         }
-
-
-def _set_span_attributes(request: RequestScope, hold: float) -> None:
-    """The request's pool use as attributes of the current span (the server span of the
-    OpenTelemetry ASGI middleware or FastAPI's own, when one wraps this middleware)."""
-    from opentelemetry import trace
-
-    span = trace.get_current_span()
-    if request.checkouts and span.is_recording():
-        span.set_attributes(
-            {
-                "pool_observer.checkouts": request.checkouts,
-                "pool_observer.wait_seconds": request.wait_seconds,
-                "pool_observer.hold_seconds": hold,
-                "pool_observer.sessions_opened": request.sessions_opened,
-            }
-        )
-
-
-def _request_id(scope: Scope) -> str:
-    for key, value in scope.get("headers", ()):
-        if key == b"x-request-id":
-            text: str = value.decode("latin-1")
-            if 0 < len(text) <= 128 and text.isprintable():
-                return text
-            break
-    return f"{_id_prefix}{next(_id_counter):016x}"
-
-
-# Generated request ids: 32 hex digits, a random per-process half and a counter (a uuid4 costs
-# an os.urandom call per request). The random half is drawn again in a forked child.
-_id_prefix = os.urandom(8).hex()
-_id_counter = itertools.count(1)
-
-
-def _new_id_prefix() -> None:
-    global _id_prefix, _id_counter
-    _id_prefix = os.urandom(8).hex()
-    _id_counter = itertools.count(1)
-
-
-os.register_at_fork(after_in_child=_new_id_prefix)
