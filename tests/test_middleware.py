@@ -442,3 +442,66 @@ async def test_too_old_leak_in_flight_names_the_running_route(
     assert leaks(registry, "too_old", "/hog") == 1.0
     [event] = [e for e in logs if e["event"] == "session.leak"]
     assert (event["reason"], event["route"], event["request_id"]) == ("too_old", "/hog", "old-1")
+
+
+async def test_observer_failures_never_fail_the_request(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If starting the request scope or building Server-Timing raises (a bug of ours), the
+    response is the app's own and the error is counted in observer_hook_errors_total."""
+    from observer.context import RequestScope
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 201, "headers": [(b"x-app", b"1")]})
+        await send({"type": "http.response.body", "body": b"made"})
+
+    obs = observer.Observer(registry=registry, metrics_path=None)
+    wrapped = obs.middleware(app)
+    try:
+        async with client(wrapped) as http:
+            with monkeypatch.context() as patch:
+                patch.setattr(RequestScope, "hold_now", lambda self, now: 1 / 0)
+                timing_broken = await http.get("/a")
+            with monkeypatch.context() as patch:
+                patch.setattr(obs.requests, "begin", lambda scope: 1 / 0)
+                begin_broken = await http.get("/b")
+        obs.flush()
+    finally:
+        obs.close()
+    for response in (timing_broken, begin_broken):
+        assert (response.status_code, response.text, response.headers["x-app"]) == (
+            201,
+            "made",
+            "1",
+        )
+        assert "server-timing" not in response.headers
+    assert sample(registry, "observer_hook_errors_total", hook="server_timing") == 1.0
+    assert sample(registry, "observer_hook_errors_total", hook="begin_request") == 1.0
+
+
+async def test_streaming_response_ends_at_its_last_chunk_and_metrics_path_is_served(
+    registry: CollectorRegistry,
+) -> None:
+    """A response in three body messages gets Server-Timing on its start and is complete for
+    the client; the metrics path is answered by the middleware, not the app."""
+    calls: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        calls.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for chunk in (b"a", b"b"):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"c"})
+
+    obs = observer.Observer(registry=registry)
+    try:
+        async with client(obs.middleware(app)) as http:
+            streamed = await http.get("/stream")
+            metrics = await http.get("/metrics")
+    finally:
+        obs.close()
+    assert streamed.text == "abc"
+    assert streamed.headers["server-timing"].startswith("db-wait;dur=")
+    assert metrics.status_code == 200
+    assert 'sqlalchemy_route_requests_total{route="unmatched"} 1.0' in metrics.text
+    assert calls == ["/stream"]
