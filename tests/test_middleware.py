@@ -201,27 +201,48 @@ async def test_server_timing_can_be_turned_off_and_requests_are_not_logged_by_de
 async def test_leaky_endpoint_is_one_request_end_leak_per_request(
     setup: Callable[..., tuple[FastAPI, observer.Observer]], registry: CollectorRegistry
 ) -> None:
-    """Three requests to an endpoint that opens a session, uses it and never closes it: three
-    request_end leaks for its route, each logged with the origin in this file."""
+    """Three requests (each in its own span) to an endpoint that opens a session, uses it and
+    never closes it: three request_end leaks for its route, each logged with the origin in this
+    file and the request's id and trace; the garbage collector later reports the same sessions
+    (garbage_collected) and the reclaimed connections under the same route and trace, although
+    it runs outside the requests."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    tracer = TracerProvider().get_tracer("test")
     app, obs = setup(pool_size=4)
+    traces: list[str] = []
     async with client(app) as http:
         with capture_logs() as logs:
             for n in range(3):
-                assert (
-                    await http.get(f"/leaky/{n}", headers={"x-request-id": f"r{n}"})
-                ).json() == n
+                with tracer.start_as_current_span(f"request {n}") as span:
+                    traces.append(format(span.get_span_context().trace_id, "032x"))
+                    response = await http.get(f"/leaky/{n}", headers={"x-request-id": f"r{n}"})
+                    assert response.json() == n
                 await asyncio.sleep(GRACE + 0.15)  # past the grace period
             gc.collect()  # the dropped sessions: also garbage_collected leaks
             obs.flush()
     assert leaks(registry, "request_end", "/leaky/{n}") == 3.0
     assert leaks(registry, "garbage_collected", "/leaky/{n}") == 3.0  # same route on the GC path
-    request_end = [e for e in logs if e["event"] == "session.leak" and e["reason"] == "request_end"]
+    by_reason: dict[str, list[dict[str, Any]]] = {}
+    for entry in logs:
+        if entry["event"] == "session.leak":
+            by_reason.setdefault(entry["reason"], []).append(entry)
+    request_end = by_reason["request_end"]
     assert [e["request_id"] for e in request_end] == ["r0", "r1", "r2"]
+    assert [e["trace_id"] for e in request_end] == traces
     for entry in request_end:
         assert entry["route"] == "/leaky/{n}"
         assert entry["log_level"] == "warning"
         assert "tests/test_middleware.py" in entry["origin"]
         assert "in leaky" in entry["origin"]
+    collected = sorted(by_reason["garbage_collected"], key=lambda e: e["request_id"])
+    assert [(e["request_id"], e["trace_id"]) for e in collected] == list(
+        zip(["r0", "r1", "r2"], traces, strict=True)
+    )
+    reclaimed = [e for e in logs if e["event"] == "pool.connection_reclaimed"]
+    assert sorted((e["request_id"], e["route"], e["trace_id"]) for e in reclaimed) == [
+        (f"r{n}", "/leaky/{n}", traces[n]) for n in range(3)
+    ]
 
 
 async def test_proper_yield_dependency_is_never_a_leak(
