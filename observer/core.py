@@ -53,7 +53,9 @@ class Observer:
 
     ``Observer(registry=CollectorRegistry())`` in tests; the default is prometheus-client's
     global registry, so an app that already exports metrics shows both on one endpoint. Only one
-    Observer can use a registry (its metric names would clash).
+    Observer can use a registry (its metric names would clash). ``tracer_provider`` (for
+    ``tracing=True``) and ``meter_provider`` (semantic-convention pool metrics) default to
+    OpenTelemetry's global providers; see ``docs/opentelemetry.md``.
     """
 
     def __init__(
