@@ -8,8 +8,9 @@ sends sequential and concurrent requests over TCP, and records for each request:
 - ``closed``: the dependency's ``finally: await session.close()`` returned;
 - ``app_return``: the app call returned to the outermost middleware.
 
-Usage: ``.venv/bin/python bench/grace_period.py [sqlalchemy-url]`` (the results are quoted in
-docs/logging.md, "Request-end leak check").
+Usage: ``.venv/bin/python bench/grace_period.py [sqlalchemy-url] [--observe]`` (the results
+are quoted in docs/logging.md, "Request-end leak check"). With ``--observe`` the app is also
+instrumented (default options) and the leak counters are printed: all must be 0.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from fastapi import Depends, FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
-URL = sys.argv[1] if len(sys.argv) > 1 else "postgresql+asyncpg://postgres@127.0.0.1/postgres"
+ARGS = [arg for arg in sys.argv[1:] if not arg.startswith("--")]
+URL = ARGS[0] if ARGS else "postgresql+asyncpg://postgres@127.0.0.1/postgres"
+OBSERVE = "--observe" in sys.argv
 engine = create_async_engine(URL, pool_size=20, max_overflow=0)
 Session = async_sessionmaker(engine, expire_on_commit=False)
 current: ContextVar[dict[str, float]] = ContextVar("marks")
@@ -82,11 +85,20 @@ def q(values: list[float], p: float) -> float:
 
 
 async def main() -> None:
+    observed = None
+    if OBSERVE:
+        from prometheus_client import CollectorRegistry
+
+        import observer
+
+        observed = observer.instrument(app, engine, registry=CollectorRegistry())
     server = uvicorn.Server(
         uvicorn.Config(Probe(app), host="127.0.0.1", port=8765, log_level="error")
     )
     task = asyncio.create_task(server.serve())
-    while not server.started:
+    for _ in range(1000):  # uvicorn has no "started" event to await
+        if server.started:
+            break
         await asyncio.sleep(0.01)
     results: dict[str, list[dict[str, float]]] = {}
     async with httpx.AsyncClient(base_url="http://127.0.0.1:8765") as client:
@@ -102,6 +114,18 @@ async def main() -> None:
         results["20 concurrent"] = list(rows)
     server.should_exit = True
     await task
+    if observed is not None:
+        await asyncio.sleep(1.0)  # past the grace period of the last requests
+        observed.flush()
+        leaks = {
+            s.labels["reason"]: s.value
+            for metric in observed.registry.collect()
+            if metric.name == "sqlalchemy_orm_session_leaks"
+            for s in metric.samples
+            if s.name.endswith("_total")
+        }
+        print(f"observed: leaks by reason {leaks or 'none'}")
+        observed.close()
     await engine.dispose()
     for label, marks in results.items():
         complete = [m for m in marks if len(m) == 3]
