@@ -44,11 +44,11 @@ class Settings:
     max_routes: int = 200
     """Most distinct route label values; further routes are counted as ``other``."""
 
-    request_end_grace_seconds: float = 0.5
+    request_end_grace_seconds: float = 1.0
     """How long after a response ended a session the request opened may still hold its
     transaction before it is a ``request_end`` leak. FastAPI >= 0.118 closes ``yield``
     dependencies after the response is sent: measured 0.8-9.6 ms median, 161 ms worst case on
-    2 cores (``bench/grace_period.py``, docs/logging.md); the default leaves a 3x margin."""
+    2 cores (``bench/grace_period.py``, docs/logging.md); the default leaves a 6x margin."""
 
     server_timing: bool = True
     """Add a ``Server-Timing: db-wait;dur=..., db-hold;dur=...`` header (milliseconds) to every

@@ -10,7 +10,7 @@ from observer import ConfigurationError, Settings
 
 
 def test_defaults() -> None:
-    """Server-Timing on, request logging off, 0.5 s grace, 1 s slow checkout, tracing off."""
+    """Server-Timing on, request logging off, 1 s grace, 1 s slow checkout, tracing off."""
     settings = Settings()
     assert (
         settings.request_end_grace_seconds,
@@ -18,7 +18,7 @@ def test_defaults() -> None:
         settings.log_requests,
         settings.slow_checkout_seconds,
         settings.tracing,
-    ) == (0.5, True, False, 1.0, False)
+    ) == (1.0, True, False, 1.0, False)
 
 
 def test_environment_variables_are_parsed() -> None:

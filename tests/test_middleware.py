@@ -22,7 +22,7 @@ from tests.conftest import sample
 
 pytestmark = pytest.mark.postgres
 
-GRACE = 0.1  # request_end_grace_seconds in these tests (the default, 0.5 s, is measured)
+GRACE = 0.1  # request_end_grace_seconds in these tests (the default, 1 s, is measured)
 
 
 def client(app: Any) -> httpx.AsyncClient:
@@ -266,8 +266,9 @@ async def test_proper_yield_dependency_is_never_a_leak(
 async def test_default_grace_period_covers_a_session_closed_after_the_response(
     make_engine: Callable[..., AsyncEngine], registry: CollectorRegistry
 ) -> None:
-    """With the default grace (0.5 s), a session a background step closes 50 ms after the
-    app returned is not a leak; one never closed is, about half a second later."""
+    """With the default grace (1 s), a session a task of the request closes 200 ms after the
+    response (later than any close measured by bench/grace_period.py) is not a leak; one still
+    open is, one second after its response."""
     engine = make_engine(pool_size=2, max_overflow=0)
     Session = async_sessionmaker(engine)
     later: list[asyncio.Task[None]] = []
@@ -277,13 +278,13 @@ async def test_default_grace_period_covers_a_session_closed_after_the_response(
         await session.execute(text("SELECT 1"))
 
         async def close_soon() -> None:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)
             await session.close()
 
         if scope["path"] == "/late-close":
             later.append(asyncio.create_task(close_soon()))
         else:
-            later.append(asyncio.create_task(asyncio.sleep(1, session)))  # type: ignore[arg-type]
+            later.append(asyncio.create_task(asyncio.sleep(2, session)))  # type: ignore[arg-type]
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
@@ -293,9 +294,9 @@ async def test_default_grace_period_covers_a_session_closed_after_the_response(
         async with client(obs.middleware(app)) as http:
             await http.get("/late-close")
             await http.get("/never")
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.7)
             assert leaks(registry, "request_end", "unmatched") == 0.0
-            await asyncio.sleep(0.4)
+            await asyncio.sleep(0.6)
             assert leaks(registry, "request_end", "unmatched") == 1.0
         for task in later:
             session = await task
