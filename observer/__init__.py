@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from observer.core import Observer
 from observer.instrument import instrument
+from observer.logs import RedactSecrets, configure_logging
 from observer.middleware import ObserverMiddleware
 from observer.settings import ConfigurationError, Settings
 
@@ -11,8 +12,10 @@ __all__ = [
     "ConfigurationError",
     "Observer",
     "ObserverMiddleware",
+    "RedactSecrets",
     "Settings",
     "__version__",
+    "configure_logging",
     "instrument",
 ]
 

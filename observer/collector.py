@@ -6,7 +6,7 @@ so the numbers are read from the pool at scrape time: exact, and free on the hot
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -15,6 +15,8 @@ from observer.metrics import (
     LIVE_POOLS,
     LIVE_POOLS_HELP,
     POOL_GAUGES,
+    ROUTE_HELD,
+    ROUTE_HELD_HELP,
     SESSIONS_OPEN,
     SESSIONS_OPEN_HELP,
 )
@@ -80,3 +82,20 @@ class StateCollector(Collector):
         yield from families.values()
         yield GaugeMetricFamily(LIVE_POOLS, LIVE_POOLS_HELP, value=self._live_pools())
         yield GaugeMetricFamily(SESSIONS_OPEN, SESSIONS_OPEN_HELP, value=self._sessions_open())
+
+
+class RouteHeldCollector(Collector):
+    """``sqlalchemy_route_connections_held{route}``: connections held now, by the route of the
+    request that checked them out, read from the checkout stamps at scrape time."""
+
+    def __init__(self, held: Callable[[], Mapping[str, int]]) -> None:
+        self._held = held
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        yield GaugeMetricFamily(ROUTE_HELD, ROUTE_HELD_HELP, labels=["route"])
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(ROUTE_HELD, ROUTE_HELD_HELP, labels=["route"])
+        for route, count in sorted(self._held().items()):
+            family.add_metric([route], count)
+        yield family

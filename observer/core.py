@@ -10,15 +10,16 @@ from typing import Any, Unpack
 from prometheus_client import REGISTRY, CollectorRegistry
 from sqlalchemy.engine import URL, Engine
 
-from observer.asgi_types import ASGIApp
-from observer.collector import FlushCollector, StateCollector, gauge_values
-from observer.context import RequestScope
+from observer.asgi_types import ASGIApp, Scope
+from observer.collector import FlushCollector, RouteHeldCollector, StateCollector, gauge_values
+from observer.context import RequestScope, current_request, route_of
 from observer.exposition import MetricsEndpoint
 from observer.guard import Hooks
 from observer.live_pools import LivePools
-from observer.logs import RateLimiter
+from observer.logs import RateLimiter, emit
 from observer.metrics import Metrics, multiprocess_mode
 from observer.pool import PoolState, PoolTracker
+from observer.requests import Requests
 from observer.routes import RouteMetrics
 from observer.sessions import SessionTracker
 from observer.settings import ConfigurationError, Options, Settings
@@ -52,13 +53,27 @@ class Observer:
 
     ``Observer(registry=CollectorRegistry())`` in tests; the default is prometheus-client's
     global registry, so an app that already exports metrics shows both on one endpoint. Only one
-    Observer can use a registry (its metric names would clash).
+    Observer can use a registry (its metric names would clash). ``tracer_provider`` (for
+    ``tracing=True``) and ``meter_provider`` (semantic-convention pool metrics) default to
+    OpenTelemetry's global providers; see ``docs/opentelemetry.md``.
     """
 
     def __init__(
-        self, *, registry: CollectorRegistry | None = None, **options: Unpack[Options]
+        self,
+        *,
+        registry: CollectorRegistry | None = None,
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
+        **options: Unpack[Options],
     ) -> None:
         self.settings = Settings.from_options(dict(options))
+        from observer import tracing
+
+        # OpenTelemetry: resolved before anything is registered, so a missing extra fails first
+        self._tracer_provider = tracer_provider
+        provider = tracing.meter_provider_or_none(meter_provider)
+        if self.settings.tracing:
+            tracing._require_otel(instrumentation=True)
         self.registry = REGISTRY if registry is None else registry
         self.multiprocess = multiprocess_mode()
         flush = FlushCollector(self.flush)
@@ -78,6 +93,7 @@ class Observer:
         self.limiter = RateLimiter()
         self.routes = RouteMetrics(self.metrics, max_routes=self.settings.max_routes)
         self.live_pools = LivePools(self.metrics, self.hooks)
+        self.live_pools.on_new_pool = self._new_pool
         self.sessions = SessionTracker(
             self.metrics,
             self.hooks,
@@ -87,6 +103,9 @@ class Observer:
             limiter=self.limiter,
         )
         self._trackers: dict[int, PoolTracker] = {}
+        self._query_spans: dict[int, Any] = {}  # id(sync engine) -> tracing.QuerySpans
+        self.otel = None if provider is None else tracing.OtelMetrics(provider, self._pool_states)
+        self.requests = Requests(self.settings, self.routes, self.sessions, self.hooks)
         self._lock = threading.RLock()
         self._sweeper = Sweeper(self._tick, self.settings.sweep_interval_seconds)
         self._started = False
@@ -95,6 +114,7 @@ class Observer:
             self.registry.register(
                 StateCollector(self._pool_states, self.live_pools.count, self._sessions_open)
             )
+            self.registry.register(RouteHeldCollector(self.route_connections_held))
 
     # -- engines ----------------------------------------------------------------------------
 
@@ -138,7 +158,9 @@ class Observer:
                 routes=self.routes,
                 application_name=self.settings.application_name or None,
                 limiter=self.limiter,
+                slow_checkout=self.settings.slow_checkout_seconds,
             )
+            self._wire_otel(tracker, sync)
             tracker.attach()
             self._trackers[id(sync)] = tracker
             self.sessions.add_engine(sync)
@@ -156,6 +178,22 @@ class Observer:
                 return
             tracker.detach()
             self.sessions.remove_engine(sync)
+            spans = self._query_spans.pop(id(sync), None)
+            if spans is not None:
+                spans.remove()
+
+    def _wire_otel(self, tracker: PoolTracker, engine: Engine) -> None:
+        from observer import tracing
+
+        tracing_on = self.settings.tracing
+        if self.otel is not None:
+            tracker.otel = self.otel.pool(tracker.name)
+        elif tracing_on:
+            tracker.otel = tracing.SpanEventsOnly(tracker.name)
+        if tracing_on:
+            tracker.span_events = True
+            tracker.exemplars = not self.multiprocess  # multiprocess files keep no exemplars
+            self._query_spans[id(engine)] = tracing.QuerySpans(engine, self._tracer_provider)
 
     def close(self) -> None:
         """Unwatch everything, remove every listener and stop the sweeper. Idempotent."""
@@ -166,6 +204,9 @@ class Observer:
             for tracker in list(self._trackers.values()):
                 tracker.detach()
             self._trackers.clear()
+            for spans in self._query_spans.values():
+                spans.remove()
+            self._query_spans.clear()
             self.sessions.detach()
             self.live_pools.detach()
             self._sweeper.stop()
@@ -205,6 +246,27 @@ class Observer:
             self.metrics.live_pools.set(self.live_pools.count())
         if self.metrics.sessions_open is not None:
             self.metrics.sessions_open.set(self._sessions_open())
+        if self.metrics.route_held is not None:
+            for route, count in self.route_connections_held().items():
+                self.metrics.route_held.labels(route).set(count)
+
+    def _new_pool(self, engine: Engine) -> None:
+        """A pool was used for the first time: after startup, and not one of the watched
+        engines, it smells of an engine created per request (or per task)."""
+        if id(engine) in self._trackers:
+            return
+        if not self.requests.serving and current_request.get() is None:
+            return  # still starting up (or a script): engines are created now
+        if self.limiter.allow("pool.created_after_startup"):
+            emit(
+                "warning",
+                "pool.created_after_startup",
+                pool=default_pool_name(engine.url),
+                live_pools=self.live_pools.count(),
+                hint="a new connection pool appeared while the app is serving: create the "
+                "engine once at startup and share it; an engine per request opens a new pool "
+                "(and new connections) every time",
+            )
 
     def _pool_states(self) -> list[tuple[str, PoolState]]:
         return [(tracker.name, tracker.state()) for tracker in list(self._trackers.values())]
@@ -212,14 +274,29 @@ class Observer:
     def _sessions_open(self) -> int:
         return len(self.sessions.open)
 
+    def route_connections_held(self) -> dict[str, int]:
+        """Connections checked out now, by the route label of the request holding them (every
+        route counted so far is present, with 0 when it holds none)."""
+        label = self.routes.label
+        counts = dict.fromkeys(self.routes.labels, 0)
+        for tracker in list(self._trackers.values()):
+            for stamp in list(tracker.held.values()):
+                route = label(route_of(stamp[1]))
+                counts[route] = counts.get(route, 0) + 1
+        return counts
+
     # -- requests -----------------------------------------------------------------------------
 
+    def begin_request(self, scope: Scope) -> RequestScope:
+        """The attribution scope of a new HTTP request (the middleware puts it in the
+        contextvar)."""
+        return self.requests.begin(scope)
+
     def end_request(self, request: RequestScope) -> None:
-        """Called by the middleware when a request is over: its totals go to its route."""
-        try:
-            self.routes.finish(request)
-        except Exception as exc:
-            self.hooks.failed("end_request", exc)
+        """Called by the middleware when the app returned: the route template is resolved,
+        the request's totals go to its route, and the sessions it left open are checked for
+        ``request_end`` leaks once the grace period after the response has passed."""
+        self.requests.end(request)
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
         """``app`` wrapped in the observer's ASGI middleware (for any ASGI app)."""

@@ -18,6 +18,8 @@ def instrument(
     app: Any,
     *engines: Any,
     registry: CollectorRegistry | None = None,
+    tracer_provider: Any = None,
+    meter_provider: Any = None,
     **options: Unpack[Options],
 ) -> Observer:
     """Watch ``engines`` and their sessions, add the middleware to ``app`` and serve
@@ -26,6 +28,11 @@ def instrument(
     ``app`` is a Starlette or FastAPI app (for any other ASGI app, wrap it with
     ``Observer.middleware``). Calling it again for the same app or registry reuses the same
     observer, so nothing is counted twice.
+
+    OpenTelemetry: ``tracing=True`` adds query spans on the engines and pool wait/hold events
+    on the current span (``tracer_provider`` defaults to the global one); pool metrics under
+    the semantic-convention names go to ``meter_provider``, else to the global MeterProvider
+    when the app configured one before this call.
     """
     for engine in engines:
         sync_engine_of(engine)  # fail before anything is changed
@@ -35,7 +42,12 @@ def instrument(
     if observer is None:
         observer = _by_registry.get(target)
         if observer is None or observer._closed:
-            observer = Observer(registry=target, **options)
+            observer = Observer(
+                registry=target,
+                tracer_provider=tracer_provider,
+                meter_provider=meter_provider,
+                **options,
+            )
             _by_registry[target] = observer
         elif options and settings != observer.settings:
             raise ConfigurationError(

@@ -4,6 +4,7 @@ including engines nobody passed to the observer (an engine created per request c
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import event
@@ -23,6 +24,7 @@ class LivePools:
         # id(pool) -> weak reference whose callback forgets the pool when it is collected
         self._pools: dict[int, weakref.ref[Any]] = {}
         self._engine_pool: dict[int, int] = {}  # id(engine) -> id(its pool when last used)
+        self.on_new_pool: Callable[[Engine], None] | None = None  # told of each new pool
         self._listeners = (
             ("engine_connect", hooks.guard("engine_connect", self._on_engine_connect)),
             ("engine_disposed", hooks.guard("engine_disposed_any", self._on_engine_disposed)),
@@ -55,6 +57,8 @@ class LivePools:
         pools[key] = weakref.ref(pool, forget)
         self._engine_pool[id(engine)] = key
         self._created.inc()
+        if self.on_new_pool is not None:
+            self.on_new_pool(engine)
 
     def _on_engine_disposed(self, engine: Engine) -> None:
         old = self._engine_pool.pop(id(engine), None)

@@ -35,6 +35,8 @@ LIVE_POOLS = "sqlalchemy_pools"
 LIVE_POOLS_HELP = "Connection pools alive in this process (an engine created per request climbs)."
 SESSIONS_OPEN = "sqlalchemy_orm_sessions_open"
 SESSIONS_OPEN_HELP = "ORM sessions holding a transaction now."
+ROUTE_HELD = "sqlalchemy_route_connections_held"
+ROUTE_HELD_HELP = "Connections held now, by the route of the request that checked them out."
 
 
 def multiprocess_mode() -> bool:
@@ -167,6 +169,12 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        self.route_requests = Counter(
+            "sqlalchemy_route_requests",
+            "HTTP requests finished, by route (divide the route's wait and hold by it).",
+            ["route"],
+            registry=r,
+        )
         self.hook_errors = Counter(
             "observer_hook_errors",
             "Exceptions swallowed inside observer hooks (the app went on).",
@@ -180,7 +188,11 @@ class Metrics:
         self.pool_gauges: dict[str, Gauge] = {}
         self.live_pools: Gauge | None = None
         self.sessions_open: Gauge | None = None
+        self.route_held: Gauge | None = None
         if multiprocess:
+            self.route_held = Gauge(
+                ROUTE_HELD, ROUTE_HELD_HELP, ["route"], registry=r, multiprocess_mode="livesum"
+            )
             for name, help_text in POOL_GAUGES.items():
                 self.pool_gauges[name] = Gauge(
                     name, help_text, ["pool"], registry=r, multiprocess_mode="liveall"

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
+from time import perf_counter
 from typing import TYPE_CHECKING
 
-from observer.asgi_types import ASGIApp, Receive, Scope, Send
+from observer.asgi_types import ASGIApp, Message, Receive, Scope, Send
 from observer.context import RequestScope, current_request
 from observer.live_page import LivePage
-from observer.routing import route_template
 
 if TYPE_CHECKING:
     from observer.core import Observer
@@ -19,6 +18,9 @@ class ObserverMiddleware:
 
     Pure ASGI (``BaseHTTPMiddleware`` breaks contextvars and cancels on disconnect); no
     per-request state on ``self``: it lives in the :class:`RequestScope` of a contextvar.
+    Whatever goes wrong in here is counted in ``observer_hook_errors_total`` and never reaches
+    the request: the app's own exceptions, status codes and cancellations pass through as
+    they are.
     """
 
     def __init__(self, app: ASGIApp, *, observer: Observer) -> None:
@@ -28,6 +30,7 @@ class ObserverMiddleware:
         self.metrics = observer.metrics_endpoint()
         live_path = observer.settings.live_page_path
         self.live_page = LivePage(observer, live_path) if live_path else None
+        self.server_timing = observer.settings.server_timing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -39,20 +42,48 @@ class ObserverMiddleware:
         if self.live_page is not None and self.live_page.handles(scope.get("path", "")):
             await self.live_page(scope, receive, send)
             return
-        request = RequestScope(method=scope.get("method", ""), request_id=_request_id(scope))
+        observer = self.observer
+        try:
+            request = observer.begin_request(scope)
+        except Exception as exc:  # never fail the request because of us
+            observer.hooks.failed("begin_request", exc)
+            await self.app(scope, receive, send)
+            return
+        server_timing = self.server_timing
+
+        async def send_wrapper(message: Message) -> None:
+            kind = message["type"]
+            if kind == "http.response.start":
+                request.status = message.get("status", 0)
+                if server_timing:
+                    message = _with_server_timing(message, request, observer)
+                await send(message)
+            elif kind == "http.response.body" and not message.get("more_body", False):
+                await send(message)
+                request.response_end = perf_counter()
+            else:
+                await send(message)
+
         token = current_request.set(request)
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_wrapper)
+        except BaseException as exc:  # recorded for the request's log line, then re-raised
+            request.error = type(exc).__name__
+            raise
         finally:
             current_request.reset(token)
-            request.route = route_template(scope)
-            self.observer.end_request(request)
+            observer.end_request(request)
 
 
-def _request_id(scope: Scope) -> str:
-    for key, value in scope.get("headers", ()):
-        if key == b"x-request-id":
-            text: str = value.decode("latin-1")[:128]
-            if text.isprintable():
-                return text
-    return uuid.uuid4().hex
+def _with_server_timing(message: Message, request: RequestScope, observer: Observer) -> Message:
+    """``message`` (a response start) with the request's DB wait and hold so far, in ms."""
+    try:
+        wait = request.wait_seconds * 1000
+        hold = request.hold_now(perf_counter()) * 1000
+        value = f"db-wait;dur={wait:.3f}, db-hold;dur={hold:.3f}"
+        headers = list(message.get("headers", ()))
+        headers.append((b"server-timing", value.encode("latin-1")))
+        return {**message, "headers": headers}
+    except Exception as exc:
+        observer.hooks.failed("server_timing", exc)
+        return message

@@ -21,7 +21,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection, Qu
 
 from observer.context import RequestScope, current_request
 from observer.guard import Hooks
-from observer.logs import RateLimiter, logger
+from observer.logs import RateLimiter, current_span_context, emit
 from observer.metrics import Metrics
 from observer.routes import CHECKOUTS, HOLD, WAIT, RouteMetrics
 
@@ -59,6 +59,7 @@ class PoolTracker:
         routes: RouteMetrics,
         application_name: str | None,
         limiter: RateLimiter,
+        slow_checkout: float | None = None,
     ) -> None:
         self.engine = engine
         self.name = name
@@ -69,8 +70,17 @@ class PoolTracker:
         self._outside = routes.outside
         self._application_name = application_name
         self._limiter = limiter
+        self._slow_checkout = float("inf") if slow_checkout is None else slow_checkout
         self._lock = threading.Lock()
         self.waiting = 0
+        # The stamps of the connections checked out now, by id(record.info): who holds what
+        # (sqlalchemy_route_connections_held). Plain dict operations only, atomic under the GIL,
+        # because the garbage-collection path removes entries from inside a finalizer.
+        self.held: dict[int, Stamp] = {}
+        # OpenTelemetry (observer/tracing.py): None unless configured, so it costs one test.
+        self.otel: Any = None
+        self.exemplars = False  # trace ids on the histograms (OpenMetrics), with tracing on
+        self.span_events = False  # pool wait and hold as events of the current span
         # Our own count of connections out, per pool (by id): the state of pools that keep
         # none (NullPool, StaticPool), and of pools swapped out by dispose(), whose counters
         # QueuePool.dispose() resets although their checked-out connections are still in use.
@@ -96,6 +106,7 @@ class PoolTracker:
             (self.engine, "close", g("close", self._on_close)),
             (self.engine, "detach", g("detach", self._on_detach)),
             (self.engine, "engine_disposed", g("engine_disposed", self._on_engine_disposed)),
+            (self.engine, "handle_error", g("handle_error", self._on_handle_error)),
         ):
             event.listen(target, identifier, fn)
             self._listeners.append((target, identifier, fn))
@@ -168,13 +179,17 @@ class PoolTracker:
     ) -> None:
         m = self._m
         m.checkouts.inc()
-        m.checkout_duration.observe(waited)
+        if self.exemplars:
+            m.checkout_duration.observe(waited, _exemplar())
+        else:
+            m.checkout_duration.observe(waited)
         scope = current_request.get()
         info = connection.info
         if info.get(CHECKOUT) is None:  # StaticPool hands the same record out again
             with self._lock:
                 self._out[pool_id] = self._out.get(pool_id, 0) + 1
-        info[CHECKOUT] = (now, scope, pool_id)
+        stamp = info[CHECKOUT] = (now, scope, pool_id)
+        self.held[id(info)] = stamp
         if scope is None:
             sums = self._outside.slot()
             sums[CHECKOUTS] += 1
@@ -182,29 +197,48 @@ class PoolTracker:
         else:
             scope.checkouts += 1
             scope.wait_seconds += waited
+            scope.out += 1
+            scope.out_since += now
+        otel = self.otel
+        if otel is not None:
+            otel.waited(waited, self.span_events)
+        if waited > self._slow_checkout and self._limiter.allow("pool.slow_checkout"):
+            state = self.state()
+            emit(
+                "warning",
+                "pool.slow_checkout",
+                scope,
+                pool=self.name,
+                waited_seconds=round(waited, 6),
+                threshold_seconds=self._slow_checkout,
+                suppressed=self._limiter.take_suppressed("pool.slow_checkout"),
+                **_pool_fields(state),
+            )
 
     def _record_timeout(self, waited: float) -> None:
         m = self._m
         m.timeouts.inc()
-        m.checkout_duration.observe(waited)
+        if self.exemplars:
+            m.checkout_duration.observe(waited, _exemplar())
+        else:
+            m.checkout_duration.observe(waited)
         scope = current_request.get()
         if scope is None:
             self._outside.slot()[WAIT] += waited
         else:
             scope.wait_seconds += waited
+        otel = self.otel
+        if otel is not None:
+            otel.timed_out(waited, self.span_events)
         if self._limiter.allow("pool.checkout_timeout"):
-            state = self.state()
-            logger.warning(
+            emit(
+                "warning",
                 "pool.checkout_timeout",
+                scope,
                 pool=self.name,
                 waited_seconds=round(waited, 6),
-                route=scope.route if scope else None,
-                request_id=scope.request_id if scope else None,
-                size=state.size,
-                max_connections=state.max_connections,
-                checked_out=state.checked_out,
-                idle=state.checked_in,
-                waiting=state.waiting,
+                suppressed=self._limiter.take_suppressed("pool.checkout_timeout"),
+                **_pool_fields(self.state()),
             )
 
     # -- pool events ----------------------------------------------------------------------
@@ -229,7 +263,11 @@ class PoolTracker:
         m.opened.inc()
         started = record.info.pop(CONNECT_STARTED, None)
         if started is not None:
-            m.connect_duration.observe(perf_counter() - started)
+            took = perf_counter() - started
+            m.connect_duration.observe(took)
+            otel = self.otel
+            if otel is not None:
+                otel.created(took)
 
     def _on_checkin(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         info = record.info
@@ -238,9 +276,12 @@ class PoolTracker:
         stamp = info.pop(CHECKOUT, None)
         if stamp is None:
             return  # checked out before the observer was attached
-        self._returned(stamp, perf_counter())
+        self.held.pop(id(info), None)
+        self._returned(stamp, perf_counter(), live=True)
 
-    def _returned(self, stamp: Stamp, now: float) -> None:
+    def _returned(self, stamp: Stamp, now: float, live: bool = False) -> None:
+        """A connection came back (``live``: in the context of the code that returned it, so
+        the current span is the right one for exemplars and span events)."""
         started, scope, pool_id = stamp
         with self._lock:
             left = self._out.get(pool_id, 0) - 1
@@ -249,11 +290,19 @@ class PoolTracker:
             else:
                 self._out.pop(pool_id, None)
         held = now - started
-        self._m.hold.observe(held)
+        if live and self.exemplars:
+            self._m.hold.observe(held, _exemplar())
+        else:
+            self._m.hold.observe(held)
         if scope is None:
             self._outside.slot()[HOLD] += held
         else:
+            scope.out -= 1
+            scope.out_since -= started
             self._routes.held(scope, held)
+        otel = self.otel
+        if otel is not None:
+            otel.used(held, live and self.span_events)
 
     def _on_reset(
         self, dbapi_connection: Any, record: ConnectionPoolEntry | None, state: Any
@@ -266,6 +315,7 @@ class PoolTracker:
         # finalizer (pool/base.py _finalize_fairy), so only lock-free work here.
         info = record.info
         stamp = info.pop(CHECKOUT, None)
+        self.held.pop(id(info), None)
         info[GC] = True
         self._hooks.pending.append((self._reclaimed, stamp, perf_counter()))
 
@@ -276,23 +326,63 @@ class PoolTracker:
         self._returned(stamp, now)
         started, scope, _ = stamp
         if self._limiter.allow("pool.connection_reclaimed"):
-            logger.warning(
+            emit(
+                "warning",
                 "pool.connection_reclaimed",
+                scope,
                 pool=self.name,
                 held_seconds=round(now - started, 3),
-                route=scope.route if scope else None,
-                request_id=scope.request_id if scope else None,
                 hint="a connection or session was never closed; use 'async with' or close it "
                 "in a finally block",
             )
 
     def _on_invalidate(self, dbapi_connection: Any, record: ConnectionPoolEntry, exc: Any) -> None:
-        record.info[CLOSE_REASON] = "invalidated"
-        self._hooks.pending.append((self._log_invalidated, type(exc).__name__ if exc else None))
+        info = record.info
+        info[CLOSE_REASON] = "invalidated"
+        stamp = info.get(CHECKOUT)
+        self._hooks.pending.append(
+            (
+                self._log_invalidated,
+                type(exc).__name__ if exc else None,
+                getattr(exc, "sqlstate", None)
+                or getattr(getattr(exc, "orig", None), "sqlstate", None),
+                stamp[1] if stamp else current_request.get(),
+                current_span_context(),
+            )
+        )
 
-    def _log_invalidated(self, error: str | None) -> None:
+    def _log_invalidated(
+        self, error: str | None, sqlstate: object, scope: RequestScope | None, span: Any
+    ) -> None:
         if self._limiter.allow("pool.connection_invalidated"):
-            logger.info("pool.connection_invalidated", pool=self.name, error=error)
+            emit(
+                "warning",
+                "pool.connection_invalidated",
+                scope,
+                span=span,
+                pool=self.name,
+                error=error,
+                sqlstate=sqlstate if isinstance(sqlstate, str) else None,
+            )
+
+    def _on_handle_error(self, context: Any) -> None:
+        error = context.original_exception
+        # asyncio raises a plain RuntimeError; its message is fixed text (no SQL, no values)
+        if (
+            isinstance(error, RuntimeError)
+            and "attached to a different loop" in str(error)
+            and self._limiter.allow("pool.loop_mismatch")
+        ):
+            emit(
+                "error",
+                "pool.loop_mismatch",
+                pool=self.name,
+                error=type(error).__name__,
+                hint="the engine was used from a second event loop ('Future attached to a "
+                "different loop'): create the engine inside the loop that uses it, call "
+                "'await engine.dispose()' before reusing it on a new loop, or use NullPool "
+                "in tests",
+            )
 
     def _on_soft_invalidate(
         self, dbapi_connection: Any, record: ConnectionPoolEntry, exc: Any
@@ -311,6 +401,7 @@ class PoolTracker:
         else:
             reason = "detached"
             stamp = info.pop(CHECKOUT, None)
+            self.held.pop(id(info), None)
             if stamp is not None:  # the app detached a checked-out connection from the pool
                 self._hooks.pending.append((self._returned, stamp, perf_counter()))
         self._hooks.pending.append((self._m.closed[reason].inc,))
@@ -366,3 +457,26 @@ class PoolTracker:
             overflow=0,
             waiting=waiting,
         )
+
+
+def _pool_fields(state: PoolState) -> dict[str, int]:
+    """A pool's state the way HikariCP logs it: total, active, idle, waiting (and the limits)."""
+    return {
+        "total": state.checked_out + state.checked_in,
+        "active": state.checked_out,
+        "idle": state.checked_in,
+        "waiting": state.waiting,
+        "size": state.size,
+        "max_connections": state.max_connections,
+    }
+
+
+def _exemplar() -> dict[str, str] | None:
+    """The current span's ids as a Prometheus exemplar (shown in OpenMetrics output)."""
+    context = current_span_context()
+    if context is None:
+        return None
+    return {
+        "trace_id": format(context.trace_id, "032x"),
+        "span_id": format(context.span_id, "016x"),
+    }

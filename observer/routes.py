@@ -19,6 +19,7 @@ class _Children(NamedTuple):
     checkouts: Counter
     wait: Counter
     hold: Counter
+    requests: Counter
 
 
 class ThreadTotals:
@@ -87,6 +88,7 @@ class RouteMetrics:
                     m.route_checkouts.labels(label),
                     m.route_wait.labels(label),
                     m.route_hold.labels(label),
+                    m.route_requests.labels(label),
                 )
                 self._children[label] = found
             return found
@@ -109,10 +111,16 @@ class RouteMetrics:
         else:
             scope.hold_seconds += seconds
 
+    @property
+    def labels(self) -> list[str]:
+        """Every route label counted so far."""
+        return list(self._children)
+
     def finish(self, scope: RequestScope) -> None:
         """Add a finished request's totals to its route's counters."""
         children = self.children(scope.route)
         scope.finished = True
+        children.requests.inc()
         if scope.checkouts:
             children.checkouts.inc(scope.checkouts)
         if scope.wait_seconds:

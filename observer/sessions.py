@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from observer import origin as origins
 from observer.context import RequestScope, current_request, route_of
 from observer.guard import Hooks
-from observer.logs import RateLimiter, logger
+from observer.logs import RateLimiter, emit
 from observer.metrics import Metrics
 from observer.routes import RouteMetrics
 
@@ -35,7 +35,9 @@ class OpenSession:
     scope: RequestScope | None
     origin: origins.Origin | None
     ref: weakref.ref[Session] | None = None
-    reported: str | None = None  # leak reason once reported
+    reported: str | None = None  # leak reason once reported (the first one)
+    reasons: tuple[str, ...] = ()  # every leak reason counted for this session
+    closed: bool = False  # its transaction ended (commit, rollback, close); not by the GC
 
     @property
     def route(self) -> str:
@@ -116,7 +118,8 @@ class SessionTracker:
         self._m.sessions_opened.inc()
         if scope is not None:
             scope.sessions_opened += 1
-            scope.session_keys.append(key)
+            if not scope.finished:  # checked for request_end leaks when the request ends
+                scope.sessions.append(record)
 
     def _on_end(self, session: Session, transaction: SessionTransaction) -> None:
         if transaction.parent is not None:
@@ -125,13 +128,16 @@ class SessionTracker:
         if record is None:
             return
         record.ref = None  # the session ended properly: its finalizer callback is dropped
+        record.closed = True
         self._ended(record, perf_counter())
         if record.reported is not None and self._limiter.allow("session.released"):
-            logger.info(
+            emit(
+                "info",
                 "session.released_after_leak",
+                record.scope,
                 reason=record.reported,
                 age_seconds=round(perf_counter() - record.started, 3),
-                route=record.route,
+                route=self._routes.label(record.route),
                 origin=str(record.origin) if record.origin else None,
             )
 
@@ -149,9 +155,14 @@ class SessionTracker:
     def report(self, record: OpenSession, reason: str, now: float | None = None) -> None:
         """Count and log one leak. A session counts once as ``too_old`` or ``request_end``
         (whichever comes first), and once more if it is then garbage-collected unclosed."""
-        if record.reported is not None and reason != "garbage_collected":
+        reasons = record.reasons
+        if reason in reasons or (
+            reason != "garbage_collected" and ("too_old" in reasons or "request_end" in reasons)
+        ):
             return
-        record.reported = reason
+        record.reasons = (*reasons, reason)
+        if record.reported is None:
+            record.reported = reason
         route = self._routes.label(record.route)
         self._m.session_leaks.labels(reason, route).inc()
         key = (reason, route, str(record.origin) if record.origin else "unknown")
@@ -160,15 +171,23 @@ class SessionTracker:
         if not self._limiter.allow("session.leak"):
             return
         age = (perf_counter() if now is None else now) - record.started
-        logger.warning(
+        emit(
+            "warning",
             "session.leak",
+            record.scope,
             reason=reason,
             age_seconds=round(age, 3),
             route=route,
-            request_id=record.scope.request_id if record.scope else None,
             origin=str(record.origin) if record.origin else None,
+            suppressed=self._limiter.take_suppressed("session.leak"),
             hint=_HINTS[reason],
         )
+
+    def check_request_end(self, records: list[OpenSession]) -> None:
+        """Report the sessions of a finished request that still hold their transaction."""
+        for record in records:
+            if not record.closed:
+                self.report(record, "request_end")
 
     def check_age(self, now: float | None = None) -> None:
         """Report sessions open longer than the threshold (once each)."""

@@ -7,7 +7,7 @@ import difflib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TypedDict, get_type_hints
+from typing import TypedDict, get_args, get_type_hints
 
 ENV_PREFIX = "OBSERVER_"
 
@@ -47,6 +47,26 @@ class Settings:
     live_page_path: str | None = None
     """Path of the live page (pools and open sessions, refreshing); ``None``: off. It shows
     routes and code locations: serve it only where /metrics would be acceptable too."""
+
+    request_end_grace_seconds: float = 1.0
+    """How long after a response ended a session the request opened may still hold its
+    transaction before it is a ``request_end`` leak. FastAPI >= 0.118 closes ``yield``
+    dependencies after the response is sent: measured 0.8-9.6 ms median, 161 ms worst case on
+    2 cores (``bench/grace_period.py``, docs/logging.md); the default leaves a 6x margin."""
+
+    server_timing: bool = True
+    """Add a ``Server-Timing: db-wait;dur=..., db-hold;dur=...`` header (milliseconds) to every
+    HTTP response, so browser devtools show the request's pool wait and connection hold."""
+
+    log_requests: bool = False
+    """Log a ``request.end`` event (route, status, DB wait and hold) for every HTTP request."""
+
+    slow_checkout_seconds: float | None = 1.0
+    """A checkout that waited longer than this logs ``pool.slow_checkout``; ``None``: off."""
+
+    tracing: bool = False
+    """OpenTelemetry: query spans on the watched engines (opentelemetry-instrumentation-
+    sqlalchemy) and pool wait/hold events on the current span. Needs the ``otel`` extra."""
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -90,6 +110,11 @@ class Options(TypedDict, total=False):
     application_name: str | None
     max_routes: int
     live_page_path: str | None
+    request_end_grace_seconds: float
+    server_timing: bool
+    log_requests: bool
+    slow_checkout_seconds: float | None
+    tracing: bool
 
 
 def _parse_env(env_name: str, raw: str, hint: object) -> object:
@@ -97,6 +122,9 @@ def _parse_env(env_name: str, raw: str, hint: object) -> object:
     optional = "None" in str(hint)
     if optional and text.lower() in {"", "none", "off"}:
         return None
+    args = [arg for arg in get_args(hint) if arg is not type(None)]
+    if len(args) == 1:  # ``float | None``: parse as float
+        hint = args[0]
     if hint is bool:
         lowered = text.lower()
         if lowered in {"1", "true", "yes", "on"}:
@@ -144,9 +172,24 @@ def _validate(settings: Settings) -> None:
             raise ConfigurationError(
                 f"{name} must be a number > 0 (got {value!r}); it is {meaning}"
             )
-    if not isinstance(settings.capture_origin, bool):
+    for name in ("capture_origin", "server_timing", "log_requests", "tracing"):
+        value = getattr(settings, name)
+        if not isinstance(value, bool):
+            raise ConfigurationError(f"{name} must be True or False (got {value!r})")
+    grace = settings.request_end_grace_seconds
+    if isinstance(grace, bool) or not isinstance(grace, int | float) or not 0 <= grace <= 60:
         raise ConfigurationError(
-            f"capture_origin must be True or False (got {settings.capture_origin!r})"
+            f"request_end_grace_seconds must be a number of seconds from 0 to 60 (got {grace!r});"
+            " it is how long a session may stay open after its response ended before it is a "
+            "request_end leak"
+        )
+    slow = settings.slow_checkout_seconds
+    if slow is not None and (
+        isinstance(slow, bool) or not isinstance(slow, int | float) or not slow > 0
+    ):
+        raise ConfigurationError(
+            f"slow_checkout_seconds must be a number > 0 or None (got {slow!r}); a checkout "
+            "that waits longer is logged as pool.slow_checkout"
         )
     app_name = settings.application_name
     if app_name is not None and (not isinstance(app_name, str) or len(app_name.encode()) > 63):

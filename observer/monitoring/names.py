@@ -33,6 +33,8 @@ EXPORTED_METRICS: Final[dict[str, MetricType]] = {
     "sqlalchemy_route_connection_hold_seconds_total": "counter",
     "sqlalchemy_route_checkout_wait_seconds_total": "counter",
     "sqlalchemy_route_checkouts_total": "counter",
+    "sqlalchemy_route_requests_total": "counter",
+    "sqlalchemy_route_connections_held": "gauge",
     "observer_hook_errors_total": "counter",
 }
 
