@@ -136,3 +136,12 @@ def make_observer(registry: CollectorRegistry) -> Iterator[Callable[..., Observe
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
     """One sample's value as a scrape would see it (None when the series does not exist)."""
     return registry.get_sample_value(name, labels)
+
+
+def hook_errors(registry: CollectorRegistry) -> float:
+    """All errors swallowed by observer hooks, whichever hook."""
+    total = 0.0
+    for metric in registry.collect():
+        if metric.name == "observer_hook_errors":
+            total += sum(s.value for s in metric.samples if s.name.endswith("_total"))
+    return total

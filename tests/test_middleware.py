@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from structlog.testing import capture_logs
 
 import observer
-from tests.conftest import sample
+from tests.conftest import hook_errors, sample
 
 pytestmark = pytest.mark.postgres
 
@@ -31,14 +31,6 @@ def client(app: Any) -> httpx.AsyncClient:
 
 def route_sample(registry: CollectorRegistry, metric: str, route: str) -> float | None:
     return sample(registry, metric, route=route)
-
-
-def hook_errors(registry: CollectorRegistry) -> float:
-    total = 0.0
-    for metric in registry.collect():
-        if metric.name == "observer_hook_errors":
-            total += sum(s.value for s in metric.samples if s.name.endswith("_total"))
-    return total
 
 
 def leaks(registry: CollectorRegistry, reason: str, route: str) -> float:

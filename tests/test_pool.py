@@ -15,7 +15,7 @@ from sqlalchemy.pool import NullPool, StaticPool
 from structlog.testing import capture_logs
 
 from observer import Observer
-from tests.conftest import sample
+from tests.conftest import hook_errors, sample
 
 pytestmark = pytest.mark.postgres
 
@@ -32,14 +32,6 @@ def gauges(registry: CollectorRegistry, pool: str = POOL) -> dict[str, float | N
         "waiting": "sqlalchemy_pool_waiting_requests",
     }
     return {key: sample(registry, name, pool=pool) for key, name in names.items()}
-
-
-def hook_errors(registry: CollectorRegistry) -> float:
-    total = 0.0
-    for metric in registry.collect():
-        if metric.name == "observer_hook_errors":
-            total += sum(s.value for s in metric.samples if s.name.endswith("_total"))
-    return total
 
 
 async def test_concurrent_holders_are_counted_exactly_then_return_to_zero(
