@@ -25,6 +25,8 @@ class Alert:
     summary: str
     description: str
     dashboard: str
+    # Labels from the sidecar's target: the dashboard link sets the server_* variables.
+    server: bool = False
 
     def rule(self, config: MonitoringConfig) -> dict[str, Any]:
         """The rule as it goes into the rules file."""
@@ -34,7 +36,8 @@ class Alert:
             "runbook_url": config.runbook(self.name),
         }
         if config.dashboard_url:
-            query = "var-job={{ $labels.job }}&var-instance={{ $labels.instance }}"
+            prefix = "var-server_" if self.server else "var-"
+            query = f"{prefix}job={{{{ $labels.job }}}}&{prefix}instance={{{{ $labels.instance }}}}"
             if "$labels.pool" in self.description:
                 query += "&var-pool={{ $labels.pool }}"
             base = config.dashboard_url.rstrip("/")
@@ -268,6 +271,7 @@ def observer_alerts(config: MonitoringConfig) -> list[Alert]:
             "{{ $value | humanizeDuration }} (seen by the sidecar of {{ $labels.instance }}, "
             f"threshold {c.idle_in_transaction_seconds:g}s): it holds locks and a pool slot.",
             POOL_DASHBOARD,
+            server=True,
         ),
     ]
 

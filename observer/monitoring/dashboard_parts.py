@@ -1,15 +1,63 @@
-"""What the dashboards share: their variables, links and quantile queries."""
+"""What the dashboards share: their variables, links, alert list and quantile queries."""
 
 from __future__ import annotations
 
 from observer.monitoring.config import MonitoringConfig
-from observer.monitoring.panels import Json, datasource_variable, m, query_variable, targets
+from observer.monitoring.panels import (
+    Json,
+    Layout,
+    alert_list,
+    dashboard,
+    datasource_variable,
+    m,
+    query_variable,
+    targets,
+)
 
 RATE = "[$__rate_interval]"
 BY_POOL = "instance, pool"
 
 
-def variables(config: MonitoringConfig, *, pool: bool) -> list[Json]:
+def new_layout() -> Layout:
+    """A layout that starts with the list of pool-observer's pending and firing alerts."""
+    layout = Layout()
+    layout.add(
+        alert_list(
+            "Firing and pending alerts",
+            "pool-observer's SQLAlchemy* alerts pending or firing now; each links to its runbook.",
+            height=5,
+        )
+    )
+    return layout
+
+
+def board(
+    config: MonitoringConfig,
+    uid: str,
+    title: str,
+    description: str,
+    layout: Layout,
+    *,
+    pool: bool = False,
+    server: bool = False,
+) -> Json:
+    """A pool-observer dashboard: ``layout``'s panels, the variables and the links."""
+    return dashboard(
+        uid,
+        title,
+        description,
+        variables(config, pool=pool, server=server),
+        layout,
+        links(config),
+    )
+
+
+def variables(config: MonitoringConfig, *, pool: bool, server: bool = False) -> list[Json]:
+    """datasource, job, instance; pool (``pool``); server_job and server_instance (``server``).
+
+    The server variables select the sidecar's PostgreSQL server view apart from the app's
+    targets: the sidecar is the app's own scrape target (one job for both) or a job of its own.
+    """
     sel = config.job_selector
     variables = [
         datasource_variable(),
@@ -29,6 +77,23 @@ def variables(config: MonitoringConfig, *, pool: bool) -> list[Json]:
                 'job=~"$job", instance=~"$instance"}, pool)',
             )
         )
+    if server:
+        server_sel = config.server_selector or config.job_selector
+        variables += [
+            query_variable(
+                "server_job",
+                "Server job",
+                f"label_values(pg_up{{{server_sel}}}, job)",
+                "Scrape job of the observer sidecar that polls PostgreSQL: the app's job when "
+                "the sidecar serves the app's metrics too, its own job when it is scraped apart.",
+            ),
+            query_variable(
+                "server_instance",
+                "Server instance",
+                f'label_values(pg_up{{{server_sel}, job=~"$server_job"}}, instance)',
+                "Scrape target of the observer sidecar (the server view of the database it polls).",
+            ),
+        ]
     return variables
 
 

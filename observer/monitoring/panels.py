@@ -13,6 +13,9 @@ GRID_WIDTH = 24
 # Matchers every target carries, so the dashboard variables filter every panel.
 JOB = 'job=~"$job", instance=~"$instance"'
 POOL = JOB + ', pool=~"$pool"'
+# The PostgreSQL server view has its own variables: the sidecar may be the app's scrape target
+# (one job for both) or a scrape job of its own.
+SERVER = 'job=~"$server_job", instance=~"$server_instance"'
 
 Json = dict[str, Any]
 
@@ -20,6 +23,11 @@ Json = dict[str, Any]
 def m(metric: str, *matchers: str, pool: bool = True) -> str:
     """``metric{job=~"$job", instance=~"$instance"[, pool=~"$pool"], matchers...}``."""
     return metric + "{" + ", ".join([POOL if pool else JOB, *matchers]) + "}"
+
+
+def server_m(metric: str, *matchers: str) -> str:
+    """``metric{job=~"$server_job", instance=~"$server_instance", matchers...}``."""
+    return metric + "{" + ", ".join([SERVER, *matchers]) + "}"
 
 
 def target(expr: str, legend: str = "", *, ref: str = "A", heatmap: bool = False) -> Json:
@@ -57,13 +65,15 @@ def datasource_variable() -> Json:
     }
 
 
-def query_variable(name: str, label: str, query: str) -> Json:
-    """A multi-select label variable whose "All" matches every value (``.+``)."""
+def query_variable(name: str, label: str, query: str, description: str = "") -> Json:
+    """A multi-select label variable whose "All" matches every value (``.+``), selected by
+    default."""
     return {
         "allValue": ".+",
-        "current": {},
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
         "datasource": DATASOURCE,
         "definition": query,
+        **({"description": description} if description else {}),
         "hide": 0,
         "includeAll": True,
         "label": label,

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from observer.monitoring.config import MonitoringConfig
-from observer.monitoring.dashboard_parts import BY_POOL, RATE, links, quantiles, variables
+from observer.monitoring.dashboard_parts import BY_POOL, RATE, board, new_layout, quantiles
 from observer.monitoring.panels import (
     Json,
     Layout,
-    alert_list,
-    dashboard,
     heatmap,
     m,
     row,
+    server_m,
     stat,
     targets,
     timeseries,
@@ -23,13 +22,8 @@ def pools(config: MonitoringConfig) -> Json:
     out = m("sqlalchemy_pool_checked_out_connections")
     cap = f"({m('sqlalchemy_pool_max_connections')} > 0)"
     legend = "{{instance}} {{pool}}"
-    layout = Layout()
+    layout = new_layout()
     layout.add(
-        alert_list(
-            "Firing and pending alerts",
-            "pool-observer's SQLAlchemy* alerts pending or firing now; each links to its runbook.",
-            height=5,
-        ),
         row("Saturation"),
         stat(
             "Busiest pool utilisation",
@@ -208,19 +202,20 @@ def pools(config: MonitoringConfig) -> Json:
         ),
     )
     _server_row(layout, config)
-    return dashboard(
+    return board(
+        config,
         "pool-observer-pools",
         "pool-observer / Connection pools",
         "SQLAlchemy connection pools: saturation, waits, hold time, errors.",
-        variables(config, pool=True),
         layout,
-        links(config),
+        pool=True,
+        server=True,
     )
 
 
 def _server_row(layout: Layout, config: MonitoringConfig) -> None:
-    def s(metric: str) -> str:
-        return m(metric, pool=False)
+    """The sidecar's view of PostgreSQL, filtered by the server_job/server_instance variables."""
+    s = server_m
 
     layout.add(
         row("PostgreSQL server view (observer sidecar)"),

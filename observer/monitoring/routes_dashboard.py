@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from observer.monitoring.config import MonitoringConfig
-from observer.monitoring.dashboard_parts import RATE, links, variables
+from observer.monitoring.dashboard_parts import RATE, board, new_layout
 from observer.monitoring.panels import (
     Json,
-    Layout,
-    alert_list,
-    dashboard,
     m,
     row,
     target,
@@ -22,13 +19,8 @@ def routes(config: MonitoringConfig) -> Json:
     hold = m("sqlalchemy_route_connection_hold_seconds_total", pool=False)
     wait = m("sqlalchemy_route_checkout_wait_seconds_total", pool=False)
     checkouts = m("sqlalchemy_route_checkouts_total", pool=False)
-    layout = Layout()
+    layout = new_layout()
     layout.add(
-        alert_list(
-            "Firing and pending alerts",
-            "pool-observer's SQLAlchemy* alerts pending or firing now; each links to its runbook.",
-            height=5,
-        ),
         row("Culprits: who holds the connections"),
         timeseries(
             "Connections held, by route (top 10)",
@@ -100,11 +92,10 @@ def routes(config: MonitoringConfig) -> Json:
             ),
         ),
     )
-    return dashboard(
+    return board(
+        config,
         "pool-observer-routes",
         "pool-observer / Routes: culprits and victims",
         "Which routes hold the pool's connections and which routes wait for them.",
-        variables(config, pool=False),
         layout,
-        links(config),
     )

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from observer.monitoring.config import MonitoringConfig
-from observer.monitoring.dashboard_parts import RATE, links, quantiles, variables
+from observer.monitoring.dashboard_parts import RATE, board, new_layout, quantiles
 from observer.monitoring.panels import (
     Json,
-    Layout,
-    alert_list,
-    dashboard,
     heatmap,
     m,
     row,
@@ -22,13 +19,8 @@ def sessions(config: MonitoringConfig) -> Json:
     """Sessions and leaks: open sessions with their floor, leaks by reason and route."""
     opened = m("sqlalchemy_orm_sessions_open", pool=False)
     leaks = m("sqlalchemy_orm_session_leaks_total", pool=False)
-    layout = Layout()
+    layout = new_layout()
     layout.add(
-        alert_list(
-            "Firing and pending alerts",
-            "pool-observer's SQLAlchemy* alerts pending or firing now; each links to its runbook.",
-            height=5,
-        ),
         row("Sessions"),
         stat(
             "Open sessions",
@@ -134,11 +126,10 @@ def sessions(config: MonitoringConfig) -> Json:
             ),
         ),
     )
-    return dashboard(
+    return board(
+        config,
         "pool-observer-sessions",
         "pool-observer / Sessions and leaks",
         "SQLAlchemy ORM sessions: open sessions, their floor, leaks by reason and route.",
-        variables(config, pool=False),
         layout,
-        links(config),
     )

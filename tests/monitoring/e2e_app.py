@@ -1,8 +1,10 @@
 """An instrumented FastAPI app for the end-to-end monitoring test: holds and leaks on demand.
 
-Run as ``python -m tests.monitoring.e2e_app PORT DATABASE_URL``; it serves on 127.0.0.1.
-Pool ``main`` is tiny (2 connections, 1 s pool_timeout) so that holders exhaust it; pool
-``leaky`` backs the ORM sessions that ``/leak/{n}`` leaves open on purpose.
+Run as ``python -m tests.monitoring.e2e_app PORT DATABASE_URL [APPLICATION_NAME]``; it serves
+on 127.0.0.1. Pool ``main`` is tiny (2 connections, 1 s pool_timeout) so that holders exhaust
+it; pool ``leaky`` backs the ORM sessions that ``/leak/{n}`` leaves open on purpose: the
+middleware's end-of-request check reports each as a ``request_end`` leak of route
+``/leak/{n}``, and PostgreSQL shows its connection idle in transaction.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 import observer
 
 
-def build(url: str) -> FastAPI:
+def build(url: str, application_name: str = "pool-observer") -> FastAPI:
     """The app, its two watched engines, and routes that hold, leak or behave."""
     main = create_async_engine(url, pool_size=2, max_overflow=0, pool_timeout=1)
     leaky = create_async_engine(url, pool_size=5, max_overflow=5)
@@ -37,9 +39,14 @@ def build(url: str) -> FastAPI:
         await leaky.dispose()
 
     app = FastAPI(lifespan=lifespan)
-    # A short leak threshold: a leaked session is reported within seconds even when the
-    # request_end check does not catch it.
-    obs = observer.instrument(app, registry=CollectorRegistry(), leak_threshold_seconds=3)
+    # The age threshold is far beyond the test's minute: every leak reported is a request_end
+    # one, found by the middleware when the request finished with its session open.
+    obs = observer.instrument(
+        app,
+        registry=CollectorRegistry(),
+        leak_threshold_seconds=3600,
+        application_name=application_name,
+    )
     obs.watch(main, name="main")
     obs.watch(leaky, name="leaky")
 
@@ -52,6 +59,7 @@ def build(url: str) -> FastAPI:
 
     @app.get("/leak/{n}")
     async def leak(n: int) -> dict[str, int]:
+        # Opens a transaction and returns without commit or close: a request_end leak.
         session = sessions()
         await session.execute(text("SELECT 1"))
         leaked.append(session)
@@ -68,5 +76,5 @@ def build(url: str) -> FastAPI:
 
 
 if __name__ == "__main__":
-    port, url = int(sys.argv[1]), sys.argv[2]
-    uvicorn.run(build(url), host="127.0.0.1", port=port, log_level="warning")
+    port, url, *name = sys.argv[1:]
+    uvicorn.run(build(url, *name), host="127.0.0.1", port=int(port), log_level="warning")

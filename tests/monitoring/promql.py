@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 import yaml
 
@@ -13,7 +14,7 @@ from tests.monitoring.shipped import ALERTS, DASHBOARDS, RULES
 # Grafana's macros as dashboard-linter substitutes them; every other variable matches anything.
 MACROS = {"__rate_interval": "1m", "__interval": "1m", "__range": "1h", "__auto": "1m"}
 _VARIABLE = re.compile(r"\$\{([^}]+)\}|\$(\w+)|\[\[(\w+)\]\]")
-_LABEL_VALUES = re.compile(r"^label_values\((.*),\s*\w+\)$")
+_LABEL_VALUES = re.compile(r"^label_values\((.*),\s*(\w+)\)$")
 KEYWORDS = {
     "and",
     "or",
@@ -39,19 +40,33 @@ def substitute(expr: str, macros: dict[str, str] = MACROS) -> str:
     return _VARIABLE.sub(value, expr)
 
 
-def dashboard_expressions(rate_interval: str = "1m") -> list[tuple[str, str]]:
-    """(where, PromQL) of every dashboard target and variable query, variables substituted."""
-    macros = {**MACROS, "__rate_interval": rate_interval}
+def dashboard_expressions(
+    rate_interval: str = "1m", values: dict[str, str] | None = None
+) -> list[tuple[str, str]]:
+    """(where, PromQL) of every dashboard target and variable query, variables substituted:
+    those in ``values`` by their value, the others by ``.+`` (All)."""
+    macros = {**MACROS, "__rate_interval": rate_interval, **(values or {})}
     found = []
     for path in DASHBOARDS:
         board = json.loads(path.read_text())
         for title, expr in queries(board):
             found.append((f"{path.name}: {title}", substitute(expr, macros)))
-        for variable in board["templating"]["list"]:
-            if variable["type"] == "query":
-                match = _LABEL_VALUES.match(variable["query"]["query"])
-                assert match, variable["query"]
-                found.append((f"{path.name}: ${variable['name']}", substitute(match.group(1))))
+        for name, _label, selector in variable_queries(board, macros):
+            found.append((f"{path.name}: ${name}", selector))
+    return found
+
+
+def variable_queries(
+    board: dict[str, Any], macros: dict[str, str] = MACROS
+) -> list[tuple[str, str, str]]:
+    """(name, label, series selector) of every ``label_values(selector, label)`` variable of a
+    dashboard, Grafana variables substituted."""
+    found = []
+    for variable in board["templating"]["list"]:
+        if variable["type"] == "query":
+            match = _LABEL_VALUES.match(variable["query"]["query"])
+            assert match, variable["query"]
+            found.append((variable["name"], match.group(2), substitute(match.group(1), macros)))
     return found
 
 

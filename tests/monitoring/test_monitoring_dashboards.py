@@ -8,12 +8,14 @@ from typing import Any
 
 import yaml
 
+from observer.monitoring.names import SIDECAR_METRICS
 from observer.monitoring.panels import DATASOURCE, SCHEMA_VERSION, all_panels, queries
 from tests.monitoring.shipped import DASHBOARDS
 
 UNIT_PANELS = {"timeseries", "stat", "gauge", "heatmap", "bargauge"}
 RATE_RANGE = re.compile(r"\b(rate|irate|increase)\((.*?)\[([^\]]+)\]")
 SELECTOR = re.compile(r"\b([a-z_:][a-z0-9_:]*)\{([^}]*)\}")
+VARIABLE = re.compile(r"\$\{?(\w+)")
 
 
 def test_the_three_dashboards_ship_with_stable_uids(dashboards: dict[str, Any]) -> None:
@@ -53,26 +55,61 @@ def test_datasource_variable(dashboards: dict[str, Any]) -> None:
         )
 
 
-def test_job_instance_pool_variables(dashboards: dict[str, Any]) -> None:
-    """job, instance (and pool for pools): multi-select, All is .+, reload on time change."""
+def test_job_instance_pool_and_server_variables(dashboards: dict[str, Any]) -> None:
+    """job, instance (pool, server_job and server_instance for pools): multi-select, All is .+
+    and selected by default, reload on time change."""
     for name, board in dashboards.items():
         variables = {v["name"]: v for v in board["templating"]["list"] if v["type"] == "query"}
         expected = (
-            ["job", "instance", "pool"]
+            ["job", "instance", "pool", "server_job", "server_instance"]
             if name == "pool-observer-pools.json"
-            else [
-                "job",
-                "instance",
-            ]
+            else ["job", "instance"]
         )
         assert list(variables) == expected
         for variable in variables.values():
             assert variable["multi"] is True
             assert variable["includeAll"] is True
             assert variable["allValue"] == ".+"
+            assert variable["current"] == {"selected": True, "text": ["All"], "value": ["$__all"]}
             assert variable["refresh"] == 2
             assert variable["datasource"] == DATASOURCE
             assert variable["definition"] == variable["query"]["query"]
+
+
+def test_server_variables_list_the_sidecars_targets(dashboards: dict[str, Any]) -> None:
+    """server_job and server_instance come from pg_up (the sidecar's), chained like job and
+    instance, so the server view works whether the sidecar is the app's target or its own job."""
+    board = dashboards["pool-observer-pools.json"]
+    variables = {
+        v["name"]: v["query"]["query"] for v in board["templating"]["list"] if v["type"] == "query"
+    }
+    assert variables["server_job"] == 'label_values(pg_up{job!=""}, job)'
+    assert variables["server_instance"] == (
+        'label_values(pg_up{job!="", job=~"$server_job"}, instance)'
+    )
+
+
+def test_variables_are_defined_before_use_and_all_used(dashboards: dict[str, Any]) -> None:
+    """Every variable a query names exists (defined before any variable query using it), and
+    every variable is used by a panel or by another variable (dashboard-linter template rules)."""
+    for name, board in dashboards.items():
+        defined: list[str] = []
+        used: set[str] = set()
+        for variable in board["templating"]["list"]:
+            if variable["type"] == "query":
+                names = set(VARIABLE.findall(variable["query"]["query"])) - {"datasource"}
+                assert names <= set(defined), (name, variable["name"], names)
+                used |= names
+            defined.append(variable["name"])
+        for panel in all_panels(board):
+            for target in panel.get("targets", []):
+                names = set(VARIABLE.findall(target["expr"]))
+                names -= {"__rate_interval", "__interval", "__range"}
+                assert names <= set(defined), (name, panel["title"], names)
+                used |= names
+            if panel.get("targets"):
+                used.add(panel["datasource"]["uid"].strip("${}"))
+        assert set(defined) == used, name
 
 
 def test_every_panel_has_title_description_unit_and_templated_datasource(
@@ -90,14 +127,20 @@ def test_every_panel_has_title_description_unit_and_templated_datasource(
 
 
 def test_every_selector_filters_on_job_and_instance(dashboards: dict[str, Any]) -> None:
-    """dashboard-linter target-job and target-instance rules, for every selector of a target."""
+    """dashboard-linter target-job and target-instance rules, for every selector of a target:
+    app metrics follow $job and $instance, the sidecar's server view $server_job and
+    $server_instance (never the app's: the sidecar may be scraped as a job of its own)."""
+    server = 0
     for board in dashboards.values():
         for title, expr in queries(board):
             selectors = SELECTOR.findall(expr)
             assert selectors, title
-            for _metric, matchers in selectors:
-                assert 'job=~"$job"' in matchers, (title, expr)
-                assert 'instance=~"$instance"' in matchers, (title, expr)
+            for metric, matchers in selectors:
+                prefix = "server_" if metric in SIDECAR_METRICS else ""
+                server += prefix == "server_"
+                assert f'job=~"${prefix}job"' in matchers, (title, expr)
+                assert f'instance=~"${prefix}instance"' in matchers, (title, expr)
+    assert server == 6
 
 
 def test_pool_metrics_filter_on_the_pool_variable(dashboards: dict[str, Any]) -> None:

@@ -19,15 +19,16 @@ from typing import Any
 import httpx
 import pytest
 
-from observer.monitoring.names import SIDECAR_METRICS
 from tests.conftest import require
-from tests.monitoring.promql import dashboard_expressions, metric_names
-from tests.monitoring.shipped import ALERTS, ROOT, RULES
+from tests.monitoring.promql import MACROS, dashboard_expressions, variable_queries
+from tests.monitoring.shipped import ALERTS, DASHBOARDS, ROOT, RULES
 
 pytestmark = [pytest.mark.promtool, pytest.mark.postgres, pytest.mark.slow]
 
 DEADLINE_SECONDS = 60
 JOB = "pool-observer-e2e"
+# The sidecar scraped as a job of its own (in deploy/ it is the app's target: one job).
+SIDECAR_JOB = "pool-observer-e2e-sidecar"
 # The Grafana interval for a 1 s scrape: 4 scrapes, as Grafana computes $__rate_interval.
 RATE_INTERVAL = "4s"
 
@@ -58,14 +59,28 @@ def _process(args: list[str], log: Path, **kwargs: Any) -> Iterator[subprocess.P
                 proc.wait(timeout=5)
 
 
-def _wait(what: str, ready: Callable[[], bool], deadline: float, logs: list[Path]) -> None:
+def _wait(
+    what: str,
+    ready: Callable[[], bool],
+    deadline: float,
+    logs: list[Path],
+    procs: list[subprocess.Popen[bytes]],
+) -> None:
+    """Poll ``ready`` until it holds; fail with the logs at the deadline or when one of
+    ``procs`` has exited."""
     while time.monotonic() < deadline:
+        exited = [proc.args for proc in procs if proc.poll() is not None]
+        if exited:
+            problem = f"exited while waiting for {what}: {exited}"
+            break
         with contextlib.suppress(httpx.HTTPError):
             if ready():
                 return
         time.sleep(0.2)
+    else:
+        problem = f"timed out waiting for {what}"
     tails = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs)
-    pytest.fail(f"timed out waiting for {what}\n{tails}")
+    pytest.fail(f"{problem}\n{tails}")
 
 
 def _load(app: str, stop: threading.Event) -> None:
@@ -77,16 +92,31 @@ def _load(app: str, stop: threading.Event) -> None:
                 client.get("/hold/2")
 
 
-def test_alerts_fire_rules_evaluate_and_every_panel_has_data(pg_url: str, tmp_path: Path) -> None:
-    """Leaks and an exhausted pool drive the matching alerts to pending/firing with the exact
-    labels; the healthy pool stays quiet; no rule fails to evaluate; every dashboard query
-    (sidecar panels aside) returns data."""
+def _query(prom: httpx.Client, expr: str) -> list[dict[str, Any]]:
+    """The instant vector of ``expr``."""
+    result = prom.get("/api/v1/query", params={"query": expr}).json()
+    assert result["status"] == "success", (expr, result)
+    vector: list[dict[str, Any]] = result["data"]["result"]
+    return vector
+
+
+def test_alerts_fire_rules_evaluate_and_every_panel_has_data(
+    pg_url: str, pg_database: str, tmp_path: Path
+) -> None:
+    """request_end leaks and an exhausted pool drive the matching alerts to pending/firing with
+    the exact labels; the healthy pool stays quiet; no rule fails to evaluate; the sidecar,
+    scraped as a job of its own, sees PostgreSQL and the leaked transactions; every dashboard
+    query, the server view's included, returns data with the variables set to this topology."""
     prometheus_bin = shutil.which("prometheus")
     require(prometheus_bin is not None, "prometheus is not installed (apt-get install prometheus)")
     assert prometheus_bin is not None
     deadline = time.monotonic() + DEADLINE_SECONDS
-    app_port, prom_port = _free_port(), _free_port()
+    app_port, sidecar_port, prom_port = _free_port(), _free_port(), _free_port()
     app_url, prom_url = f"http://127.0.0.1:{app_port}", f"http://127.0.0.1:{prom_port}"
+    sidecar_url = f"http://127.0.0.1:{sidecar_port}"
+    instance, sidecar_instance = f"127.0.0.1:{app_port}", f"127.0.0.1:{sidecar_port}"
+    # Only this app's connections: other tests may share the server.
+    application_name = f"observer-e2e-{os.getpid()}-{app_port}"
     config = tmp_path / "prometheus.yml"
     config.write_text(
         json.dumps(
@@ -94,14 +124,29 @@ def test_alerts_fire_rules_evaluate_and_every_panel_has_data(pg_url: str, tmp_pa
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                 "rule_files": [str(RULES), str(ALERTS)],
                 "scrape_configs": [
-                    {"job_name": JOB, "static_configs": [{"targets": [f"127.0.0.1:{app_port}"]}]}
+                    {"job_name": JOB, "static_configs": [{"targets": [instance]}]},
+                    {"job_name": SIDECAR_JOB, "static_configs": [{"targets": [sidecar_instance]}]},
                 ],
             }
         )
     )
-    app_log, prom_log = tmp_path / "app.log", tmp_path / "prometheus.log"
-    logs = [app_log, prom_log]
-    app_args = [sys.executable, "-m", "tests.monitoring.e2e_app", str(app_port), pg_url]
+    app_log, sidecar_log = tmp_path / "app.log", tmp_path / "sidecar.log"
+    prom_log = tmp_path / "prometheus.log"
+    logs = [app_log, sidecar_log, prom_log]
+    app_args = [
+        sys.executable,
+        "-m",
+        "tests.monitoring.e2e_app",
+        str(app_port),
+        pg_url,
+        application_name,
+    ]
+    sidecar_args = [
+        *(sys.executable, "-m", "observer.cli", "sidecar"),
+        *("--address", "127.0.0.1", "--port", str(sidecar_port)),
+        *("--database-url", pg_url, "--application-name", application_name),
+        *("--poll-interval", "0.5", "--statement-timeout-ms", "400", "--connect-timeout", "3"),
+    ]
     prom_args = [
         prometheus_bin,
         f"--config.file={config}",
@@ -110,19 +155,29 @@ def test_alerts_fire_rules_evaluate_and_every_panel_has_data(pg_url: str, tmp_pa
     ]
     stop = threading.Event()
     with (
-        _process(app_args, app_log, cwd=ROOT),
-        _process(prom_args, prom_log),
+        _process(app_args, app_log, cwd=ROOT) as app_proc,
+        _process(sidecar_args, sidecar_log, cwd=ROOT) as sidecar_proc,
+        _process(prom_args, prom_log) as prom_proc,
         httpx.Client(base_url=app_url, timeout=10) as app,
         httpx.Client(base_url=prom_url, timeout=10) as prom,
     ):
-        _wait("the app", lambda: app.get("/metrics").status_code == 200, deadline, logs)
-        _wait("Prometheus", lambda: prom.get("/-/ready").status_code == 200, deadline, logs)
+        procs = [app_proc, sidecar_proc, prom_proc]
 
-        def target_up() -> bool:
+        def wait(what: str, ready: Callable[[], bool]) -> None:
+            _wait(what, ready, deadline, logs, procs)
+
+        wait("the app", lambda: app.get("/metrics").status_code == 200)
+        wait("the sidecar", lambda: httpx.get(f"{sidecar_url}/healthz").is_success)
+        wait("Prometheus", lambda: prom.get("/-/ready").status_code == 200)
+
+        def targets_up() -> bool:
             targets = prom.get("/api/v1/targets").json()["data"]["activeTargets"]
-            return [t["health"] for t in targets] == ["up"]
+            return sorted((t["labels"]["job"], t["health"]) for t in targets) == [
+                (JOB, "up"),
+                (SIDECAR_JOB, "up"),
+            ]
 
-        _wait("the scrape target", target_up, deadline, logs)
+        wait("the scrape targets", targets_up)
 
         for n in range(3):
             assert app.get(f"/leak/{n}").status_code == 200
@@ -131,7 +186,6 @@ def test_alerts_fire_rules_evaluate_and_every_panel_has_data(pg_url: str, tmp_pa
         for loader in loaders:
             loader.start()
 
-        instance = f"127.0.0.1:{app_port}"
         pool_labels = {"job": JOB, "instance": instance, "pool": "main"}
         expected = {
             "SQLAlchemyPoolExhausted": {**pool_labels, "severity": "critical"},
@@ -159,7 +213,7 @@ def test_alerts_fire_rules_evaluate_and_every_panel_has_data(pg_url: str, tmp_pa
             return sorted(seen) == sorted(expected)
 
         try:
-            _wait("the alerts", alerts_active, deadline, logs)
+            wait("the alerts", alerts_active)
         finally:
             stop.set()
             for loader in loaders:
@@ -168,6 +222,27 @@ def test_alerts_fire_rules_evaluate_and_every_panel_has_data(pg_url: str, tmp_pa
         assert ("SQLAlchemyPoolExhausted", "leaky") not in seen_pools
         assert ("SQLAlchemyPoolSaturationHigh", "leaky") not in seen_pools
 
+        # The three leaks are request_end ones, of the endpoint's route template.
+        leaks = _query(prom, f'sqlalchemy_orm_session_leaks_total{{job="{JOB}"}} > 0')
+        assert [(r["metric"]["reason"], r["metric"]["route"], r["value"][1]) for r in leaks] == [
+            ("request_end", "/leak/{n}", "3")
+        ]
+
+        # The sidecar reaches PostgreSQL and sees the leaked sessions' open transactions: once
+        # the holders' transactions are over, exactly the three leaked ones stay.
+        up = _query(prom, "pg_up")
+        assert [(r["metric"]["job"], r["metric"]["instance"], r["value"][1]) for r in up] == [
+            (SIDECAR_JOB, sidecar_instance, "1")
+        ]
+        idle = (
+            f'pg_stat_activity_count{{job="{SIDECAR_JOB}", datname="{pg_database}", '
+            f'application_name="{application_name}", state="idle in transaction"}}'
+        )
+        wait(
+            "the three leaked transactions alone",
+            lambda: [r["value"][1] for r in _query(prom, idle)] == ["3"],
+        )
+
         groups = prom.get("/api/v1/rules").json()["data"]["groups"]
         rules = [rule for group in groups for rule in group["rules"]]
         assert len(rules) == 16
@@ -175,15 +250,31 @@ def test_alerts_fire_rules_evaluate_and_every_panel_has_data(pg_url: str, tmp_pa
             (r["name"], "ok", "") for r in rules
         ]
 
+        # The variables as a user sets them for this topology: the app's job and instance,
+        # the sidecar's as server_job and server_instance. Each variable offers its value...
+        values = {
+            "job": JOB,
+            "instance": instance,
+            "pool": "main",
+            "server_job": SIDECAR_JOB,
+            "server_instance": sidecar_instance,
+        }
+        offered = []
+        for path in DASHBOARDS:
+            board = json.loads(path.read_text())
+            for name, label, selector in variable_queries(board, {**MACROS, **values}):
+                found = {r["metric"].get(label) for r in _query(prom, selector)}
+                assert values[name] in found, (path.name, name, found)
+                offered.append(name)
+        assert sorted(offered) == sorted([*values, "job", "instance", "job", "instance"])
+        # ...the app's job has no server view: filtering it on $job would show nothing...
+        assert _query(prom, f'pg_up{{job="{JOB}"}}') == []
+        # ...and with those values every panel query returns data, the server view's included.
         empty = []
         checked = 0
-        for where, expr in dashboard_expressions(RATE_INTERVAL):
-            if metric_names(expr) <= set(SIDECAR_METRICS):
-                continue  # the server view needs the sidecar, not running here
-            result = prom.get("/api/v1/query", params={"query": expr}).json()
-            assert result["status"] == "success", (where, result)
+        for where, expr in dashboard_expressions(RATE_INTERVAL, values):
             checked += 1
-            if not result["data"]["result"]:
+            if not _query(prom, expr):
                 empty.append(where)
         assert empty == []
-        assert checked == 53  # 46 panel targets and 7 variable queries; 6 need the sidecar
+        assert checked == 61  # 52 panel targets and 9 variable queries

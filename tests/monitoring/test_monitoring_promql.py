@@ -37,7 +37,7 @@ def test_metric_names_are_extracted_without_labels_functions_or_keywords() -> No
 def test_every_expression_parses_with_promtool(promtool: str, tmp_path: Path) -> None:
     """Dashboard queries and variable selectors, loaded as recording rules, pass promtool."""
     expressions = dashboard_expressions()
-    assert len(expressions) == 59  # 52 panel targets, 7 variable queries
+    assert len(expressions) == 61  # 52 panel targets, 9 variable queries
     rules = [
         {"record": f"dashboard_check:expr_{i}", "expr": expr}
         for i, (_where, expr) in enumerate(expressions)

@@ -79,6 +79,38 @@ def test_selector_thresholds_and_links_can_be_overridden(tmp_path: Path) -> None
     board = json.loads((tmp_path / "dashboards/pool-observer-pools.json").read_text())
     job = board["templating"]["list"][1]
     assert job["definition"] == 'label_values(sqlalchemy_pools{job="checkout-api"}, job)'
+    server_job = board["templating"]["list"][4]
+    assert server_job["definition"] == 'label_values(pg_up{job="checkout-api"}, job)'
+
+
+def test_the_server_selector_reaches_the_server_view_only(tmp_path: Path) -> None:
+    """A sidecar scraped as a job of its own: --server-selector selects the server alert and
+    the server variables; the app's selector and variables stay; dashboard links set the
+    server variables."""
+    args = ["render", "--out", str(tmp_path), "--job-selector", 'job="api"']
+    args += ["--server-selector", 'job="pg-sidecar"']
+    args += ["--dashboard-url", "https://grafana.example.com"]
+    assert main(args) == 0
+    groups = yaml.safe_load((tmp_path / render.ALERTS_FILE).read_text())["groups"]
+    rules = {r["alert"]: r for g in groups for r in g["rules"]}
+    idle = rules["SQLAlchemyServerIdleInTransaction"]
+    assert 'pg_observer_idle_in_transaction_max_seconds{job="pg-sidecar"}' in idle["expr"]
+    assert idle["annotations"]["dashboard_url"] == (
+        "https://grafana.example.com/d/pool-observer-pools?"
+        "var-server_job={{ $labels.job }}&var-server_instance={{ $labels.instance }}"
+    )
+    assert 'sqlalchemy_pools{job="api"}' in rules["SQLAlchemyMetricsAbsent"]["expr"]
+    board = json.loads((tmp_path / "dashboards/pool-observer-pools.json").read_text())
+    definitions = {v["name"]: v.get("definition") for v in board["templating"]["list"]}
+    assert definitions == {
+        "datasource": None,
+        "job": 'label_values(sqlalchemy_pools{job="api"}, job)',
+        "instance": 'label_values(sqlalchemy_pools{job="api", job=~"$job"}, instance)',
+        "pool": 'label_values(sqlalchemy_pool_max_connections{job="api", '
+        'job=~"$job", instance=~"$instance"}, pool)',
+        "server_job": 'label_values(pg_up{job="pg-sidecar"}, job)',
+        "server_instance": 'label_values(pg_up{job="pg-sidecar", job=~"$server_job"}, instance)',
+    }
 
 
 @pytest.mark.parametrize(
