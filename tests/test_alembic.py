@@ -626,3 +626,105 @@ def test_run_migrations_outside_env_py_says_how_to_call_it() -> None:
 
     with pytest.raises(ConfigurationError, match=r"runs inside Alembic's env\.py"):
         observer.alembic.run_migrations()
+
+
+def test_the_alembic_metric_names_are_the_ones_monitoring_may_use() -> None:
+    """What observer.alembic registers is exactly ALEMBIC_METRICS, with the same types."""
+    from observer.migration_metrics import metrics_for
+    from observer.monitoring.names import ALEMBIC_METRICS
+    from observer.schema_drift import SchemaMetrics
+
+    registry = CollectorRegistry()
+    metrics_for(registry)
+    assert metrics_for(registry) is metrics_for(registry)  # once per registry
+    SchemaMetrics(registry)
+    exported = {
+        family.name + ("_total" if family.type == "counter" else ""): family.type
+        for family in registry.collect()
+    }
+    assert exported == ALEMBIC_METRICS
+
+
+def _series(registry: CollectorRegistry, minutes: int) -> list[dict[str, str]]:
+    """promtool input series of the registry's alembic_schema_* samples, as scraped from
+    job api, instance api-1:8000 every minute for ``minutes`` minutes."""
+    found = []
+    for family in registry.collect():
+        for s in family.samples:
+            if s.name.startswith("alembic_schema_"):
+                labels = {"job": "api", "instance": "api-1:8000", **s.labels}
+                matchers = ", ".join(f'{k}="{v}"' for k, v in labels.items())
+                found.append(
+                    {"series": f"{s.name}{{{matchers}}}", "values": f"{s.value:g}x{minutes}"}
+                )
+    return found
+
+
+@pytest.mark.promtool
+def test_the_drift_alert_fires_on_what_the_watcher_exports(
+    project: Path, database: str, tmp_path: Path, promtool: str
+) -> None:
+    """The series a real watcher exports for a database one revision behind fire
+    SQLAlchemyAlembicSchemaDrift after 15 minutes (not before); those of a database at the
+    head never do (promtool against the shipped rules)."""
+    import yaml
+    from sqlalchemy import create_engine
+
+    from tests.monitoring.shipped import ALERTS
+
+    asyncio.run(migrate(config(project), "upgrade", "0001"))
+    engine = create_engine(url(database, "psycopg"))
+    scripts = str(project.parent / "migrations")
+    behind, current = CollectorRegistry(), CollectorRegistry()
+    SchemaWatcher(engine, script_location=scripts, registry=behind).check_sync()
+    asyncio.run(migrate(config(project), "upgrade", "head"))
+    SchemaWatcher(engine, script_location=scripts, registry=current).check_sync()
+    engine.dispose()
+    labels = {
+        "severity": "warning",
+        "job": "api",
+        "instance": "api-1:8000",
+        "database": database,
+        "database_revision": "0001",
+        "code_head": "0002",
+        "state": "behind",
+    }
+    annotations = {
+        "summary": "The database schema and the running code are at different Alembic revisions.",
+        "description": f"api on api-1:8000 expects Alembic head 0002 but database {database} is "
+        "at 0001 (behind) for 15m, longer than a deploy takes: run the migration or roll the "
+        "deploy back.",
+        "runbook_url": "https://github.com/pool-observer/pool-observer/blob/main/docs/runbooks.md"
+        "#sqlalchemyalembicschemadrift",
+    }
+    tests = {
+        "rule_files": [str(ALERTS)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": _series(behind, 30),
+                "alert_rule_test": [
+                    {"eval_time": "14m", "alertname": "SQLAlchemyAlembicSchemaDrift"},
+                    {
+                        "eval_time": "16m",
+                        "alertname": "SQLAlchemyAlembicSchemaDrift",
+                        "exp_alerts": [{"exp_labels": labels, "exp_annotations": annotations}],
+                    },
+                ],
+            },
+            {
+                "interval": "1m",
+                "input_series": _series(current, 60),
+                "alert_rule_test": [
+                    {"eval_time": "60m", "alertname": "SQLAlchemyAlembicSchemaDrift"},
+                ],
+            },
+        ],
+    }
+    path = tmp_path / "drift-test.yaml"
+    path.write_text(yaml.safe_dump(tests))
+    result = subprocess.run(
+        [promtool, "test", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
