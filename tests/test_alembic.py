@@ -728,3 +728,95 @@ def test_the_drift_alert_fires_on_what_the_watcher_exports(
         [promtool, "test", "rules", str(path)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.promtool
+def test_the_dashboard_marks_each_migration_and_the_time_it_runs(
+    tmp_path: Path, promtool: str
+) -> None:
+    """The pools dashboard's annotation queries return a point right after a revision ran
+    (new, or run again) and while a migration runs, and nothing otherwise; they read only the
+    Alembic metrics."""
+    import yaml
+
+    from observer.monitoring.config import MonitoringConfig
+    from observer.monitoring.names import ALEMBIC_METRICS, series_names
+    from observer.monitoring.pools_dashboard import migration_annotations
+    from tests.monitoring.promql import metric_names
+    from tests.monitoring.shipped import ALERTS, DASHBOARDS
+
+    shipped = json.loads(
+        next(p for p in DASHBOARDS if p.name == "pool-observer-pools.json").read_text()
+    )
+    ours = migration_annotations(MonitoringConfig())
+    assert shipped["annotations"]["list"][1:] == list(ours)
+    marks, running = (a["target"]["expr"] for a in ours)
+    for expr in (marks, running):
+        assert metric_names(expr) <= series_names(ALEMBIC_METRICS)
+    stamp = 'alembic_migration_last_timestamp_seconds{job="alembic", database="app", '
+
+    def upgraded(revision: str) -> str:
+        return f'{{revision="{revision}", direction="upgrade", outcome="success"}}'
+
+    cases = {
+        "rule_files": [str(ALERTS)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    # 0002 upgraded at 10m; 0001 downgraded at 20m, upgraded again at 30m.
+                    {
+                        "series": stamp
+                        + 'revision="0002", direction="upgrade", outcome="success"}',
+                        "values": "_x10 600x30",
+                    },
+                    {
+                        "series": stamp
+                        + 'revision="0001", direction="upgrade", outcome="success"}',
+                        "values": "0x29 1800x10",
+                    },
+                    {
+                        "series": 'alembic_migration_running{job="alembic", database="app"}',
+                        "values": "0x9 1 0x30",
+                    },
+                ],
+                "promql_expr_test": [
+                    {
+                        "expr": marks,
+                        "eval_time": "10m",
+                        "exp_samples": [
+                            {
+                                "labels": upgraded("0002"),
+                                "value": 600,
+                            }
+                        ],
+                    },
+                    {"expr": marks, "eval_time": "12m", "exp_samples": []},
+                    {
+                        "expr": marks,
+                        "eval_time": "30m",
+                        "exp_samples": [
+                            {
+                                "labels": upgraded("0001"),
+                                "value": 1,
+                            }
+                        ],
+                    },
+                    {"expr": marks, "eval_time": "32m", "exp_samples": []},
+                    {
+                        "expr": running,
+                        "eval_time": "10m",
+                        "exp_samples": [{"labels": '{job="alembic"}', "value": 1}],
+                    },
+                    {"expr": running, "eval_time": "12m", "exp_samples": []},
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "annotations-test.yaml"
+    path.write_text(yaml.safe_dump(cases))
+    result = subprocess.run(
+        [promtool, "test", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
