@@ -536,17 +536,23 @@ def test_alembic_command_line_writes_the_textfile_and_pushes(
     project: Path, database: str, tmp_path: Path
 ) -> None:
     """`alembic upgrade head` as its own short process, configured by environment variables,
-    leaves a textfile for node_exporter and pushes to a Pushgateway (here a stand-in)."""
+    leaves a textfile for node_exporter, pushes to a Pushgateway (here a stand-in), and with
+    PROMETHEUS_MULTIPROC_DIR set leaves its counts where the sidecar reads them."""
+    from observer.multiproc import MultiprocessDirectory
+
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Pushgateway)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     textfile = tmp_path / "textfile" / "alembic.prom"
     textfile.parent.mkdir()
+    multiproc = tmp_path / "multiproc"
+    multiproc.mkdir()
     env = {
         **os.environ,
         "OBSERVER_ALEMBIC_TEXTFILE": str(textfile),
         "OBSERVER_ALEMBIC_PUSHGATEWAY": f"http://127.0.0.1:{server.server_address[1]}",
         "OBSERVER_ALEMBIC_LOCK_TIMEOUT": "4",
+        "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
     }
     try:
         result = subprocess.run(
@@ -576,6 +582,18 @@ def test_alembic_command_line_writes_the_textfile_and_pushes(
     assert len(pushes) == 4  # run start, after each of 2 revisions, run end
     assert b"alembic_migration_running 1.0" in _Pushgateway.received[0][2]
     assert b"alembic_migration_running 0.0" in _Pushgateway.received[-1][2]
+    served = CollectorRegistry()
+    MultiprocessDirectory(str(multiproc)).register(served)
+    assert sample(served, "alembic_migrations_total", direction="upgrade", outcome="success") == 2
+    assert (
+        sample(
+            served,
+            "alembic_migration_duration_seconds_count",
+            direction="upgrade",
+            outcome="success",
+        )
+        == 2
+    )
 
 
 def test_unreachable_sinks_never_fail_the_migration(project: Path, tmp_path: Path) -> None:
