@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import weakref
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import push_to_gateway, write_to_textfile
@@ -146,8 +147,20 @@ class Publisher:
                 logger.warning(
                     "alembic.metrics_not_published",
                     sink=sink,
-                    target=self.textfile if sink == "textfile" else self.pushgateway,
+                    target=self.textfile
+                    if sink == "textfile"
+                    else _without_password(self.pushgateway),
                     error=f"{type(exc).__name__}: {exc}",
                     hint="the migration goes on; check the path or URL "
                     "(OBSERVER_ALEMBIC_TEXTFILE, OBSERVER_ALEMBIC_PUSHGATEWAY)",
                 )
+
+
+def _without_password(url: str | None) -> str | None:
+    """The URL without user and password (a Pushgateway URL may carry basic-auth credentials)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

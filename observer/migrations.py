@@ -314,6 +314,7 @@ def run_migrations(
     pushgateway: str | None = None,
     registry: CollectorRegistry | None = None,
     context: Any = None,
+    run_args: Mapping[str, Any] | None = None,
 ) -> None:
     """Run the migrations Alembic was asked for, with ``lock_timeout`` set; record each revision.
 
@@ -328,8 +329,9 @@ def run_migrations(
     setting alone. Every option also reads ``OBSERVER_ALEMBIC_<OPTION>``.
 
     ``registry`` defaults to a fresh one per run (the process is short); pass the app's
-    registry when migrations run inside the app. ``context`` defaults to ``alembic.context``.
-    A failed migration's exception propagates unchanged.
+    registry when migrations run inside the app. ``context`` defaults to ``alembic.context``;
+    ``run_args`` go to ``context.run_migrations(**run_args)`` (the multidb template's
+    ``engine_name``). A failed migration's exception propagates unchanged.
     """
     if context is None:
         from alembic import context as alembic_context
@@ -355,7 +357,7 @@ def run_migrations(
             if seconds:
                 context.execute(f"SET {name} = '{max(1, round(seconds * 1000))}ms'")
         with context.begin_transaction():
-            context.run_migrations()
+            context.run_migrations(**(run_args or {}))
         return
     connection = connection if connection is not None else migration_context.connection
     if connection is None:
@@ -378,17 +380,23 @@ def run_migrations(
     previous = _apply_timeouts(connection, options)
     # The step generator the command (upgrade, downgrade, ...) gave Alembic: wrapped, it tells
     # when each revision starts and ends, with no change to what the revision runs.
-    steps_fn = migration_context._migrations_fn
+    steps_fn = getattr(migration_context, "_migrations_fn", None)
     if steps_fn is not None:
         migration_context._migrations_fn = recorder.wrap(steps_fn)
+    else:  # a future Alembic without it: run anyway, with the timeouts, unrecorded
+        logger.warning(
+            "alembic.revisions_not_recorded",
+            reason="this Alembic version does not expose the migration steps to pool-observer",
+        )
     recorder.begin()
     try:
         with context.begin_transaction():
-            context.run_migrations()
+            context.run_migrations(**(run_args or {}))
     except BaseException as exc:
         recorder.failed(exc, rolled_back=transactional and not per_migration)
         raise
     finally:
-        migration_context._migrations_fn = steps_fn
+        if steps_fn is not None:
+            migration_context._migrations_fn = steps_fn
         _restore_timeouts(connection, previous)
         recorder.end()

@@ -598,18 +598,19 @@ def test_alembic_command_line_writes_the_textfile_and_pushes(
 
 def test_unreachable_sinks_never_fail_the_migration(project: Path, tmp_path: Path) -> None:
     """A textfile directory that does not exist and a Pushgateway nobody listens on are logged
-    once each; the migration succeeds."""
+    once each (the Pushgateway's credentials left out); the migration succeeds."""
     cfg = config(
         project,
         observer_options={
             "textfile": str(tmp_path / "no" / "such" / "dir" / "alembic.prom"),
-            "pushgateway": "http://127.0.0.1:9",
+            "pushgateway": "http://deployer:s3cret@127.0.0.1:9",
         },
     )
     with capture_logs() as logs:
         asyncio.run(migrate(cfg, "upgrade", "head"))
     problems = events(logs, "alembic.metrics_not_published")
     assert sorted(e["sink"] for e in problems) == ["pushgateway", "textfile"]
+    assert [e["target"] for e in problems if e["sink"] == "pushgateway"] == ["http://127.0.0.1:9"]
     assert len(events(logs, "alembic.migration.finished")) == 2
 
 
@@ -838,3 +839,13 @@ def test_the_dashboard_marks_each_migration_and_the_time_it_runs(
         [promtool, "test", "rules", str(path)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_alembic_namespace_is_curated() -> None:
+    """observer.alembic exports exactly its __all__, each name defined."""
+    import observer.alembic
+
+    public = {name for name in vars(observer.alembic) if not name.startswith("_")}
+    assert public - {"annotations"} == set(observer.alembic.__all__)
+    assert "run_migrations" in observer.alembic.__all__
+    assert "watch_schema" in observer.alembic.__all__
