@@ -60,6 +60,12 @@ class CodeRevisions:
                 "point script_location at the directory with env.py and versions/ "
                 "(or alembic_config at alembic.ini)"
             ) from None
+        if not self.heads:
+            raise ConfigurationError(
+                f"no Alembic revision found under {alembic_config or script_location!r}: point "
+                "script_location at the directory with env.py and versions/ (or alembic_config "
+                "at alembic.ini)"
+            )
 
     def compare(self, database: str, revisions: tuple[str, ...]) -> SchemaState:
         """The drift state of a database at ``revisions`` against this code."""

