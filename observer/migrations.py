@@ -220,13 +220,15 @@ class MigrationRecorder:
                 first_line = str(exc).splitlines()[0] if str(exc) else ""
                 fields["error"] = f"{type(exc).__name__}: {first_line}"
             if outcome == "lock_timeout":
+                lock_timeout = self.options.lock_timeout
+                waited = f"{lock_timeout:g}s" if lock_timeout else "the server's lock_timeout"
                 logger.warning(
                     "alembic.migration.lock_timeout",
                     **fields,
                     sqlstate=LOCK_NOT_AVAILABLE,
                     lock_timeout_seconds=self.options.lock_timeout,
-                    reason=f"gave up waiting for a lock after {self.options.lock_timeout:g}s "
-                    "(lock_timeout) instead of queueing the app's queries behind it",
+                    reason=f"gave up waiting for a lock after {waited} (lock_timeout) instead of "
+                    "queueing the app's queries behind it",
                     hint=_FIND_BLOCKER,
                 )
             elif outcome == "statement_timeout":

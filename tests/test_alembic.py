@@ -375,6 +375,40 @@ def test_a_failing_migration_is_recorded_and_its_error_propagates(
     assert sample(registry, "alembic_migration_running") == 0
 
 
+def test_a_statement_over_statement_timeout_is_its_own_outcome(
+    tmp_path: Path, database: str
+) -> None:
+    """With statement_timeout set, a statement running longer is cancelled by the server and
+    recorded as outcome statement_timeout (the migration fails, as Alembic reports)."""
+    ini = make_project(tmp_path, url(database, "psycopg"), template="generic")
+    slow = tmp_path / "migrations" / "versions" / "0003_slow.py"
+    slow.write_text(
+        'revision = "0003"\ndown_revision = "0002"\nbranch_labels = None\ndepends_on = None\n'
+        "from alembic import op\n\n"
+        "def upgrade() -> None:\n    op.execute('SELECT pg_sleep(3)')\n\n"
+        "def downgrade() -> None:\n    pass\n"
+    )
+    registry = CollectorRegistry()
+    cfg = config(
+        ini,
+        registry=registry,
+        transaction_per_migration=True,
+        observer_options={"statement_timeout": 0.5},
+    )
+    with capture_logs() as logs, pytest.raises(DBAPIError, match="statement timeout"):
+        command.upgrade(cfg, "head")
+    timed_out = events(logs, "alembic.migration.statement_timeout")
+    assert [(e["revision"], e["outcome"]) for e in timed_out] == [("0003", "statement_timeout")]
+    assert 0.5 <= timed_out[0]["duration_seconds"] < 2.5
+    assert events(logs, "alembic.migrations.rolled_back") == []  # one transaction per migration
+    assert (
+        sample(
+            registry, "alembic_migrations_total", direction="upgrade", outcome="statement_timeout"
+        )
+        == 1
+    )
+
+
 def test_a_database_behind_the_code_is_drift_in_metrics_and_doctor(
     project: Path, database: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
