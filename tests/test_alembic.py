@@ -900,3 +900,27 @@ def test_the_alembic_namespace_is_curated() -> None:
     assert public - {"annotations"} == set(observer.alembic.__all__)
     assert "run_migrations" in observer.alembic.__all__
     assert "watch_schema" in observer.alembic.__all__
+
+
+async def test_an_unreachable_database_is_logged_once_and_the_watcher_goes_on(
+    project: Path,
+) -> None:
+    """Periodic checks that fail (database down) log alembic.schema_check_failed once, export
+    nothing new and keep retrying; check() itself raises."""
+    registry = CollectorRegistry()
+    engine = create_async_engine(
+        f"postgresql+asyncpg://{PG_USER}@127.0.0.1:1/none", poolclass=NullPool
+    )
+    scripts = str(project.parent / "migrations")
+    with pytest.raises(ConnectionRefusedError):
+        await SchemaWatcher(engine, script_location=scripts, registry=registry).check()
+    with capture_logs() as logs:
+        watcher = watch_schema(engine, script_location=scripts, registry=registry, interval=0.05)
+        await asyncio.sleep(0.5)
+        await watcher.aclose()
+    failed = events(logs, "alembic.schema_check_failed")
+    assert len(failed) == 1
+    assert failed[0]["error"] == "ConnectionRefusedError"
+    assert watcher.latest is None
+    assert sample(registry, "alembic_schema_drift", database="none") is None
+    await engine.dispose()
