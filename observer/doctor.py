@@ -33,6 +33,14 @@ from observer.pool_checks import (
     check_settings,
     pool_settings_of,
 )
+from observer.schema_drift import (
+    DEFAULT_VERSION_TABLE,
+    CodeRevisions,
+    SchemaState,
+    check_schema,
+    read_revisions,
+    read_revisions_sync,
+)
 from observer.server_view import (
     STATES,
     Activity,
@@ -58,6 +66,7 @@ class Report:
     server: ServerSettings
     activity: Activity
     findings: list[Finding] = field(default_factory=list)
+    schema: SchemaState | None = None  # when given the Alembic script directory
 
     def exit_code(self, fail_on: str = "warning") -> int:
         """1 when a finding is at least as severe as ``fail_on``, else 0."""
@@ -94,15 +103,25 @@ class Report:
                 "client_backends": self.activity.client_backends,
             },
             "findings": [asdict(f) for f in self.findings],
+            "schema": None
+            if self.schema is None
+            else {**asdict(self.schema), "drift": self.schema.drift},
         }
 
 
 def _report(
-    url: URL, pool: PoolSettings, deployment: Deployment, server: ServerSettings, act: Activity
+    url: URL,
+    pool: PoolSettings,
+    deployment: Deployment,
+    server: ServerSettings,
+    act: Activity,
+    schema: SchemaState | None = None,
 ) -> Report:
     findings = check_settings(pool, deployment, server) + check_activity(act)
+    if schema is not None:
+        findings += check_schema(schema)
     findings.sort(key=lambda f: -SEVERITY_RANK[f.severity])
-    return Report(str(url), pool, deployment, server, act, findings)
+    return Report(str(url), pool, deployment, server, act, findings, schema)
 
 
 async def check_engine(
@@ -114,19 +133,26 @@ async def check_engine(
     network_idle_timeout: float | None = None,
     application_name: str | None = None,
     pool: PoolSettings | None = None,
+    alembic: CodeRevisions | None = None,
+    version_table: str = DEFAULT_VERSION_TABLE,
 ) -> Report:
     """Check an AsyncEngine's pool against its server; uses one connection from the engine.
 
     ``pool`` overrides the settings read from the engine's pool (the command line describes
-    a pool it does not have).
+    a pool it does not have). With ``alembic`` (the app's script directory), the database's
+    Alembic revision is compared with the code's head too.
     """
     deployment = Deployment(workers, replicas, request_timeout, network_idle_timeout)
     settings = pool if pool is not None else pool_settings_of(engine.sync_engine.pool)
     async with engine.connect() as conn:
         server = await read_settings(conn)
         activity = await read_activity(conn, application_name or application_name_from_env())
+        schema = None
+        if alembic is not None:
+            revisions = await read_revisions(conn, version_table=version_table)
+            schema = alembic.compare(engine.url.database or "", revisions)
         await conn.rollback()
-    return _report(engine.url, settings, deployment, server, activity)
+    return _report(engine.url, settings, deployment, server, activity, schema)
 
 
 def check_sync_engine(
@@ -137,6 +163,8 @@ def check_sync_engine(
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     network_idle_timeout: float | None = None,
     application_name: str | None = None,
+    alembic: CodeRevisions | None = None,
+    version_table: str = DEFAULT_VERSION_TABLE,
 ) -> Report:
     """Check a sync Engine's pool against its server; uses one connection from the engine."""
     deployment = Deployment(workers, replicas, request_timeout, network_idle_timeout)
@@ -144,8 +172,12 @@ def check_sync_engine(
     with engine.connect() as conn:
         server = read_settings_sync(conn)
         activity = read_activity_sync(conn, application_name or application_name_from_env())
+        schema = None
+        if alembic is not None:
+            revisions = read_revisions_sync(conn, version_table=version_table)
+            schema = alembic.compare(engine.url.database or "", revisions)
         conn.rollback()
-    return _report(engine.url, settings, deployment, server, activity)
+    return _report(engine.url, settings, deployment, server, activity, schema)
 
 
 def render_text(report: Report, out: TextIO) -> None:
@@ -187,6 +219,13 @@ def render_text(report: Report, out: TextIO) -> None:
         f"{waiting} backend(s) waiting on locks; {act.client_backends} client backends in all",
         file=out,
     )
+    if report.schema is not None:
+        sch = report.schema
+        print(
+            f"  schema   Alembic revision {sch.database_revision} in the database, "
+            f"{sch.code_head} in the code: {sch.state}",
+            file=out,
+        )
     print(file=out)
     for f in report.findings:
         print(f"{f.severity.upper():8} {f.code}: {f.message}", file=out)
@@ -260,6 +299,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="application_name of the app's connections (default: $OBSERVER_APPLICATION_NAME "
         "or pool-observer)",
     )  # fmt: skip
+    alembic = parser.add_mutually_exclusive_group()
+    alembic.add_argument(
+        "--alembic-config", metavar="ALEMBIC_INI",
+        help="compare the database's Alembic revision with the head of this alembic.ini's scripts",
+    )  # fmt: skip
+    alembic.add_argument(
+        "--alembic-script-location", metavar="DIR",
+        help="the same, given the directory holding env.py and versions/",
+    )  # fmt: skip
+    parser.add_argument("--alembic-version-table", default=DEFAULT_VERSION_TABLE)
     parser.add_argument("--connect-timeout", type=_seconds("--connect-timeout"), default=10)
     parser.add_argument("--fail-on", choices=["error", "warning", "info"], default="warning")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -302,6 +351,13 @@ def run(args: argparse.Namespace) -> int:
             pool_timeout=DEFAULT_POOL_TIMEOUT if args.pool_timeout is None else args.pool_timeout,
             pool_pre_ping=args.pool_pre_ping,
         )
+        alembic = (
+            CodeRevisions(
+                alembic_config=args.alembic_config, script_location=args.alembic_script_location
+            )
+            if args.alembic_config or args.alembic_script_location
+            else None
+        )
     except ValueError as exc:
         print(f"observer doctor: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
@@ -320,6 +376,8 @@ def run(args: argparse.Namespace) -> int:
                     network_idle_timeout=args.network_idle_timeout,
                     application_name=args.application_name,
                     pool=pool,
+                    alembic=alembic,
+                    version_table=args.alembic_version_table,
                 ),
                 timeout=args.connect_timeout * 2,
             )

@@ -319,7 +319,7 @@ def check_activity(activity: Activity) -> list[Finding]:
                 f"{longest:.1f}s",
                 "find the blocker with SELECT pid, pg_blocking_pids(pid), query FROM "
                 "pg_stat_activity WHERE wait_event_type = 'Lock'; run migrations with "
-                "lock_timeout",
+                "lock_timeout (observer.alembic.run_migrations sets it: docs/alembic.md)",
             )
         )
     return findings

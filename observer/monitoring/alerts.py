@@ -276,12 +276,38 @@ def observer_alerts(config: MonitoringConfig) -> list[Alert]:
     ]
 
 
+def migration_alerts(config: MonitoringConfig) -> list[Alert]:
+    """Alerts on Alembic migrations: the running code and its database disagree."""
+    c = config
+    sel = c.selector()
+    by = "job, instance, database"
+    return [
+        Alert(
+            "SQLAlchemyAlembicSchemaDrift",
+            f"max by ({by}, database_revision, code_head, state) (\n"
+            f"  alembic_schema_revision_info{sel} == 1\n)\n"
+            f"and on ({by})\n"
+            f"max by ({by}) (alembic_schema_drift{sel}) > 0",
+            c.schema_drift_for,
+            "warning",
+            "The database schema and the running code are at different Alembic revisions.",
+            "{{ $labels.job }} on {{ $labels.instance }} expects Alembic head "
+            "{{ $labels.code_head }} but database {{ $labels.database }} is at "
+            "{{ $labels.database_revision }} ({{ $labels.state }}) for "
+            f"{c.schema_drift_for}, longer than a deploy takes: run the migration or roll "
+            "the deploy back.",
+            POOL_DASHBOARD,
+        ),
+    ]
+
+
 def alert_groups(config: MonitoringConfig) -> dict[str, Any]:
     """The content of the alerts file."""
     groups = [
         ("pool-observer.pools", pool_alerts(config)),
         ("pool-observer.sessions", session_alerts(config)),
         ("pool-observer.observer", observer_alerts(config)),
+        ("pool-observer.migrations", migration_alerts(config)),
     ]
     return {
         "groups": [
@@ -293,4 +319,9 @@ def alert_groups(config: MonitoringConfig) -> dict[str, Any]:
 
 def all_alerts(config: MonitoringConfig) -> list[Alert]:
     """Every alert, in file order."""
-    return [*pool_alerts(config), *session_alerts(config), *observer_alerts(config)]
+    return [
+        *pool_alerts(config),
+        *session_alerts(config),
+        *observer_alerts(config),
+        *migration_alerts(config),
+    ]

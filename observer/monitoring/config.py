@@ -79,6 +79,8 @@ class MonitoringConfig:
     absent_for: str = "5m"
     idle_in_transaction_seconds: float = 60.0
     idle_in_transaction_for: str = "5m"
+    # Longer than a deploy takes: old and new code overlap with the database while it rolls.
+    schema_drift_for: str = "15m"
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

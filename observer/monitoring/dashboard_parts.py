@@ -40,8 +40,10 @@ def board(
     *,
     pool: bool = False,
     server: bool = False,
+    annotations: tuple[Json, ...] = (),
 ) -> Json:
-    """A pool-observer dashboard: ``layout``'s panels, the variables and the links."""
+    """A pool-observer dashboard: ``layout``'s panels, the variables, the links and
+    ``annotations`` (beside Grafana's built-in one)."""
     return dashboard(
         uid,
         title,
@@ -49,6 +51,7 @@ def board(
         variables(config, pool=pool, server=server),
         layout,
         links(config),
+        annotations,
     )
 
 

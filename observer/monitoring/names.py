@@ -49,6 +49,19 @@ SIDECAR_METRICS: Final[dict[str, MetricType]] = {
 }
 
 
+# Alembic: migrations (exported by `alembic upgrade` through a textfile or a Pushgateway, see
+# docs/alembic.md) and schema drift (exported by the app: observer.alembic.watch_schema).
+ALEMBIC_METRICS: Final[dict[str, MetricType]] = {
+    "alembic_migration_running": "gauge",
+    "alembic_migrations_total": "counter",
+    "alembic_migration_duration_seconds": "histogram",
+    "alembic_migration_last_timestamp_seconds": "gauge",
+    "alembic_migration_last_duration_seconds": "gauge",
+    "alembic_schema_revision_info": "gauge",
+    "alembic_schema_drift": "gauge",
+}
+
+
 def series_names(metrics: dict[str, MetricType]) -> frozenset[str]:
     """Every series name a scrape shows for ``metrics`` (histograms as _bucket, _sum, _count)."""
     names: set[str] = set()

@@ -275,8 +275,32 @@ class Layout:
                 self._x, self._row_height = 0, 0
 
 
+def annotation(name: str, expr: str, title: str, color: str, *, tags: str = "") -> Json:
+    """A Prometheus annotation: a marker at every point ``expr`` returns (so it returns points
+    only at the moments to mark); ``title`` is a legend-style template of the labels."""
+    return {
+        "datasource": DATASOURCE,
+        "enable": True,
+        "hide": False,
+        "iconColor": color,
+        "name": name,
+        "step": "1m",
+        "tagKeys": tags,
+        "target": {"expr": expr, "refId": "Anno"},
+        "textFormat": "",
+        "titleFormat": title,
+        "useValueForTime": False,
+    }
+
+
 def dashboard(
-    uid: str, title: str, description: str, variables: list[Json], layout: Layout, links: list[Json]
+    uid: str,
+    title: str,
+    description: str,
+    variables: list[Json],
+    layout: Layout,
+    links: list[Json],
+    annotations: tuple[Json, ...] = (),
 ) -> Json:
     """The dashboard around its panels."""
     return {
@@ -290,7 +314,8 @@ def dashboard(
                     "iconColor": "rgba(0, 211, 255, 1)",
                     "name": "Annotations & Alerts",
                     "type": "dashboard",
-                }
+                },
+                *annotations,
             ]
         },
         "description": description,

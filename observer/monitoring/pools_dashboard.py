@@ -7,6 +7,7 @@ from observer.monitoring.dashboard_parts import BY_POOL, RATE, board, new_layout
 from observer.monitoring.panels import (
     Json,
     Layout,
+    annotation,
     heatmap,
     m,
     row,
@@ -210,6 +211,32 @@ def pools(config: MonitoringConfig) -> Json:
         layout,
         pool=True,
         server=True,
+        annotations=migration_annotations(config),
+    )
+
+
+def migration_annotations(config: MonitoringConfig) -> tuple[Json, ...]:
+    """Markers where Alembic migrations ran (docs/alembic.md). Their metrics come from the
+    migration process (a Pushgateway or node_exporter's textfile collector), not from the
+    app's job, so they are selected by the job selector only, not by $job / $instance."""
+    last = f"alembic_migration_last_timestamp_seconds{{{config.job_selector}}}"
+    running = f"alembic_migration_running{{{config.job_selector}}}"
+    return (
+        annotation(
+            "Alembic migrations",
+            # A revision's series appears (or its timestamp changes) when it has just run.
+            f"max by (revision, direction, outcome) (\n  ({last} unless {last} offset 1m)\n"
+            f"  or changes({last}[1m]) > 0\n)",
+            "{{direction}} {{revision}}: {{outcome}}",
+            "purple",
+            tags="direction,outcome",
+        ),
+        annotation(
+            "Migration running",
+            f"max by (job, instance) ({running}) > 0",
+            "Alembic migration running ({{job}} {{instance}})",
+            "orange",
+        ),
     )
 
 

@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from observer.monitoring.names import EXPORTED_METRICS, SIDECAR_METRICS, series_names
+from observer.monitoring.names import (
+    ALEMBIC_METRICS,
+    EXPORTED_METRICS,
+    SIDECAR_METRICS,
+    series_names,
+)
 from tests.monitoring.promql import (
     dashboard_expressions,
     metric_names,
@@ -54,7 +59,12 @@ def test_every_expression_parses_with_promtool(promtool: str, tmp_path: Path) ->
 def test_every_metric_used_is_exported() -> None:
     """Rules and dashboards read only exported series (or our own recorded ones)."""
     recorded = {name for name, expr in rule_expressions() if ":" in name}
-    allowed = series_names(EXPORTED_METRICS) | series_names(SIDECAR_METRICS) | recorded
+    allowed = (
+        series_names(EXPORTED_METRICS)
+        | series_names(SIDECAR_METRICS)
+        | series_names(ALEMBIC_METRICS)
+        | recorded
+    )
     used: set[str] = set()
     for where, expr in [*rule_expressions(), *dashboard_expressions()]:
         names = metric_names(expr)
@@ -88,5 +98,7 @@ def test_every_metric_used_is_exported() -> None:
         "sqlalchemy_route_checkouts_total",
         "observer_hook_errors_total",
         *SIDECAR_METRICS,
+        "alembic_schema_revision_info",
+        "alembic_schema_drift",
     }
     assert recorded <= used
