@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -10,17 +11,28 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from observer.asgi_types import Receive, Scope, Send
 from observer.metrics import multiprocess_mode
+from observer.multiproc import MultiprocessDirectory
 
 
 def render(registry: CollectorRegistry, accept: str = "") -> tuple[bytes, str]:
     """The exposition of ``registry`` (or of every worker's files in multiprocess mode) in the
     format the ``Accept`` header asks for (OpenMetrics or the Prometheus text format)."""
     if multiprocess_mode():
+        # Workers that died without mark_process_dead (uvicorn --workers has no child_exit hook;
+        # a SIGKILLed worker calls nothing) would show their last gauges for ever: drop them.
+        # The workers of one server share a pid namespace, so a missing pid is a dead worker.
+        _prune_dead_workers()
         # A fresh registry per scrape: the collector reads every worker's files.
         registry = CollectorRegistry(support_collectors_without_names=True)
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     encoder, content_type = choose_encoder(accept)
     return encoder(registry), content_type
+
+
+def _prune_dead_workers() -> None:
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")  # noqa: SIM112 (the legacy name)
+    if path and os.path.isdir(path):
+        MultiprocessDirectory(path).prune()
 
 
 class MetricsEndpoint:
