@@ -18,6 +18,7 @@ from observer.guard import Hooks
 from observer.live_pools import LivePools
 from observer.logs import RateLimiter
 from observer.metrics import Metrics, multiprocess_mode
+from observer.metrics_server import MetricsServer
 from observer.pool import PoolState, PoolTracker
 from observer.routes import RouteMetrics
 from observer.sessions import SessionTracker
@@ -61,6 +62,14 @@ class Observer:
         self.settings = Settings.from_options(dict(options))
         self.registry = REGISTRY if registry is None else registry
         self.multiprocess = multiprocess_mode()
+        self.metrics_server: MetricsServer | None = None
+        if self.settings.metrics_port is not None:  # first: a port in use fails before the rest
+            self.metrics_server = MetricsServer(
+                self.registry,
+                host=self.settings.metrics_host,
+                port=self.settings.metrics_port,
+                token=self.settings.metrics_token,
+            )
         flush = FlushCollector(self.flush)
         if not self.multiprocess:
             self.registry.register(flush)
@@ -69,6 +78,8 @@ class Observer:
         except ValueError as exc:
             if not self.multiprocess:
                 self.registry.unregister(flush)
+            if self.metrics_server is not None:
+                self.metrics_server.close()
             raise ConfigurationError(
                 "another Observer already registered its metrics on this registry; use "
                 "observer.instrument(), which reuses it, or give each Observer its own "
@@ -169,6 +180,8 @@ class Observer:
             self.sessions.detach()
             self.live_pools.detach()
             self._sweeper.stop()
+            if self.metrics_server is not None:
+                self.metrics_server.close()
             self.flush()
 
     @property
@@ -227,7 +240,7 @@ class Observer:
 
     def metrics_endpoint(self) -> MetricsEndpoint:
         """An ASGI app serving this observer's metrics."""
-        return MetricsEndpoint(self.registry)
+        return MetricsEndpoint(self.registry, token=self.settings.metrics_token)
 
     # -- inspection ---------------------------------------------------------------------------
 
