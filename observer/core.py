@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import weakref
 from time import perf_counter
 from typing import Any, Unpack
 
@@ -46,6 +47,14 @@ def sync_engine_of(engine: object) -> Engine:
         "object returned by create_engine() or create_async_engine() (not a session, a "
         "sessionmaker or a URL)"
     )
+
+
+_observers: weakref.WeakSet[Observer] = weakref.WeakSet()
+
+
+def live_observers() -> list[Observer]:
+    """Every Observer of this process that is not closed (for the pytest leak guard)."""
+    return [obs for obs in list(_observers) if not obs._closed]
 
 
 class Observer:
@@ -106,6 +115,7 @@ class Observer:
             self.registry.register(
                 StateCollector(self._pool_states, self.live_pools.count, self._sessions_open)
             )
+        _observers.add(self)
 
     # -- engines ----------------------------------------------------------------------------
 
