@@ -331,6 +331,12 @@ class PoolTracker:
         with self._lock:
             out_of_old_pools = sum(n for key, n in self._out.items() if key != current)
             out_of_current = self._out.get(current, 0)
+        # A connection returned to a pool that dispose() replaced stays open, idle in that old
+        # pool, until the old pool is garbage-collected (dispose() closes only the connections
+        # idle at the time): the server still counts it, so do we.
+        idle_in_old_pools = sum(
+            old.checkedin() for old in list(self._old_pools) if isinstance(old, QueuePool)
+        )
         if isinstance(pool, QueuePool):
             size = pool.size()
             max_overflow = getattr(pool, "_max_overflow", 0)
@@ -338,7 +344,7 @@ class PoolTracker:
                 size=size,
                 max_connections=-1 if max_overflow < 0 else size + max_overflow,
                 checked_out=pool.checkedout() + out_of_old_pools,
-                checked_in=pool.checkedin(),
+                checked_in=pool.checkedin() + idle_in_old_pools,
                 overflow=max(0, pool.overflow()),  # QueuePool counts from -pool_size
                 waiting=waiting,
             )
