@@ -9,7 +9,8 @@ where you want the check (``observer_leak_guard.check()`` also checks in the mid
 
 The check runs after the test's own fixtures are torn down (a session a fixture closes is not a
 leak), after a garbage collection (a session dropped unclosed is a leak too), and only counts
-what the test opened: sessions and connections open before it started are left alone.
+what the test body opened: sessions and connections open when it started (fixtures included)
+are left alone.
 """
 
 from __future__ import annotations
@@ -140,7 +141,9 @@ def _guarded(item: pytest.Item) -> bool:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    # The baseline is taken once the fixtures are set up: a session a wider-scoped fixture
+    # opens (and keeps for other tests) is not this test's leak.
     if _guarded(item):
         item.stash[_GUARD] = LeakGuard()
     return (yield)

@@ -68,6 +68,18 @@ def session():
 
 def test_fixture_session_is_not_a_leak(session):
     session.execute(text("SELECT 1"))
+
+
+@pytest.fixture(scope="module")
+def shared_session():
+    s = Session(engine)
+    s.execute(text("SELECT 1"))
+    yield s
+    s.close()
+
+
+def test_a_module_fixture_session_is_not_this_test_leak(shared_session):
+    shared_session.execute(text("SELECT 2"))
 """
 
 ASYNC_TESTS = """
@@ -122,7 +134,7 @@ def test_leaky_tests_fail_with_where_the_session_was_opened(suite: pytest.Pytest
     """Each leaky test, sync or async, fails with one line per leak and the line that opened
     the session; clean tests, an allowed leak and a session a fixture closes pass."""
     result = suite.runpytest_subprocess("-p", "observer.pytest_plugin", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=8, failed=1, errors=4)
+    result.assert_outcomes(passed=9, failed=1, errors=4)
     result.stdout.fnmatch_lines(
         [
             "*ERROR at teardown of test_async_left_open*",
@@ -159,6 +171,7 @@ def test_leaky_tests_fail_with_where_the_session_was_opened(suite: pytest.Pytest
         "test_clean",
         "test_allowed",
         "test_fixture_session_is_not_a_leak",
+        "test_a_module_fixture_session_is_not_this_test_leak",
     ):
         assert f"of {passing}" not in result.stdout.str()
 
@@ -168,7 +181,7 @@ def test_clean_tests_pass_under_the_guard(suite: pytest.Pytester) -> None:
     result = suite.runpytest_subprocess(
         "-p", "observer.pytest_plugin", "-p", "no:cacheprovider", "-k", "clean or fixture_session"
     )
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=4)
 
 
 def test_without_the_plugin_nothing_is_checked(suite: pytest.Pytester) -> None:
