@@ -7,6 +7,7 @@ invalidation has set the DBAPI connection to ``None``.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import weakref
 from collections.abc import Callable
@@ -29,9 +30,12 @@ CHECKOUT = "pool_observer.checkout"  # (checkout time, request scope, pool id) w
 GC = "pool_observer.gc"  # set by reset when the garbage collector reclaims the connection
 CLOSE_REASON = "pool_observer.close_reason"  # set by (soft_)invalidate, read by close
 CONNECT_STARTED = "pool_observer.connect_started"  # set by do_connect, read by connect
+IDLE_IN_OLD = "pool_observer.idle_in_old_pool"  # key of the replaced pool it went back to
 
 
-Stamp = tuple[float, RequestScope | None, int]  # checkout time, request, id() of the pool
+Stamp = tuple[float, RequestScope | None, int]  # checkout time, request, key of the pool
+
+_pool_keys = itertools.count(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,12 +74,19 @@ class PoolTracker:
         self._limiter = limiter
         self._lock = threading.Lock()
         self.waiting = 0
-        # Our own count of connections out, per pool (by id): the state of pools that keep
+        # Our own count of connections out, per pool (by key): the state of pools that keep
         # none (NullPool, StaticPool), and of pools swapped out by dispose(), whose counters
         # QueuePool.dispose() resets although their checked-out connections are still in use.
         self._out: dict[int, int] = {}
         self._pool: Pool | None = None  # the pool whose connect() is wrapped now
         self._old_pools: weakref.WeakSet[Pool] = weakref.WeakSet()  # swapped out by dispose()
+        # A key per pool, never reused (an id() is: a new pool can take a collected one's
+        # address before the work deferred out of its finalizer has run).
+        self._keys: weakref.WeakKeyDictionary[Pool, int] = weakref.WeakKeyDictionary()
+        # key of a replaced pool -> connections returned to it and still open there: when the
+        # old pool is garbage-collected they go without a close event, so we count them then.
+        self._idle_in_old: dict[int, int] = {}
+        self._finalizers: list[weakref.finalize[Any, Any]] = []
         self._listeners: list[tuple[Any, str, Callable[..., Any]]] = []
         self._record_checkout_safely = hooks.guard("checkout", self._record_checkout)
         self._record_timeout_safely = hooks.guard("checkout_timeout", self._record_timeout)
@@ -110,6 +121,10 @@ class PoolTracker:
             if pool is not None:
                 self._unwrap(pool)
         self._pool = None
+        for finalizer in self._finalizers:
+            finalizer.detach()
+        self._finalizers.clear()
+        self._idle_in_old.clear()
         self._metrics.unbind_pool(self.name)
 
     def _wrap(self, pool: Pool) -> None:
@@ -121,7 +136,7 @@ class PoolTracker:
         lock = self._lock
         record_checkout = self._record_checkout_safely
         record_timeout = self._record_timeout_safely
-        pool_id = id(pool)
+        pool_id = self._key(pool)
 
         def connect() -> PoolProxiedConnection:
             with lock:
@@ -148,6 +163,12 @@ class PoolTracker:
         connect.__pool_observer__ = (tracker, original)  # type: ignore[attr-defined]
         pool.connect = connect  # type: ignore[method-assign]
         self._pool = pool
+
+    def _key(self, pool: Pool) -> int:
+        key = self._keys.get(pool)
+        if key is None:
+            key = self._keys[pool] = next(_pool_keys)
+        return key
 
     def _unwrap(self, pool: Pool) -> None:
         wrapper = pool.__dict__.get("connect")
@@ -235,13 +256,18 @@ class PoolTracker:
         stamp = info.pop(CHECKOUT, None)
         if stamp is None:
             return  # checked out before the observer was attached
+        pool_id = stamp[2]
+        if pool_id in self._idle_in_old:  # back to a pool dispose() replaced: it stays open
+            info[IDLE_IN_OLD] = pool_id
+            with self._lock:
+                self._idle_in_old[pool_id] += 1
         self._returned(stamp, perf_counter())
 
     def _returned(self, stamp: Stamp, now: float) -> None:
         started, scope, pool_id = stamp
         with self._lock:
             left = self._out.get(pool_id, 0) - 1
-            if left > 0 or pool_id == id(self._pool):
+            if left > 0 or (self._pool is not None and pool_id == self._key(self._pool)):
                 self._out[pool_id] = max(0, left)
             else:
                 self._out.pop(pool_id, None)
@@ -300,6 +326,22 @@ class PoolTracker:
         # Can run in a finalizer (an overflow connection discarded on a GC'd checkin): defer.
         reason = record.info.pop(CLOSE_REASON, "closed")
         self._hooks.pending.append((self._m.closed[reason].inc,))
+        old_pool = record.info.pop(IDLE_IN_OLD, None)
+        if old_pool is not None:
+            self._hooks.pending.append((self._left_old_pool, old_pool))
+
+    def _left_old_pool(self, pool_id: int) -> None:
+        """A connection idle in a replaced pool was closed (with a close event)."""
+        with self._lock:
+            if pool_id in self._idle_in_old:
+                self._idle_in_old[pool_id] = max(0, self._idle_in_old[pool_id] - 1)
+
+    def _old_pool_collected(self, pool_id: int) -> None:
+        """A replaced pool was garbage-collected: its idle connections went with it, unseen."""
+        with self._lock:
+            gone = self._idle_in_old.pop(pool_id, 0)
+        if gone:
+            self._m.closed["garbage_collected"].inc(gone)
 
     def _on_detach(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         info = record.info
@@ -317,8 +359,20 @@ class PoolTracker:
         # dispatch), the wrapper did not. Connections still out of the old pool still count.
         if engine.pool is self._pool:
             return
-        if self._pool is not None:
-            self._old_pools.add(self._pool)
+        old = self._pool
+        if old is not None:
+            self._old_pools.add(old)
+            key = self._key(old)
+            self._idle_in_old[key] = 0
+            # runs when the garbage collector frees the old pool: lock-free, deferred
+            self._finalizers = [f for f in self._finalizers if f.alive]
+            self._finalizers.append(
+                weakref.finalize(
+                    old,
+                    self._hooks.pending.append,
+                    (self._old_pool_collected, key),
+                )
+            )
         self._wrap(engine.pool)
 
     # -- state ------------------------------------------------------------------------------
@@ -327,7 +381,7 @@ class PoolTracker:
         """The pool's numbers now, read from the pool itself where it keeps them."""
         pool = self.engine.pool
         waiting = self.waiting
-        current = id(pool)
+        current = self._key(pool)
         with self._lock:
             out_of_old_pools = sum(n for key, n in self._out.items() if key != current)
             out_of_current = self._out.get(current, 0)

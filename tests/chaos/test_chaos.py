@@ -79,9 +79,7 @@ def run_arms(
     hook_errors = logs[True].count("observer.hook_error")
     assert hook_errors == (1 if broken_checkin else 0), logs[True]
     assert harness.exception_lines(logs[True]) == harness.exception_lines(logs[False])
-    requests = sum(
-        sum(outcomes.values()) for name, outcomes in observed.items() if name != "server_backends"
-    )
+    requests = sum(sum(outcomes.values()) for outcomes in observed.values())
     return {
         "phases": {name: dict(outcomes) for name, outcomes in observed.items()},
         "requests": requests,
@@ -272,11 +270,10 @@ def test_engine_disposed_during_traffic(chaos_url: str, tmp_path: Path) -> None:
             phases[f"round{n}"] = in_flight(
                 server, ["/sleep?seconds=0.8"] * 4 + ["/work"] * 10, dispose, hold=4
             )
-        # connections returned to a replaced pool stay open there (SQLAlchemy closes only the
-        # idle ones at dispose()): the server sees as many in both arms
-        time.sleep(0.3)
-        held = asyncio.run(backends(chaos_url, app_name(server)))
-        phases["server_backends"] = collections.Counter({str(held): 1})
+        # Connections returned to a replaced pool stay open there (dispose() closes only the
+        # idle ones) until that pool is garbage-collected: how many are left depends on when
+        # the collector runs, so it is not compared between arms; the observer arm checks
+        # opened - closed == idle + out == the server's count (run_arms).
         return phases
 
     result = run_arms(scenario, chaos_url, tmp_path)
