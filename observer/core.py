@@ -78,6 +78,7 @@ class Observer:
                 host=self.settings.metrics_host,
                 port=self.settings.metrics_port,
                 token=self.settings.metrics_token,
+                share_port=self.multiprocess,  # every worker serves the same aggregate
             )
         flush = FlushCollector(self.flush)
         if not self.multiprocess:

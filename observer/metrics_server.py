@@ -22,17 +22,30 @@ class MetricsServer:
     """Serves ``GET /metrics`` for ``registry`` on ``host:port`` until :meth:`close`."""
 
     def __init__(
-        self, registry: CollectorRegistry, *, host: str, port: int, token: str | None
+        self,
+        registry: CollectorRegistry,
+        *,
+        host: str,
+        port: int,
+        token: str | None,
+        share_port: bool = False,
     ) -> None:
+        """``share_port``: the workers of one multi-process server all bind the port
+        (``SO_REUSEPORT``, same user only); the kernel spreads scrapes over them, and each
+        serves every worker's metrics."""
         handler = _handler(registry, token)
+        server_class = type(
+            "MetricsHTTPServer",
+            (ThreadingHTTPServer,),
+            {"allow_reuse_port": share_port, "daemon_threads": True},
+        )
         try:
-            self._server = ThreadingHTTPServer((host, port), handler)
+            self._server = server_class((host, port), handler)
         except OSError as exc:
             raise ConfigurationError(
                 f"metrics_port {port} on {host} cannot be used ({exc.strerror or exc}); choose a "
                 "free port, 0 for any, or None to serve the metrics only on metrics_path"
             ) from None
-        self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="pool-observer-metrics", daemon=True
         )

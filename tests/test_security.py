@@ -250,3 +250,23 @@ async def test_paths_and_headers_do_not_become_label_values() -> None:
     assert routes <= {"none", "unmatched", "/items/{item_id}", "other"}
     assert "evil" not in body
     assert "aaaa" not in body
+
+
+def test_workers_of_one_server_share_the_metrics_port() -> None:
+    """In multiprocess mode each worker binds metrics_port with SO_REUSEPORT (any of them serves
+    the aggregate); without it a second bind fails."""
+    from observer.metrics_server import MetricsServer
+
+    first = MetricsServer(
+        CollectorRegistry(), host="127.0.0.1", port=0, token=None, share_port=True
+    )
+    try:
+        second = MetricsServer(
+            CollectorRegistry(), host="127.0.0.1", port=first.port, token=None, share_port=True
+        )
+        try:
+            assert _http(f"http://127.0.0.1:{first.port}/metrics")[0] == 200
+        finally:
+            second.close()
+    finally:
+        first.close()
