@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.pgcluster import free_port
 from tests.scrape import Samples, scrape, value
@@ -56,7 +57,20 @@ class Server:
         return data
 
     def metrics(self) -> Samples:
-        return scrape(self.url + "/metrics")
+        """Scrape the app's /metrics, or ``OBSERVER_METRICS_PORT`` when the app sets one, with
+        ``OBSERVER_METRICS_TOKEN`` when it asks for one."""
+        port = self.env.get("OBSERVER_METRICS_PORT")
+        url = f"http://127.0.0.1:{port}/metrics" if port else self.url + "/metrics"
+        token = self.env.get("OBSERVER_METRICS_TOKEN")
+        if token is None:
+            return scrape(url)
+        response = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        response.raise_for_status()
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(response.text)
+            for sample in family.samples
+        }
 
 
 def start_server(

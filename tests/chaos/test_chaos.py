@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 from tests.chaos import harness
 from tests.chaos.harness import SCALE, Outcomes, Server, load
 from tests.conftest import require
-from tests.pgcluster import PgCluster, available
+from tests.pgcluster import PgCluster, available, free_port
 
 pytestmark = [pytest.mark.chaos, pytest.mark.postgres]
 
@@ -321,8 +321,9 @@ def _workers(server: Server) -> set[int]:
 
 def test_worker_killed_and_restarted(chaos_url: str, tmp_path: Path) -> None:
     """``uvicorn --workers 2`` with PROMETHEUS_MULTIPROC_DIR: a worker is SIGKILLed and the
-    supervisor starts another. Requests succeed in both arms; /metrics adds up the workers'
-    counters (the dead one's included) and shows gauges of live workers only, all at zero."""
+    supervisor starts another. Requests succeed in both arms; the metrics (served on a
+    ``metrics_port`` both workers share, behind a ``metrics_token``) add up the workers'
+    counters (the dead one's included) and show gauges of live workers only, all at zero."""
     directory = tmp_path / "multiproc"
     directory.mkdir()
     killed: list[int] = []
@@ -349,6 +350,9 @@ def test_worker_killed_and_restarted(chaos_url: str, tmp_path: Path) -> None:
 
     def settle(server: Server) -> dict[str, float]:
         pool = harness.pool_label(chaos_url)
+        port = server.env["OBSERVER_METRICS_PORT"]
+        anonymous = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+        assert anonymous.status_code == 401
         deadline = time.monotonic() + 10
         while True:
             samples = server.metrics()
@@ -377,13 +381,13 @@ def test_worker_killed_and_restarted(chaos_url: str, tmp_path: Path) -> None:
                 raise AssertionError("\n".join(problems))
             time.sleep(0.2)
 
-    result = run_arms(
-        scenario,
-        chaos_url,
-        tmp_path,
-        env={"PROMETHEUS_MULTIPROC_DIR": str(directory)},
-        workers=2,
-        settle=settle,
-    )
+    # the metrics on a port of their own that both workers share, behind a token
+    metrics_port = str(free_port())
+    env = {
+        "PROMETHEUS_MULTIPROC_DIR": str(directory),
+        "OBSERVER_METRICS_PORT": metrics_port,
+        "OBSERVER_METRICS_TOKEN": "chaos-token",
+    }
+    result = run_arms(scenario, chaos_url, tmp_path, env=env, workers=2, settle=settle)
     assert result["phases"] == {"before": {"200": 40 * SCALE}, "after": {"200": 40 * SCALE}}
     harness.record("worker_killed", faults=1, **result)
