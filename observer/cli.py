@@ -8,6 +8,8 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 
+from observer.extras import MissingDependency, check_command
+
 # Each module exposes ``add_arguments(parser)`` and ``run(args) -> int`` (the exit code).
 # Modules are imported lazily so that ``observer --help`` needs no optional dependency.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -48,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        check_command(args.command, args)
+    except MissingDependency as exc:
+        print(f"observer {args.command}: {exc}", file=sys.stderr)
+        return 2
     code: int = args._module.run(args)
     return code
 

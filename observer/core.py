@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import weakref
 from time import perf_counter
 from typing import Any, Unpack
 
@@ -18,6 +19,7 @@ from observer.guard import Hooks
 from observer.live_pools import LivePools
 from observer.logs import RateLimiter, emit
 from observer.metrics import Metrics, multiprocess_mode
+from observer.metrics_server import MetricsServer
 from observer.pool import PoolState, PoolTracker
 from observer.requests import Requests
 from observer.routes import RouteMetrics
@@ -48,6 +50,14 @@ def sync_engine_of(engine: object) -> Engine:
     )
 
 
+_observers: weakref.WeakSet[Observer] = weakref.WeakSet()
+
+
+def live_observers() -> list[Observer]:
+    """Every Observer of this process that is not closed (for the pytest leak guard)."""
+    return [obs for obs in list(_observers) if not obs._closed]
+
+
 class Observer:
     """Watches SQLAlchemy engines and their sessions, and exports what it sees.
 
@@ -76,6 +86,15 @@ class Observer:
             tracing._require_otel(instrumentation=True)
         self.registry = REGISTRY if registry is None else registry
         self.multiprocess = multiprocess_mode()
+        self.metrics_server: MetricsServer | None = None
+        if self.settings.metrics_port is not None:  # first: a port in use fails before the rest
+            self.metrics_server = MetricsServer(
+                self.registry,
+                host=self.settings.metrics_host,
+                port=self.settings.metrics_port,
+                token=self.settings.metrics_token,
+                share_port=self.multiprocess,  # every worker serves the same aggregate
+            )
         flush = FlushCollector(self.flush)
         if not self.multiprocess:
             self.registry.register(flush)
@@ -84,6 +103,8 @@ class Observer:
         except ValueError as exc:
             if not self.multiprocess:
                 self.registry.unregister(flush)
+            if self.metrics_server is not None:
+                self.metrics_server.close()
             raise ConfigurationError(
                 "another Observer already registered its metrics on this registry; use "
                 "observer.instrument(), which reuses it, or give each Observer its own "
@@ -115,6 +136,7 @@ class Observer:
                 StateCollector(self._pool_states, self.live_pools.count, self._sessions_open)
             )
             self.registry.register(RouteHeldCollector(self.route_connections_held))
+        _observers.add(self)
 
     # -- engines ----------------------------------------------------------------------------
 
@@ -210,6 +232,8 @@ class Observer:
             self.sessions.detach()
             self.live_pools.detach()
             self._sweeper.stop()
+            if self.metrics_server is not None:
+                self.metrics_server.close()
             self.flush()
 
     @property
@@ -306,7 +330,7 @@ class Observer:
 
     def metrics_endpoint(self) -> MetricsEndpoint:
         """An ASGI app serving this observer's metrics."""
-        return MetricsEndpoint(self.registry)
+        return MetricsEndpoint(self.registry, token=self.settings.metrics_token)
 
     # -- inspection ---------------------------------------------------------------------------
 

@@ -51,6 +51,7 @@ from observer.server_view import (
     read_settings,
     read_settings_sync,
 )
+from observer.settings import ConfigurationError
 
 DATABASE_URL_ENV = "OBSERVER_DATABASE_URL"
 EXIT_OK, EXIT_FINDINGS, EXIT_UNUSABLE = 0, 1, 2
@@ -142,6 +143,11 @@ async def check_engine(
     a pool it does not have). With ``alembic`` (the app's script directory), the database's
     Alembic revision is compared with the code's head too.
     """
+    if not isinstance(engine, AsyncEngine):
+        raise ConfigurationError(
+            f"check_engine() needs an AsyncEngine (got {type(engine).__name__}); for a sync "
+            "Engine call check_sync_engine(engine)"
+        )
     deployment = Deployment(workers, replicas, request_timeout, network_idle_timeout)
     settings = pool if pool is not None else pool_settings_of(engine.sync_engine.pool)
     async with engine.connect() as conn:
@@ -167,6 +173,11 @@ def check_sync_engine(
     version_table: str = DEFAULT_VERSION_TABLE,
 ) -> Report:
     """Check a sync Engine's pool against its server; uses one connection from the engine."""
+    if not isinstance(engine, Engine):
+        raise ConfigurationError(
+            f"check_sync_engine() needs a sync Engine (got {type(engine).__name__}); for an "
+            "AsyncEngine use: await check_engine(engine)"
+        )
     deployment = Deployment(workers, replicas, request_timeout, network_idle_timeout)
     settings = pool_settings_of(engine.pool)
     with engine.connect() as conn:

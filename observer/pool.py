@@ -7,6 +7,7 @@ invalidation has set the DBAPI connection to ``None``.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import weakref
 from collections.abc import Callable
@@ -29,9 +30,12 @@ CHECKOUT = "pool_observer.checkout"  # (checkout time, request scope, pool id) w
 GC = "pool_observer.gc"  # set by reset when the garbage collector reclaims the connection
 CLOSE_REASON = "pool_observer.close_reason"  # set by (soft_)invalidate, read by close
 CONNECT_STARTED = "pool_observer.connect_started"  # set by do_connect, read by connect
+IDLE_IN_OLD = "pool_observer.idle_in_old_pool"  # key of the replaced pool it went back to
 
 
-Stamp = tuple[float, RequestScope | None, int]  # checkout time, request, id() of the pool
+Stamp = tuple[float, RequestScope | None, int]  # checkout time, request, key of the pool
+
+_pool_keys = itertools.count(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +85,19 @@ class PoolTracker:
         self.otel: Any = None
         self.exemplars = False  # trace ids on the histograms (OpenMetrics), with tracing on
         self.span_events = False  # pool wait and hold as events of the current span
-        # Our own count of connections out, per pool (by id): the state of pools that keep
+        # Our own count of connections out, per pool (by key): the state of pools that keep
         # none (NullPool, StaticPool), and of pools swapped out by dispose(), whose counters
         # QueuePool.dispose() resets although their checked-out connections are still in use.
         self._out: dict[int, int] = {}
         self._pool: Pool | None = None  # the pool whose connect() is wrapped now
         self._old_pools: weakref.WeakSet[Pool] = weakref.WeakSet()  # swapped out by dispose()
+        # A key per pool, never reused (an id() is: a new pool can take a collected one's
+        # address before the work deferred out of its finalizer has run).
+        self._keys: weakref.WeakKeyDictionary[Pool, int] = weakref.WeakKeyDictionary()
+        # key of a replaced pool -> connections returned to it and still open there: when the
+        # old pool is garbage-collected they go without a close event, so we count them then.
+        self._idle_in_old: dict[int, int] = {}
+        self._finalizers: list[weakref.finalize[Any, Any]] = []
         self._listeners: list[tuple[Any, str, Callable[..., Any]]] = []
         self._record_checkout_safely = hooks.guard("checkout", self._record_checkout)
         self._record_timeout_safely = hooks.guard("checkout_timeout", self._record_timeout)
@@ -122,6 +133,10 @@ class PoolTracker:
             if pool is not None:
                 self._unwrap(pool)
         self._pool = None
+        for finalizer in self._finalizers:
+            finalizer.detach()
+        self._finalizers.clear()
+        self._idle_in_old.clear()
         self._metrics.unbind_pool(self.name)
 
     def _wrap(self, pool: Pool) -> None:
@@ -133,7 +148,7 @@ class PoolTracker:
         lock = self._lock
         record_checkout = self._record_checkout_safely
         record_timeout = self._record_timeout_safely
-        pool_id = id(pool)
+        pool_id = self._key(pool)
 
         def connect() -> PoolProxiedConnection:
             with lock:
@@ -160,6 +175,12 @@ class PoolTracker:
         connect.__pool_observer__ = (tracker, original)  # type: ignore[attr-defined]
         pool.connect = connect  # type: ignore[method-assign]
         self._pool = pool
+
+    def _key(self, pool: Pool) -> int:
+        key = self._keys.get(pool)
+        if key is None:
+            key = self._keys[pool] = next(_pool_keys)
+        return key
 
     def _unwrap(self, pool: Pool) -> None:
         wrapper = pool.__dict__.get("connect")
@@ -277,6 +298,11 @@ class PoolTracker:
         if stamp is None:
             return  # checked out before the observer was attached
         self.held.pop(id(info), None)
+        pool_id = stamp[2]
+        if pool_id in self._idle_in_old:  # back to a pool dispose() replaced: it stays open
+            info[IDLE_IN_OLD] = pool_id
+            with self._lock:
+                self._idle_in_old[pool_id] += 1
         self._returned(stamp, perf_counter(), live=True)
 
     def _returned(self, stamp: Stamp, now: float, live: bool = False) -> None:
@@ -285,7 +311,7 @@ class PoolTracker:
         started, scope, pool_id = stamp
         with self._lock:
             left = self._out.get(pool_id, 0) - 1
-            if left > 0 or pool_id == id(self._pool):
+            if left > 0 or (self._pool is not None and pool_id == self._key(self._pool)):
                 self._out[pool_id] = max(0, left)
             else:
                 self._out.pop(pool_id, None)
@@ -393,6 +419,22 @@ class PoolTracker:
         # Can run in a finalizer (an overflow connection discarded on a GC'd checkin): defer.
         reason = record.info.pop(CLOSE_REASON, "closed")
         self._hooks.pending.append((self._m.closed[reason].inc,))
+        old_pool = record.info.pop(IDLE_IN_OLD, None)
+        if old_pool is not None:
+            self._hooks.pending.append((self._left_old_pool, old_pool))
+
+    def _left_old_pool(self, pool_id: int) -> None:
+        """A connection idle in a replaced pool was closed (with a close event)."""
+        with self._lock:
+            if pool_id in self._idle_in_old:
+                self._idle_in_old[pool_id] = max(0, self._idle_in_old[pool_id] - 1)
+
+    def _old_pool_collected(self, pool_id: int) -> None:
+        """A replaced pool was garbage-collected: its idle connections went with it, unseen."""
+        with self._lock:
+            gone = self._idle_in_old.pop(pool_id, 0)
+        if gone:
+            self._m.closed["garbage_collected"].inc(gone)
 
     def _on_detach(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         info = record.info
@@ -411,8 +453,20 @@ class PoolTracker:
         # dispatch), the wrapper did not. Connections still out of the old pool still count.
         if engine.pool is self._pool:
             return
-        if self._pool is not None:
-            self._old_pools.add(self._pool)
+        old = self._pool
+        if old is not None:
+            self._old_pools.add(old)
+            key = self._key(old)
+            self._idle_in_old[key] = 0
+            # runs when the garbage collector frees the old pool: lock-free, deferred
+            self._finalizers = [f for f in self._finalizers if f.alive]
+            self._finalizers.append(
+                weakref.finalize(
+                    old,
+                    self._hooks.pending.append,
+                    (self._old_pool_collected, key),
+                )
+            )
         self._wrap(engine.pool)
 
     # -- state ------------------------------------------------------------------------------
@@ -421,10 +475,16 @@ class PoolTracker:
         """The pool's numbers now, read from the pool itself where it keeps them."""
         pool = self.engine.pool
         waiting = self.waiting
-        current = id(pool)
+        current = self._key(pool)
         with self._lock:
             out_of_old_pools = sum(n for key, n in self._out.items() if key != current)
             out_of_current = self._out.get(current, 0)
+        # A connection returned to a pool that dispose() replaced stays open, idle in that old
+        # pool, until the old pool is garbage-collected (dispose() closes only the connections
+        # idle at the time): the server still counts it, so do we.
+        idle_in_old_pools = sum(
+            old.checkedin() for old in list(self._old_pools) if isinstance(old, QueuePool)
+        )
         if isinstance(pool, QueuePool):
             size = pool.size()
             max_overflow = getattr(pool, "_max_overflow", 0)
@@ -432,7 +492,7 @@ class PoolTracker:
                 size=size,
                 max_connections=-1 if max_overflow < 0 else size + max_overflow,
                 checked_out=pool.checkedout() + out_of_old_pools,
-                checked_in=pool.checkedin(),
+                checked_in=pool.checkedin() + idle_in_old_pools,
                 overflow=max(0, pool.overflow()),  # QueuePool counts from -pool_size
                 waiting=waiting,
             )

@@ -68,6 +68,17 @@ class Settings:
     """OpenTelemetry: query spans on the watched engines (opentelemetry-instrumentation-
     sqlalchemy) and pool wait/hold events on the current span. Needs the ``otel`` extra."""
 
+    metrics_token: str | None = dataclasses.field(default=None, repr=False)  # a secret
+    """Bearer token every metrics request must carry (``Authorization: Bearer <token>``), on
+    ``metrics_path`` and on ``metrics_port``; ``None``: no token asked."""
+
+    metrics_port: int | None = None
+    """Also serve the metrics on this port, from a thread (off the app's event loop and its
+    public port); ``0`` picks a free port; ``None``: no separate port."""
+
+    metrics_host: str = "127.0.0.1"
+    """Address ``metrics_port`` listens on (``0.0.0.0`` to be scraped from other hosts)."""
+
     def __post_init__(self) -> None:
         _validate(self)
 
@@ -115,11 +126,16 @@ class Options(TypedDict, total=False):
     log_requests: bool
     slow_checkout_seconds: float | None
     tracing: bool
+    metrics_token: str | None
+    metrics_port: int | None
+    metrics_host: str
 
 
 def _parse_env(env_name: str, raw: str, hint: object) -> object:
     text = raw.strip()
     optional = "None" in str(hint)
+    if optional and hint != str | None:
+        hint = next(arg for arg in get_args(hint) if arg is not type(None))
     if optional and text.lower() in {"", "none", "off"}:
         return None
     args = [arg for arg in get_args(hint) if arg is not type(None)]
@@ -201,4 +217,30 @@ def _validate(settings: Settings) -> None:
     if isinstance(routes, bool) or not isinstance(routes, int) or routes < 1:
         raise ConfigurationError(
             f"max_routes must be a whole number >= 1 (got {routes!r}); it bounds the route label"
+        )
+    token = settings.metrics_token
+    if token is not None and (
+        not isinstance(token, str)
+        or not token
+        or not token.isascii()
+        or not token.isprintable()
+        or any(c.isspace() for c in token)
+    ):
+        raise ConfigurationError(
+            "metrics_token must be a non-empty string of printable ASCII without spaces (got a "
+            f"{type(token).__name__} of length {len(token) if isinstance(token, str) else '?'}); "
+            "use None to serve metrics without a token"
+        )
+    port = settings.metrics_port
+    if port is not None and (
+        isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535
+    ):
+        raise ConfigurationError(
+            f"metrics_port must be a port number from 0 to 65535 (got {port!r}); 0 picks a free "
+            "port, None serves no separate port"
+        )
+    host = settings.metrics_host
+    if not isinstance(host, str) or not host or any(c.isspace() for c in host):
+        raise ConfigurationError(
+            f"metrics_host must be an address to listen on, such as 127.0.0.1 (got {host!r})"
         )

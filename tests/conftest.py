@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
     from observer import Observer
 
+pytest_plugins = ["pytester"]  # tests/test_pytest_plugin.py runs pytest inside pytest
+
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 PG_HOST = os.environ.get("OBSERVER_TEST_PGHOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("OBSERVER_TEST_PGPORT", "5432"))

@@ -17,6 +17,9 @@ def test_defaults() -> None:
     assert s.capture_origin is True
     assert s.application_name == "pool-observer"
     assert s.max_routes == 200
+    assert s.metrics_token is None
+    assert s.metrics_port is None
+    assert s.metrics_host == "127.0.0.1"
 
 
 def test_environment_variables_are_read_and_keywords_win() -> None:
@@ -27,6 +30,9 @@ def test_environment_variables_are_read_and_keywords_win() -> None:
         "OBSERVER_METRICS_PATH": "none",
         "OBSERVER_MAX_ROUTES": "50",
         "OBSERVER_APPLICATION_NAME": "billing",
+        "OBSERVER_METRICS_PORT": "9464",
+        "OBSERVER_METRICS_TOKEN": "s3cret",
+        "OBSERVER_METRICS_HOST": "0.0.0.0",
     }
     s = Settings.from_options({"max_routes": 10}, environ=environ)
     assert s.leak_threshold_seconds == 12.5
@@ -34,6 +40,7 @@ def test_environment_variables_are_read_and_keywords_win() -> None:
     assert s.metrics_path is None
     assert s.application_name == "billing"
     assert s.max_routes == 10
+    assert (s.metrics_port, s.metrics_token, s.metrics_host) == (9464, "s3cret", "0.0.0.0")
 
 
 @pytest.mark.parametrize(
@@ -47,6 +54,16 @@ def test_environment_variables_are_read_and_keywords_win() -> None:
         ({"application_name": "x" * 64}, "application_name must be a string of at most 63 bytes"),
         ({"max_routes": 0}, "max_routes must be a whole number >= 1"),
         ({"leak_treshold_seconds": 5}, "unknown option 'leak_treshold_seconds'; did you mean"),
+        ({"metrics_token": ""}, "metrics_token must be a non-empty string of printable ASCII"),
+        ({"metrics_token": "two words"}, "metrics_token must be a non-empty string"),
+        ({"metrics_token": 1234}, "metrics_token must be a non-empty string"),
+        ({"metrics_port": -1}, r"metrics_port must be a port number from 0 to 65535 \(got -1\)"),
+        ({"metrics_port": 70000}, "metrics_port must be a port number from 0 to 65535"),
+        ({"metrics_port": "9464"}, "metrics_port must be a port number"),
+        ({"metrics_host": ""}, "metrics_host must be an address to listen on"),
+        ({"max_routes": -5}, "max_routes must be a whole number >= 1"),
+        ({"sweep_interval_seconds": -0.5}, "sweep_interval_seconds must be a number > 0"),
+        ({"application_name": 7}, "application_name must be a string"),
     ],
 )
 def test_bad_options_fail_with_the_option_and_the_fix(
@@ -68,6 +85,8 @@ def test_bad_options_fail_with_the_option_and_the_fix(
         ("OBSERVER_CAPTURE_ORIGIN", "maybe", "OBSERVER_CAPTURE_ORIGIN must be true or false"),
         ("OBSERVER_MAX_ROUTES", "1.5", "OBSERVER_MAX_ROUTES must be a whole number"),
         ("OBSERVER_SWEEP_INTERVAL_SECONDS", "-2", "sweep_interval_seconds must be a number > 0"),
+        ("OBSERVER_METRICS_PORT", "metrics", "OBSERVER_METRICS_PORT must be a whole number"),
+        ("OBSERVER_METRICS_PORT", "99999", "metrics_port must be a port number from 0 to 65535"),
     ],
 )
 def test_bad_environment_values_name_the_variable(variable: str, value: str, message: str) -> None:
