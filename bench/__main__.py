@@ -57,13 +57,13 @@ class Sizes:
 
 
 FULL = Sizes(
-    cycles=10_000,
-    select_cycles=2_000,
-    checkout_rounds=7,
+    cycles=5_000,
+    select_cycles=1_000,
+    checkout_rounds=9,
     asgi_requests=2_000,
     asgi_rounds=4,
-    e2e_rounds=3,
-    e2e_seconds=4,
+    e2e_rounds=4,
+    e2e_seconds=3,
     e2e_warmup=1,
     e2e_connections=32,
     render_pools=10,
@@ -257,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
                 select_cycles=sizes.select_cycles,
                 rounds=sizes.checkout_rounds,
                 pg_core=plan[1] if plan else None,
+                cpu_only={
+                    "cycles": sizes.cycles,
+                    "session_cycles": sizes.cycles // 4,
+                    "rounds": sizes.checkout_rounds,
+                },
             )
             results["checkout"] = [{**dataclasses.asdict(r), "summary": r.summary()} for r in found]
         if "asgi" in parts:

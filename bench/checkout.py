@@ -11,16 +11,20 @@ import asyncio
 import gc
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from time import perf_counter
+from time import perf_counter, process_time
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import sessionmaker
+from sqlalchemy.pool import QueuePool
 
 from bench.common import PgServer, median, pin_backends_async, rotated, spread
 from bench.otel import OTel
 from observer import Observer
+from observer.context import RequestScope, current_request
 
 SELECT_1 = text("SELECT 1")
 
@@ -35,13 +39,50 @@ class Arm:
     counted: Callable[[Any], float | None]
 
 
-def _observer(capture_origin: bool) -> tuple[Callable[[AsyncEngine], Any], Callable[[Any], None]]:
+class Flags:
+    """SQLAlchemy's execution-event flags. Listening to any engine (``ConnectionEvents``) event
+    sets ``_has_events`` on the target for good (removing the listener leaves it set), and with
+    it every statement goes through the execution-event dispatch: an arm that listened would
+    slow every later arm. Saved before each arm and put back after it."""
+
+    def __init__(self, engine: Any) -> None:
+        sync = getattr(engine, "sync_engine", engine)
+        self.targets = (Engine, sync, sync.dialect)
+        self.saved = [target.__dict__.get("_has_events") for target in self.targets]
+
+    def restore(self) -> None:
+        for target, value in zip(self.targets, self.saved, strict=True):
+            if value is None:
+                if "_has_events" in target.__dict__ and target is not Engine:
+                    del target.__dict__["_has_events"]
+            else:
+                target._has_events = value
+
+
+def _observer(
+    capture_origin: bool, in_request: bool = False, no_engine_flag: bool = False
+) -> tuple[Callable[[AsyncEngine], Any], Callable[[Any], None]]:
+    """Attach a fresh Observer. ``in_request``: the cycles run inside a request scope, as the
+    middleware sets it (per-route totals are then added once per request, not per checkout);
+    otherwise they count as work outside any request (``route="none"``), the costlier path.
+    ``no_engine_flag``: the execution-event flags put back right after watching, to show what
+    the observer would cost if none of its listeners set them (its live-pools count, which
+    needs ``engine_connect``, then stops: a what-if, not a configuration)."""
+
     def attach(engine: AsyncEngine) -> Observer:
+        flags = Flags(engine)
         obs = Observer(registry=CollectorRegistry(), capture_origin=capture_origin)
         obs.watch(engine, name="bench")
+        if no_engine_flag:
+            flags.restore()
+        if in_request:
+            obs.__dict__["_bench_token"] = current_request.set(RequestScope(route="/bench"))
         return obs
 
     def detach(obs: Observer) -> None:
+        token = obs.__dict__.pop("_bench_token", None)
+        if token is not None:
+            current_request.reset(token)
         obs.close()
 
     return attach, detach
@@ -60,7 +101,7 @@ _OTEL = OTel()
 
 def _otel_attach(engine: AsyncEngine) -> Any:
     spans_before = _OTEL.spans()
-    return (_OTEL.instrument_sqlalchemy(engine.sync_engine), spans_before)
+    return (_OTEL.instrument_sqlalchemy(getattr(engine, "sync_engine", engine)), spans_before)
 
 
 def _otel_detach(state: Any) -> None:
@@ -96,9 +137,15 @@ def arms(session: bool) -> list[Arm]:
         found.append(Arm("observer, capture_origin=False", a, d, count))
         a, d = _observer(capture_origin=True)
         found.append(Arm("observer, capture_origin=True", a, d, count))
+        a, d = _observer(capture_origin=True, no_engine_flag=True)
+        found.append(Arm("observer, no execution-event flag (what-if)", a, d, count))
     else:
         a, d = _observer(capture_origin=True)
         found.append(Arm("observer", a, d, count))
+        a, d = _observer(capture_origin=True, in_request=True)
+        found.append(Arm("observer, in a request", a, d, count))
+        a, d = _observer(capture_origin=True, no_engine_flag=True)
+        found.append(Arm("observer, no execution-event flag (what-if)", a, d, count))
     found.append(Arm("otel-sqlalchemy", _otel_attach, _otel_detach, _otel_spans))
     return found
 
@@ -133,21 +180,28 @@ class Result:
     cycles: int
     rounds: int
     per_round: dict[str, list[float]] = field(default_factory=dict)  # arm -> µs per cycle
+    per_round_cpu: dict[str, list[float]] = field(default_factory=dict)  # same, CPU time
     counted: dict[str, list[float | None]] = field(default_factory=dict)
 
     def summary(self) -> list[dict[str, Any]]:
-        bare = self.per_round["bare"]
+        """Per arm: wall-clock µs per cycle, and CPU µs per cycle (process CPU time: what the
+        process itself spent, without the waits for PostgreSQL nor the time other tenants of
+        the machine took from it), each with its Δ against bare in the same round."""
+        bare, bare_cpu = self.per_round["bare"], self.per_round_cpu["bare"]
         rows = []
         for arm, values in self.per_round.items():
-            deltas = [v - b for v, b in zip(values, bare, strict=True)]
+            cpu = self.per_round_cpu[arm]
             rows.append(
                 {
                     "arm": arm,
                     "median_us": median(values),
                     "min_us": min(values),
                     "spread": spread(values),
-                    "delta_us": median(deltas),
+                    "delta_us": median(v - b for v, b in zip(values, bare, strict=True)),
                     "ratio": median(values) / median(bare),
+                    "cpu_us": median(cpu),
+                    "cpu_spread": spread(cpu),
+                    "cpu_delta_us": median(v - b for v, b in zip(cpu, bare_cpu, strict=True)),
                 }
             )
         return rows
@@ -164,20 +218,25 @@ async def _bench(
 ) -> Result:
     result = Result(name, what, cycles, rounds)
     for arm in arm_list:  # warm-up: every arm once, short
+        flags = Flags(engine)
         state = arm.attach(engine)
         await loop(engine, max(10, cycles // 10))
         arm.detach(state)
+        flags.restore()
     for r in range(rounds):
         for arm_name in rotated([a.name for a in arm_list], r):
             arm = next(a for a in arm_list if a.name == arm_name)
+            flags = Flags(engine)
             state = arm.attach(engine)
             gc.collect()
-            started = perf_counter()
+            started, started_cpu = perf_counter(), process_time()
             await loop(engine, cycles)
-            elapsed = perf_counter() - started
+            elapsed, cpu = perf_counter() - started, process_time() - started_cpu
             counted = arm.counted(state)
             arm.detach(state)
+            flags.restore()
             result.per_round.setdefault(arm.name, []).append(elapsed / cycles * 1e6)
+            result.per_round_cpu.setdefault(arm.name, []).append(cpu / cycles * 1e6)
             result.counted.setdefault(arm.name, []).append(counted)
     return result
 
@@ -231,5 +290,54 @@ async def run(
     return results
 
 
+async def _sync_cycles(engine: Any, n: int) -> None:
+    for _ in range(n):
+        with engine.connect():
+            pass
+
+
+def _sync_session_loop(engine: Any) -> Callable[[Any, int], Awaitable[None]]:
+    factory = sessionmaker(engine, expire_on_commit=False)
+
+    async def run(_: Any, n: int) -> None:
+        for _ in range(n):
+            with factory() as session:
+                session.execute(SELECT_1)
+
+    return run
+
+
+async def run_cpu_only(*, cycles: int, session_cycles: int, rounds: int) -> list[Result]:
+    """The same arms on a sync engine over in-memory SQLite: no network, no event loop, no
+    greenlet; pure CPU, so much less noise. It shows the observer's own cost precisely (a lower
+    bound of its in-situ cost on the asyncio path, where caches are colder)."""
+    engine = create_engine("sqlite://", poolclass=QueuePool, pool_size=5)
+    try:
+        return [
+            await _bench(
+                "cycle (sync, SQLite)",
+                "`with engine.connect(): pass` on a sync engine over in-memory SQLite",
+                engine,
+                _sync_cycles,
+                arms(session=False),
+                cycles,
+                rounds,
+            ),
+            await _bench(
+                "session (sync, SQLite)",
+                "`with Session() as s: s.execute(SELECT 1)` on a sync engine over in-memory SQLite",
+                engine,
+                _sync_session_loop(engine),
+                arms(session=True),
+                session_cycles,
+                rounds,
+            ),
+        ]
+    finally:
+        engine.dispose()
+
+
 def run_sync(**kwargs: Any) -> list[Result]:
-    return asyncio.run(run(**kwargs))
+    cpu_only = kwargs.pop("cpu_only")
+    results = asyncio.run(run(**kwargs))
+    return results + asyncio.run(run_cpu_only(**cpu_only))

@@ -179,6 +179,8 @@ class E2EResult:
                     "rps_ratio_paired": median(
                         r.rps / b.rps for r, b in zip(runs, bare, strict=True)
                     ),
+                    "rps_ratios": [r.rps / b.rps for r, b in zip(runs, bare, strict=True)],
+                    "p99_ratios": [r.p99_ms / b.p99_ms for r, b in zip(runs, bare, strict=True)],
                     "p99_ratio": median(p99) / median(r.p99_ms for r in bare),
                     "us_per_request": 1e6 / median(rps) - 1e6 / median(r.rps for r in bare),
                     "errors": sum(r.errors for r in runs),

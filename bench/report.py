@@ -23,13 +23,23 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [*lines, ""]
 
 
+def _counted(counted: list[float]) -> str:
+    values = {f"{c:.0f}" for c in counted}
+    return f"{values.pop()} x {len(counted)}" if len(values) == 1 else "/".join(sorted(values))
+
+
 def _checkout(results: dict[str, Any]) -> list[str]:
     out = ["## 1. Checkout cycle and ORM session (in-process, real PostgreSQL over asyncpg)", ""]
     out.append(
         "One engine, one pooled connection; the arms differ only in what is attached to the "
         "engine. Arms alternate in a rotated order within each round. µs per cycle: median over "
         "rounds (min, and spread = (max-min)/median); Δ = median over rounds of (arm - bare) "
-        "in the same round."
+        "in the same round. *CPU* is the process's CPU time per cycle (what the process itself "
+        "spent; it leaves out waiting for PostgreSQL). *observer, in a request*: the cycles run "
+        "inside a request scope, as under the middleware (route totals are then added once per "
+        'request); plain *observer* counts each checkout under `route="none"` at once, the '
+        "costlier path. The *sync, SQLite* benchmarks run the same arms with no network, event "
+        "loop or greenlet: pure CPU, far less noise, the observer's own cost."
     )
     out.append("")
     for bench in results["checkout"]:
@@ -41,7 +51,7 @@ def _checkout(results: dict[str, Any]) -> list[str]:
         rows = []
         for row in bench["summary"]:
             counted = bench["counted"][row["arm"]]
-            seen = "-" if counted[0] is None else "/".join(f"{c:.0f}" for c in counted)
+            seen = "-" if counted[0] is None else _counted(counted)
             rows.append(
                 [
                     row["arm"],
@@ -50,16 +60,20 @@ def _checkout(results: dict[str, Any]) -> list[str]:
                     _pct(row["spread"]),
                     f"{row['delta_us']:+.1f}",
                     f"{row['ratio']:.3f}",
+                    _f(row["cpu_us"]),
+                    _pct(row["cpu_spread"]),
+                    f"{row['cpu_delta_us']:+.1f}",
                     seen,
                 ]
             )
         out += _table(
-            ["arm", "µs/cycle", "min", "spread", "Δ µs vs bare", "ratio", "counted per round"],
+            ["arm", "wall µs/cycle", "min", "spread", "Δ wall µs", "ratio", "CPU µs/cycle",
+             "CPU spread", "Δ CPU µs", "counted"],
             rows,
-        )
+        )  # fmt: skip
     out.append(
         "*counted*: checkouts (or sessions) the observer counted, spans OpenTelemetry exported, "
-        "per round: a sanity check that each arm really was attached."
+        "per round (value x rounds): a sanity check that each arm really was attached."
     )
     out.append("")
     return out
@@ -224,7 +238,8 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         for endpoint, rows in results["e2e"]["summary"].items():
             by = {row["arm"]: row for row in rows}
             obs, aa = by["observer"], by["bare (A/A)"]
-            noise = abs(1 - aa["rps_ratio_paired"])
+            # the noise floor: how far two identical bare servers drifted apart in any round
+            noise = max(abs(1 - r) for r in aa["rps_ratios"])
             ratio = obs["rps_ratio_paired"]
             verdict = "met" if ratio >= 0.98 else "missed"
             if verdict == "missed" and 1 - ratio <= noise:
@@ -232,19 +247,21 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             found.append(
                 (
                     f"{endpoint} throughput with instrument() ≥ 98 % of bare",
-                    f"{ratio * 100:.1f} % (A/A: {aa['rps_ratio_paired'] * 100:.1f} %)",
+                    f"{ratio * 100:.1f} % (A/A median {aa['rps_ratio_paired'] * 100:.1f} %, "
+                    f"worst round ±{noise * 100:.0f} %)",
                     verdict,
                 )
             )
             p99 = obs["p99_ratio"]
-            p99_noise = abs(aa["p99_ratio"] - 1)
+            p99_noise = max(abs(r - 1) for r in aa["p99_ratios"])
             verdict = "met" if p99 <= 1.05 else "missed"
             if verdict == "missed" and p99 - 1 <= p99_noise:
                 verdict = "not resolvable: the miss is within the A/A noise"
             found.append(
                 (
                     f"{endpoint} p99 with instrument() within 5 % of bare",
-                    f"{(p99 - 1) * 100:+.1f} % (A/A: {(aa['p99_ratio'] - 1) * 100:+.1f} %)",
+                    f"{(p99 - 1) * 100:+.1f} % (A/A {(aa['p99_ratio'] - 1) * 100:+.1f} %, "
+                    f"worst round ±{p99_noise * 100:.0f} %)",
                     verdict,
                 )
             )
@@ -254,11 +271,14 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 continue
             by = {row["arm"]: row for row in bench["summary"]}
             obs, otel, aa = by["observer"], by["otel-sqlalchemy"], by["bare (A/A)"]
+            inreq = by["observer, in a request"]
             found.append(
                 (
-                    "added cost per checkout cycle ≤ 5 µs (median)",
-                    f"{obs['delta_us']:+.1f} µs (A/A {aa['delta_us']:+.1f} µs)",
-                    "met" if obs["delta_us"] <= 5 else "missed",
+                    "added cost per checkout cycle ≤ 5 µs (median; asyncpg cycle, wall and CPU)",
+                    f"{obs['delta_us']:+.1f} µs wall, {obs['cpu_delta_us']:+.1f} µs CPU; in a "
+                    f"request {inreq['delta_us']:+.1f} / {inreq['cpu_delta_us']:+.1f} µs "
+                    f"(A/A {aa['delta_us']:+.1f} / {aa['cpu_delta_us']:+.1f} µs)",
+                    "met" if max(obs["delta_us"], obs["cpu_delta_us"]) <= 5 else "missed",
                 )
             )
             found.append(

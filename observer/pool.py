@@ -68,12 +68,15 @@ class PoolTracker:
         self._routes = routes
         self._application_name = application_name
         self._limiter = limiter
-        self._lock = threading.Lock()
-        self.waiting = 0
-        # Our own count of connections out, per pool (by id): the state of pools that keep
-        # none (NullPool, StaticPool), and of pools swapped out by dispose(), whose counters
+        self._lock = threading.Lock()  # only off the hot path (state, forgetting old pools)
+        # Callers inside pool.connect() now: one item each. list.append/list.pop are atomic,
+        # so the hot path takes no lock (two lock round trips per checkout before).
+        self._waiters: list[None] = []
+        # Our own count of connections out, per pool (by id), one item per connection (append
+        # at checkout, pop at checkin: atomic, lock-free): the state of pools that keep none
+        # (NullPool, StaticPool), and of pools swapped out by dispose(), whose counters
         # QueuePool.dispose() resets although their checked-out connections are still in use.
-        self._out: dict[int, int] = {}
+        self._out: dict[int, list[None]] = {}
         self._pool: Pool | None = None  # the pool whose connect() is wrapped now
         self._old_pools: weakref.WeakSet[Pool] = weakref.WeakSet()  # swapped out by dispose()
         self._listeners: list[tuple[Any, str, Callable[..., Any]]] = []
@@ -85,6 +88,11 @@ class PoolTracker:
     def attach(self) -> None:
         """Add every listener and wrap the pool's acquire step."""
         g = self._hooks.guard
+        # Listening to any engine event sets engine._has_events, which sends every statement
+        # on this engine through the execution-event dispatch (measured: +13-20 µs per
+        # statement). engine_disposed is dispatched whether or not that flag is set, so the
+        # flag is put back as it was (a library that listens to execution events sets it again).
+        own_flag = self.engine.__dict__.get("_has_events")
         for target, identifier, fn in (
             (self.engine, "do_connect", g("do_connect", self._on_do_connect)),
             (self.engine, "connect", g("connect", self._on_connect)),
@@ -98,6 +106,10 @@ class PoolTracker:
         ):
             event.listen(target, identifier, fn)
             self._listeners.append((target, identifier, fn))
+        if own_flag is None:
+            self.engine.__dict__.pop("_has_events", None)  # back to the class's value
+        else:
+            self.engine._has_events = own_flag
         self._wrap(self.engine.pool)
 
     def detach(self) -> None:
@@ -117,35 +129,32 @@ class PoolTracker:
         that times out fires no event at all, so waiting time, waiters and timeouts are
         measured around the call that ``Engine.raw_connection`` makes."""
         original = pool.connect
-        tracker = self
-        lock = self._lock
+        waiters = self._waiters
         record_checkout = self._record_checkout_safely
         record_timeout = self._record_timeout_safely
         pool_id = id(pool)
+        with self._lock:
+            self._out.setdefault(pool_id, [])
 
         def connect() -> PoolProxiedConnection:
-            with lock:
-                tracker.waiting += 1
+            waiters.append(None)
             started = perf_counter()
             try:
                 connection = original()
             except sa_exc.TimeoutError:
                 waited = perf_counter() - started
-                with lock:
-                    tracker.waiting -= 1
+                waiters.pop()
                 record_timeout(waited)
                 raise
             except BaseException:
-                with lock:
-                    tracker.waiting -= 1
+                waiters.pop()
                 raise
             now = perf_counter()
-            with lock:
-                tracker.waiting -= 1
+            waiters.pop()
             record_checkout(connection, now, now - started, pool_id)
             return connection
 
-        connect.__pool_observer__ = (tracker, original)  # type: ignore[attr-defined]
+        connect.__pool_observer__ = (self, original)  # type: ignore[attr-defined]
         pool.connect = connect  # type: ignore[method-assign]
         self._pool = pool
 
@@ -160,6 +169,11 @@ class PoolTracker:
         else:
             pool.connect = original  # type: ignore[method-assign]
 
+    @property
+    def waiting(self) -> int:
+        """Callers waiting in the pool's ``connect`` now."""
+        return len(self._waiters)
+
     # -- the acquire seam -----------------------------------------------------------------
 
     def _record_checkout(
@@ -171,8 +185,11 @@ class PoolTracker:
         scope = current_request.get()
         info = connection.info
         if info.get(CHECKOUT) is None:  # StaticPool hands the same record out again
-            with self._lock:
-                self._out[pool_id] = self._out.get(pool_id, 0) + 1
+            out = self._out.get(pool_id)
+            if out is None:  # a pool forgotten by _returned, in use again
+                with self._lock:
+                    out = self._out.setdefault(pool_id, [])
+            out.append(None)
         info[CHECKOUT] = (now, scope, pool_id)
         if scope is None:
             self._routes.outside_request(checkouts=1, wait=waited)
@@ -239,12 +256,16 @@ class PoolTracker:
 
     def _returned(self, stamp: Stamp, now: float) -> None:
         started, scope, pool_id = stamp
-        with self._lock:
-            left = self._out.get(pool_id, 0) - 1
-            if left > 0 or pool_id == id(self._pool):
-                self._out[pool_id] = max(0, left)
-            else:
-                self._out.pop(pool_id, None)
+        out = self._out.get(pool_id)
+        if out:
+            try:  # noqa: SIM105 (contextlib.suppress costs more on this hot path)
+                out.pop()
+            except IndexError:  # a concurrent checkin took the last one
+                pass
+        if not out and pool_id != id(self._pool):  # nothing left out of an old pool: forget it
+            with self._lock:
+                if not self._out.get(pool_id, True):
+                    del self._out[pool_id]
         held = now - started
         self._m.hold.observe(held)
         if scope is None:
@@ -329,8 +350,9 @@ class PoolTracker:
         waiting = self.waiting
         current = id(pool)
         with self._lock:
-            out_of_old_pools = sum(n for key, n in self._out.items() if key != current)
-            out_of_current = self._out.get(current, 0)
+            counts = [(key, len(out)) for key, out in list(self._out.items())]
+        out_of_old_pools = sum(n for key, n in counts if key != current)
+        out_of_current = sum(n for key, n in counts if key == current)
         if isinstance(pool, QueuePool):
             size = pool.size()
             max_overflow = getattr(pool, "_max_overflow", 0)
