@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import QueuePool
 
 import observer.core
 from bench.checkout import (
@@ -31,6 +33,8 @@ from bench.checkout import (
     _no_detach,
     _nothing,
     _session_loop,
+    _sync_cycles,
+    _sync_session_loop,
 )
 from bench.common import (
     PgServer,
@@ -112,18 +116,33 @@ async def _run(
                     _arm(f"observer @ {rev}, in a request", old, True),
                     _arm("observer now, in a request", new, True),
                 ]
-            result = await _bench(name, "", engine, loop, arms, n, rounds)
-            print(f"\n{name}: {n:,} cycles x {rounds} rounds")
-            print("| arm | wall µs/cycle | min | Δ wall µs | CPU µs/cycle | spread | Δ CPU µs |")
-            print("|---|---|---|---|---|---|---|")
-            for row in result.summary():
-                print(
-                    f"| {row['arm']} | {row['median_us']:.1f} | {row['min_us']:.1f} | "
-                    f"{row['delta_us']:+.1f} | {row['cpu_us']:.1f} | "
-                    f"{row['cpu_spread'] * 100:.0f} % | {row['cpu_delta_us']:+.1f} |"
-                )
+            _print(name, n, rounds, await _bench(name, "", engine, loop, arms, n, rounds))
+        sync_engine = create_engine("sqlite://", poolclass=QueuePool, pool_size=5)
+        for name, loop, n in (
+            ("cycle (sync, SQLite)", _sync_cycles, cycles),
+            ("session (sync, SQLite)", _sync_session_loop(sync_engine), max(1, cycles // 4)),
+        ):
+            arms = [bare, _arm(f"observer @ {rev}", old, False), _arm("observer now", new, False)]
+            arms += [
+                _arm(f"observer @ {rev}, in a request", old, True),
+                _arm("observer now, in a request", new, True),
+            ]
+            _print(name, n, rounds, await _bench(name, "", sync_engine, loop, arms, n, rounds))
+        sync_engine.dispose()
     finally:
         await engine.dispose()
+
+
+def _print(name: str, n: int, rounds: int, result: Any) -> None:
+    print(f"\n{name}: {n:,} cycles x {rounds} rounds")
+    print("| arm | wall µs/cycle | min | Δ wall µs | CPU µs/cycle | spread | Δ CPU µs |")
+    print("|---|---|---|---|---|---|---|")
+    for row in result.summary():
+        print(
+            f"| {row['arm']} | {row['median_us']:.1f} | {row['min_us']:.1f} | "
+            f"{row['delta_us']:+.1f} | {row['cpu_us']:.1f} | "
+            f"{row['cpu_spread'] * 100:.0f} % | {row['cpu_delta_us']:+.1f} |"
+        )
 
 
 def main() -> None:
