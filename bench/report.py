@@ -38,8 +38,10 @@ def _checkout(results: dict[str, Any]) -> list[str]:
         "spent; it leaves out waiting for PostgreSQL). *observer, in a request*: the cycles run "
         "inside a request scope, as under the middleware (route totals are then added once per "
         'request); plain *observer* counts each checkout under `route="none"` at once, the '
-        "costlier path. The *sync, SQLite* benchmarks run the same arms with no network, event "
-        "loop or greenlet: pure CPU, far less noise, the observer's own cost."
+        "costlier path. *no execution-event flag (what-if)*: SQLAlchemy's `_has_events` flags "
+        "put back after watching, to show what they cost (live-pool counting stops in that arm). "
+        "The *sync, SQLite* benchmarks run the same arms with no network, event loop or "
+        "greenlet: the observer's own CPU cost with fewer moving parts."
     )
     out.append("")
     for bench in results["checkout"]:
