@@ -122,7 +122,12 @@ def run_asgi(
 ) -> dict[str, Any]:
     """In-process ASGI per-request cost: one fresh process per arm and round, alternating."""
     core = plan[0] if plan else None
-    per_round: dict[str, dict[str, list[float]]] = {"/noop": {}, "/db": {}}
+    per_round: dict[str, dict[str, list[float]]] = {
+        "/noop": {},
+        "/db": {},
+        "/noop cpu": {},
+        "/db cpu": {},
+    }
     statuses: dict[str, dict[str, int]] = {}
     for r in range(sizes.asgi_rounds):
         for arm in rotated(ASGI_ARMS, r):
@@ -131,7 +136,7 @@ def run_asgi(
                 arm=arm.split(" ")[0],
                 dsn=server.url(database),
                 requests=sizes.asgi_requests,
-                endpoints=list(per_round),
+                endpoints=["/noop", "/db"],
                 core=core,
             )
             if plan and r == 0:
@@ -222,12 +227,24 @@ def main(argv: list[str] | None = None) -> int:
         help="where latest.json and latest.md go (default: bench/results for a "
         "full run, nowhere for --tiny)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="rounds of every side-by-side comparison (more: slower, less noise)",
+    )
     args = parser.parse_args(argv)
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = set(parts) - set(PARTS)
     if unknown:
         parser.error(f"unknown part(s) {', '.join(sorted(unknown))}; known: {', '.join(PARTS)}")
     sizes = TINY if args.tiny else FULL
+    if args.rounds is not None:
+        if args.rounds < 1:
+            parser.error("--rounds must be at least 1")
+        sizes = dataclasses.replace(
+            sizes, checkout_rounds=args.rounds, asgi_rounds=args.rounds, e2e_rounds=args.rounds
+        )
     out = args.out
     if out is None and not args.tiny:
         out = Path(__file__).resolve().parent / "results"

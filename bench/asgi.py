@@ -11,7 +11,7 @@ import gc
 import sys
 import tracemalloc
 from collections.abc import Sequence
-from time import perf_counter
+from time import perf_counter, process_time
 from typing import Any
 
 from bench.common import rss_bytes
@@ -82,9 +82,10 @@ async def overhead(arm: str, dsn: str, requests: int, endpoints: Sequence[str]) 
         for endpoint in endpoints:
             await driver.many([endpoint] * max(20, requests // 10))  # warm-up
             gc.collect()
-            started = perf_counter()
+            started, started_cpu = perf_counter(), process_time()
             await driver.many([endpoint] * requests)
             result[endpoint] = (perf_counter() - started) / requests * 1e6
+            result[endpoint + " cpu"] = (process_time() - started_cpu) / requests * 1e6
         result["statuses"] = driver.statuses
     finally:
         await engine.dispose()

@@ -87,27 +87,31 @@ def _asgi(results: dict[str, Any]) -> list[str]:
     out.append(
         f"`await app(scope, receive, send)`, {data['requests']:,} sequential requests per "
         f"endpoint, one fresh process per arm and round ({data['rounds']} rounds, alternating); "
-        "µs per request, median over rounds; Δ vs bare."
+        "µs per request (wall clock, and process CPU time), median over rounds; Δ vs bare."
     )
     out.append("")
-    rows = []
-    noop, db = data["per_round"]["/noop"], data["per_round"]["/db"]
-    for arm in noop:
-        rows.append(
-            [
+    per_round = data["per_round"]
+    for endpoint in ("/noop", "/db"):
+        wall, cpu = per_round[endpoint], per_round.get(endpoint + " cpu")
+        rows = []
+        for arm in wall:
+            row = [
                 arm,
-                _f(median(noop[arm])),
-                f"{median(noop[arm]) - median(noop['bare']):+.1f}",
-                _pct(spread(noop[arm])),
-                _f(median(db[arm])),
-                f"{median(db[arm]) - median(db['bare']):+.1f}",
-                _pct(spread(db[arm])),
+                _f(median(wall[arm])),
+                f"{median(wall[arm]) - median(wall['bare']):+.1f}",
+                _pct(spread(wall[arm])),
             ]
-        )
-    out += _table(
-        ["arm", "/noop µs", "Δ", "spread", "/db µs", "Δ", "spread"],
-        rows,
-    )
+            if cpu:
+                row += [
+                    _f(median(cpu[arm])),
+                    f"{median(cpu[arm]) - median(cpu['bare']):+.1f}",
+                    _pct(spread(cpu[arm])),
+                ]
+            rows.append(row)
+        header = [f"{endpoint} arm", "wall µs", "Δ", "spread"]
+        if cpu:
+            header += ["CPU µs", "Δ CPU", "CPU spread"]
+        out += _table(header, rows)
     return out
 
 

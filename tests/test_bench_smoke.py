@@ -76,8 +76,10 @@ def test_tiny_benchmark_run_produces_every_arm_with_the_right_counts(tmp_path: P
 
     # 2. in-process ASGI: every arm, every request answered 200
     asgi = results["asgi"]
-    for endpoint in ("/noop", "/db"):
-        assert set(asgi["per_round"][endpoint]) == {"bare", "observer", "otel", "bare (A/A)"}
+    for endpoint in ("/noop", "/db", "/noop cpu", "/db cpu"):
+        arms = asgi["per_round"][endpoint]
+        assert set(arms) == {"bare", "observer", "otel", "bare (A/A)"}
+        assert all(len(values) == sizes["asgi_rounds"] for values in arms.values())
     for statuses in asgi["statuses"].values():
         assert set(statuses) == {"200"}
 
