@@ -104,9 +104,12 @@ def spread(values: Sequence[float]) -> float:
 
 
 def rotated(arms: Sequence[str], round_no: int) -> list[str]:
-    """The arms in a different order each round, so no arm always runs first or last."""
+    """The arms in a different order each round, so no arm always runs first or last, and
+    (reversed every other round) no arm always runs right after the same other arm: an arm
+    that leaves the machine hot or busy must not always precede the same arm."""
     k = round_no % len(arms)
-    return list(arms[k:]) + list(arms[:k])
+    order = list(arms[k:]) + list(arms[:k])
+    return order[::-1] if round_no % 2 else order
 
 
 # -- memory ----------------------------------------------------------------------------------
