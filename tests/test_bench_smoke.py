@@ -1,0 +1,113 @@
+"""The benchmark harness runs end to end in its tiny mode (CI keeps it from rotting).
+
+Nothing here looks at a timing: only that every part ran, every arm is there, and the counts
+the arms report match the work that was driven.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PG_HOST, PG_PORT, PG_USER, _postgres_up, require
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_tiny_benchmark_run_produces_every_arm_with_the_right_counts(tmp_path: Path) -> None:
+    require(_postgres_up(), f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT}")
+    require(shutil.which("wrk") is not None, "wrk is not installed (apt-get install wrk)")
+    env = dict(
+        os.environ,
+        OBSERVER_TEST_PGHOST=PG_HOST,
+        OBSERVER_TEST_PGPORT=str(PG_PORT),
+        OBSERVER_TEST_PGUSER=PG_USER,
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--tiny", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "latest.json").read_text())
+    report = (tmp_path / "latest.md").read_text()
+    sizes = results["sizes"]
+
+    # 1. checkout cycles and sessions: every arm, every round, each arm really attached
+    benches = {b["name"]: b for b in results["checkout"]}
+    assert set(benches) == {
+        "cycle",
+        "select1",
+        "session",
+        "cycle (sync, SQLite)",
+        "session (sync, SQLite)",
+    }
+    for name, bench in benches.items():
+        rounds = sizes["checkout_rounds"]
+        cycles = {
+            "cycle": sizes["cycles"],
+            "cycle (sync, SQLite)": sizes["cycles"],
+            "session (sync, SQLite)": sizes["cycles"] // 4,
+        }.get(name, sizes["select_cycles"])
+        arms = bench["per_round"]
+        assert {"bare", "bare (A/A)", "otel-sqlalchemy"} <= set(arms)
+        assert all(len(values) == rounds and min(values) > 0 for values in arms.values())
+        for arm, counted in bench["counted"].items():
+            if arm.startswith("observer"):
+                assert counted == [cycles] * rounds, (name, arm, counted)
+            elif arm == "otel-sqlalchemy":  # a connect span, plus one per statement
+                per_cycle = 1 if name.startswith("cycle") else 2
+                assert counted == [cycles * per_cycle] * rounds, (name, counted)
+        if name.startswith("session"):
+            assert {"observer, capture_origin=False", "observer, capture_origin=True"} <= set(arms)
+        else:
+            assert {"observer", "observer, in a request"} <= set(arms)
+
+    # 2. in-process ASGI: every arm, every request answered 200
+    asgi = results["asgi"]
+    for endpoint in ("/noop", "/db", "/noop cpu", "/db cpu"):
+        arms = asgi["per_round"][endpoint]
+        assert set(arms) == {"bare", "observer", "otel", "bare (A/A)"}
+        assert all(len(values) == sizes["asgi_rounds"] for values in arms.values())
+    for statuses in asgi["statuses"].values():
+        assert set(statuses) == {"200"}
+
+    # 3. end to end: every arm and endpoint, no errors, the observer saw the /db requests
+    e2e = results["e2e"]
+    for endpoint in ("/noop", "/db"):
+        rows = {row["arm"]: row for row in e2e["summary"][endpoint]}
+        assert set(rows) == {"bare", "observer", "otel", "bare (A/A)"}
+        assert all(row["errors"] == 0 and row["rps"] > 0 for row in rows.values())
+    for seen in e2e["db_checkouts"]:
+        assert seen["status"] == 200
+        assert seen["route_db_checkouts"] >= seen["wrk_db_requests"] > 0
+
+    # 4. scale: the exposition has every pool and route; memory runs counted everything
+    scale = results["scale"]
+    render = scale["render"]
+    assert render["pool_series"] == 10
+    assert render["route_series"] == 201  # 200 routes and route="none"
+    checkout = scale["checkout_memory"]
+    assert checkout["counted"] == checkout["expected"]
+    assert len(checkout["readings"]) == 10
+    asgi_memory = scale["asgi_memory"]
+    driven = asgi_memory["requests"] + asgi_memory["warmup"]
+    assert asgi_memory["requests"] == sizes["memory_requests"]
+    assert asgi_memory["statuses"] == {"200": driven}
+    assert asgi_memory["route_checkouts"] == driven
+    assert asgi_memory["route_series"] == 2  # the one route template and "none"
+    assert asgi_memory["sessions_open"] == 0
+    assert scale["asgi_memory_traced"]["readings"][-1]["traced"] > 0
+
+    assert "## Targets (computed from this run)" in report
