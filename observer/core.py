@@ -10,7 +10,9 @@ from typing import Any, Unpack
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from sqlalchemy.engine import URL, Engine
+from sqlalchemy.pool import Pool
 
+from observer import origin as origins
 from observer.asgi_types import ASGIApp, Scope
 from observer.collector import FlushCollector, RouteHeldCollector, StateCollector, gauge_values
 from observer.context import RequestScope, current_request, route_of
@@ -274,18 +276,21 @@ class Observer:
             for route, count in self.route_connections_held().items():
                 self.metrics.route_held.labels(route).set(count)
 
-    def _new_pool(self, engine: Engine) -> None:
-        """A pool was used for the first time: after startup, and not one of the watched
-        engines, it smells of an engine created per request (or per task)."""
-        if id(engine) in self._trackers:
+    def _new_pool(self, pool: Pool) -> None:
+        """A pool opened its first connection: after startup, and not one of the watched
+        engines', it smells of an engine created per request (or per task). The log names the
+        app line that opened it, which is where the engine is created or first used."""
+        if any(pool is tracker.engine.pool for tracker in list(self._trackers.values())):
             return
         if not self.requests.serving and current_request.get() is None:
             return  # still starting up (or a script): engines are created now
         if self.limiter.allow("pool.created_after_startup"):
+            where = origins.capture()
             emit(
                 "warning",
                 "pool.created_after_startup",
-                pool=default_pool_name(engine.url),
+                pool=type(pool).__name__,
+                origin=str(where) if where else None,
                 live_pools=self.live_pools.count(),
                 hint="a new connection pool appeared while the app is serving: create the "
                 "engine once at startup and share it; an engine per request opens a new pool "

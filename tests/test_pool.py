@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine, event, exc, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
-from sqlalchemy.pool import NullPool, StaticPool
+from sqlalchemy.pool import NullPool, Pool, StaticPool
 from structlog.testing import capture_logs
 
 from observer import Observer
@@ -363,7 +363,8 @@ async def test_close_removes_every_listener_and_wrapper(
         pass
     assert "connect" in sync.pool.__dict__
     class_level = [(Session, identifier, fn) for identifier, fn in obs.sessions._listeners] + [
-        (Engine, identifier, fn) for identifier, fn in obs.live_pools._listeners
+        (Pool, "connect", obs.live_pools._on_connect_safely),
+        (Engine, "engine_disposed", obs.live_pools._on_disposed_safely),
     ]
     assert all(event.contains(*listener) for listener in class_level)
     obs.close()
@@ -431,3 +432,27 @@ async def test_unwatch_stops_counting_and_removes_the_pool_series(
     assert sample(registry, "sqlalchemy_pool_checkouts_total", pool=POOL) is None
     assert sample(registry, "sqlalchemy_pool_size", pool=POOL) is None
     assert "connect" not in engine.sync_engine.pool.__dict__
+
+
+async def test_watching_sends_no_statement_through_the_execution_event_path(
+    make_engine: Any, make_observer: Any
+) -> None:
+    """Watching leaves SQLAlchemy's execution-event flags unset, on the engine and on the Engine
+    class: with them set, every statement of every engine pays the event dispatch."""
+    engine = make_engine()
+    make_observer().watch(engine)
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+    assert engine.sync_engine._has_events is False
+    assert Engine._has_events is False
+
+
+async def test_the_pool_of_a_connection_record_is_found(make_engine: Any) -> None:
+    """observer.live_pools.pool_of reads SQLAlchemy's private record slot: pinned here, so a
+    SQLAlchemy release that moves it fails this test instead of silently losing live pools."""
+    from observer.live_pools import pool_of
+
+    engine = make_engine()
+    async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        assert pool_of(raw._connection_record) is engine.sync_engine.pool
