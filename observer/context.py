@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from observer.routing import route_template
@@ -28,7 +28,7 @@ class RequestScope:
     wait_seconds: float = 0.0
     hold_seconds: float = 0.0
     sessions_opened: int = 0
-    sessions: list[Any] = field(default_factory=list)
+    sessions: list[Any] | None = None  # created on the first session: most requests have one
     """The :class:`~observer.sessions.OpenSession` records of the sessions the request opened."""
     finished: bool = False
     """Set once the request's totals went to the route counters; later holds go there directly."""

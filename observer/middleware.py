@@ -49,30 +49,48 @@ class ObserverMiddleware:
             observer.hooks.failed("begin_request", exc)
             await self.app(scope, receive, send)
             return
-        server_timing = self.server_timing
-
-        async def send_wrapper(message: Message) -> None:
-            kind = message["type"]
-            if kind == "http.response.start":
-                request.status = message.get("status", 0)
-                if server_timing:
-                    message = _with_server_timing(message, request, observer)
-                await send(message)
-            elif kind == "http.response.body" and not message.get("more_body", False):
-                await send(message)
-                request.response_end = perf_counter()
-            else:
-                await send(message)
-
+        sender = _Sender(send, request, observer, self.server_timing)
         token = current_request.set(request)
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, sender)
         except BaseException as exc:  # recorded for the request's log line, then re-raised
             request.error = type(exc).__name__
             raise
         finally:
             current_request.reset(token)
             observer.end_request(request)
+
+
+class _Sender:
+    """The request's ``send``: notes the status and the response's end, adds Server-Timing.
+
+    One slotted object per request rather than a closure (a function, its closure tuple and a
+    cell per variable): fewer objects for the garbage collector, whose full collections under
+    load were the observer's main latency cost (bench/README.md)."""
+
+    __slots__ = ("observer", "request", "send", "server_timing")
+
+    def __init__(
+        self, send: Send, request: RequestScope, observer: Observer, server_timing: bool
+    ) -> None:
+        self.send = send
+        self.request = request
+        self.observer = observer
+        self.server_timing = server_timing
+
+    async def __call__(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            request = self.request
+            request.status = message.get("status", 0)
+            if self.server_timing:
+                message = _with_server_timing(message, request, self.observer)
+            await self.send(message)
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            await self.send(message)
+            self.request.response_end = perf_counter()
+        else:
+            await self.send(message)
 
 
 def _with_server_timing(message: Message, request: RequestScope, observer: Observer) -> Message:

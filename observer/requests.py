@@ -80,8 +80,8 @@ class Requests:
             self._hooks.failed("end_request", exc)
 
     def _check_sessions(self, request: RequestScope, now: float) -> None:
-        records = [record for record in request.sessions if not record.closed]
-        request.sessions = []  # the records point back at the request: break the cycle
+        records = [record for record in request.sessions or () if not record.closed]
+        request.sessions = None  # the records point back at the request: break the cycle
         if not records:
             return  # the common case: every session was closed before the app returned
         # FastAPI >= 0.118 closes yield dependencies after the response is sent, but before the

@@ -119,7 +119,10 @@ class SessionTracker:
         if scope is not None:
             scope.sessions_opened += 1
             if not scope.finished:  # checked for request_end leaks when the request ends
-                scope.sessions.append(record)
+                if scope.sessions is None:
+                    scope.sessions = [record]
+                else:
+                    scope.sessions.append(record)
 
     def _on_end(self, session: Session, transaction: SessionTransaction) -> None:
         if transaction.parent is not None:
