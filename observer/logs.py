@@ -19,11 +19,6 @@ from structlog.tracebacks import ExceptionDictTransformer
 
 from observer.context import RequestScope, current_request, route_of
 
-try:  # OpenTelemetry is optional (the ``otel`` extra)
-    from opentelemetry import trace as _otel_trace
-except ImportError:  # pragma: no cover - the test environment has it
-    _otel_trace = None  # type: ignore[assignment]
-
 logger: Any = structlog.get_logger("pool_observer")
 
 _CURRENT: Any = object()  # "the request of the current context"
@@ -60,10 +55,14 @@ class RateLimiter:
 
 
 def current_span_context() -> Any:
-    """The OpenTelemetry span context of the current span, or ``None`` (no span, no OTel)."""
-    if _otel_trace is None:
+    """The OpenTelemetry span context of the current span, or ``None`` (no span, no OTel).
+
+    OpenTelemetry is looked up, never imported: an app that never imported it has no span, and
+    importing it would grow every process's heap (and every full garbage collection)."""
+    otel_trace = sys.modules.get("opentelemetry.trace")
+    if otel_trace is None:
         return None
-    context = _otel_trace.get_current_span().get_span_context()
+    context = otel_trace.get_current_span().get_span_context()
     return context if context.is_valid else None
 
 
