@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import shutil
@@ -70,8 +71,15 @@ def _postgres_up() -> bool:
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:
     """A fresh database for the test session on the real PostgreSQL; dropped at the end."""
+    with throwaway_database("observer_test") as name:
+        yield name
+
+
+@contextlib.contextmanager
+def throwaway_database(prefix: str) -> Iterator[str]:
+    """A new, uniquely named database on the real PostgreSQL, dropped (forcibly) on exit."""
     require(_postgres_up(), f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT}")
-    name = f"observer_test_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
     try:
         yield name

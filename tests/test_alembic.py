@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,7 +37,7 @@ from observer.doctor import check_sync_engine
 from observer.server_view import read_activity
 from observer.settings import ConfigurationError
 from tests.alembic_project import config, make_project
-from tests.conftest import PG_HOST, PG_PORT, PG_USER, _admin, _postgres_up, require, sample
+from tests.conftest import PG_HOST, PG_PORT, PG_USER, sample, throwaway_database
 
 pytestmark = pytest.mark.postgres
 
@@ -48,13 +47,8 @@ LOCK_TIMEOUT = 1.0
 @pytest.fixture
 def database() -> Iterator[str]:
     """A database of its own for one test (migrations create and drop tables)."""
-    require(_postgres_up(), f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT}")
-    name = f"observer_alembic_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    try:
+    with throwaway_database("observer_alembic") as name:
         yield name
-    finally:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def url(database: str, driver: str = "asyncpg") -> str:
