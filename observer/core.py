@@ -248,7 +248,9 @@ class Observer:
         """Count the work deferred out of hooks (garbage-collection events, closes, errors) and
         the work done outside requests."""
         self.hooks.drain()
-        self.routes.flush()
+        for tracker in list(self._trackers.values()):
+            tracker.flush()
+        self.sessions.flush()
 
     def _tick(self) -> None:
         try:

@@ -8,8 +8,10 @@ invalidation has set the DBAPI connection to ``None``.
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 import weakref
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter
@@ -19,15 +21,17 @@ from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection, QueuePool, StaticPool
+from sqlalchemy.pool import base as pool_base
 
 from observer.context import RequestScope, current_request
 from observer.guard import Hooks
 from observer.logs import RateLimiter, current_span_context, emit
-from observer.metrics import Metrics
-from observer.routes import CHECKOUTS, HOLD, WAIT, RouteMetrics
+from observer.metrics import HOLD_BUCKETS, WAIT_BUCKETS, Metrics
+from observer.routes import RouteMetrics
+from observer.thread_sums import HistogramSlots, ThreadSums, can_batch
 
 CHECKOUT = "pool_observer.checkout"  # (checkout time, request scope, pool id) while checked out
-GC = "pool_observer.gc"  # set by reset when the garbage collector reclaims the connection
+GC = "pool_observer.gc"  # set by reset when the garbage collector reclaims a sync connection
 CLOSE_REASON = "pool_observer.close_reason"  # set by (soft_)invalidate, read by close
 CONNECT_STARTED = "pool_observer.connect_started"  # set by do_connect, read by connect
 IDLE_IN_OLD = "pool_observer.idle_in_old_pool"  # key of the replaced pool it went back to
@@ -36,6 +40,35 @@ IDLE_IN_OLD = "pool_observer.idle_in_old_pool"  # key of the replaced pool it we
 Stamp = tuple[float, RequestScope | None, int]  # checkout time, request, key of the pool
 
 _pool_keys = itertools.count(1)
+
+# What the hot path adds to a per-thread list (observer/thread_sums.py) instead of calling
+# prometheus-client for every event; added to the metrics on flush (before every scrape).
+_CHECKOUTS = 0
+_NONE_CHECKOUTS, _NONE_WAIT, _NONE_HOLD = 1, 2, 3  # work outside requests: route="none"
+_WAIT = HistogramSlots(4, WAIT_BUCKETS)
+_HOLD = HistogramSlots(_WAIT.end, HOLD_BUCKETS)
+_WAIT_START, _WAIT_BOUNDS, _WAIT_SUM = _WAIT.start, _WAIT.bounds, _WAIT.sum
+_HOLD_START, _HOLD_BOUNDS, _HOLD_SUM = _HOLD.start, _HOLD.bounds, _HOLD.sum
+_SIZE = _HOLD.end
+
+# SQLAlchemy detaches a checked-out connection from inside _finalize_fairy only when the garbage
+# collector reclaims it from an async dialect (2.0.38 to 2.1). Seeing that function on the stack
+# of a detach replaces a reset listener, which would cost every checkin about 1 us to catch a rare
+# event. If a release hides the function, the reset listener is used instead.
+_FINALIZE_FAIRY = getattr(getattr(pool_base, "_finalize_fairy", None), "__code__", None)
+
+
+def _in_gc_cleanup() -> bool:
+    """Whether the caller runs inside SQLAlchemy's ``_finalize_fairy``."""
+    frame = sys._getframe(1)
+    for _ in range(16):
+        if frame.f_code is _FINALIZE_FAIRY:
+            return True
+        back = frame.f_back
+        if back is None:
+            return False
+        frame = back
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +104,24 @@ class PoolTracker:
         self._m = metrics.bind_pool(name)
         self._hooks = hooks
         self._routes = routes
-        self._outside = routes.outside
         self._application_name = application_name
         self._limiter = limiter
         self._slow_checkout = float("inf") if slow_checkout is None else slow_checkout
         self._lock = threading.Lock()
-        self.waiting = 0
+        # One item per checkout waiting for a connection: list.append and list.pop are atomic,
+        # so the acquire path takes no lock.
+        self._waiters: list[None] = []
+        self._sums = ThreadSums(_SIZE)
+        self._slot = self._sums.slot
+        # Batched only in a single process, where every read of the registry flushes first;
+        # in multiprocess mode another process reads the files at any time (and a worker can
+        # die between two flushes), so every event goes to prometheus-client at once.
+        m = self._m
+        self._batched = (
+            not metrics.multiprocess
+            and can_batch(m.checkout_duration, WAIT_BUCKETS)
+            and can_batch(m.hold, HOLD_BUCKETS)
+        )
         # The stamps of the connections checked out now, by id(record.info): who holds what
         # (sqlalchemy_route_connections_held). Plain dict operations only, atomic under the GIL,
         # because the garbage-collection path removes entries from inside a finalizer.
@@ -88,7 +133,9 @@ class PoolTracker:
         # Our own count of connections out, per pool (by key): the state of pools that keep
         # none (NullPool, StaticPool), and of pools swapped out by dispose(), whose counters
         # QueuePool.dispose() resets although their checked-out connections are still in use.
-        self._out: dict[int, int] = {}
+        # One item per connection out (append at checkout, pop at checkin: atomic, no lock);
+        # entries are added under the lock, and removed when their pool is garbage-collected.
+        self._out: dict[int, list[None]] = {}
         self._pool: Pool | None = None  # the pool whose connect() is wrapped now
         self._old_pools: weakref.WeakSet[Pool] = weakref.WeakSet()  # swapped out by dispose()
         # A key per pool, never reused (an id() is: a new pool can take a collected one's
@@ -99,7 +146,11 @@ class PoolTracker:
         self._idle_in_old: dict[int, int] = {}
         self._finalizers: list[weakref.finalize[Any, Any]] = []
         self._listeners: list[tuple[Any, str, Callable[..., Any]]] = []
-        self._record_checkout_safely = hooks.guard("checkout", self._record_checkout)
+        self._checkout_failed = hooks.reporter("checkout")
+        self._checkin_failed = hooks.reporter("checkin")
+        # A sync connection the garbage collector reclaims is returned through reset and checkin
+        # (reset tells it apart); an async one is detached instead (see _in_gc_cleanup).
+        self._listens_to_reset = not engine.dialect.is_async or _FINALIZE_FAIRY is None
         self._record_timeout_safely = hooks.guard("checkout_timeout", self._record_timeout)
         self._loop_error_safely = hooks.guard("loop_mismatch", self._loop_mismatch)
 
@@ -108,19 +159,20 @@ class PoolTracker:
     def attach(self) -> None:
         """Add every listener and wrap the pool's acquire step."""
         g = self._hooks.guard
-        for target, identifier, fn in (
-            (self.engine, "do_connect", g("do_connect", self._on_do_connect)),
-            (self.engine, "connect", g("connect", self._on_connect)),
-            (self.engine, "checkin", g("checkin", self._on_checkin)),
-            (self.engine, "reset", g("reset", self._on_reset)),
-            (self.engine, "invalidate", g("invalidate", self._on_invalidate)),
-            (self.engine, "soft_invalidate", g("soft_invalidate", self._on_soft_invalidate)),
-            (self.engine, "close", g("close", self._on_close)),
-            (self.engine, "detach", g("detach", self._on_detach)),
-            (self.engine, "engine_disposed", g("engine_disposed", self._on_engine_disposed)),
-            (self.engine, "handle_error", g("handle_error", self._on_handle_error)),
-        ):
-            self._listeners.append((target, identifier, fn))
+        listeners: list[tuple[str, Callable[..., Any]]] = [
+            ("do_connect", g("do_connect", self._on_do_connect)),
+            ("connect", g("connect", self._on_connect)),
+            ("checkin", self._on_checkin),  # catches its own errors
+            ("invalidate", g("invalidate", self._on_invalidate)),
+            ("soft_invalidate", g("soft_invalidate", self._on_soft_invalidate)),
+            ("close", g("close", self._on_close)),
+            ("detach", g("detach", self._on_detach)),
+            ("engine_disposed", g("engine_disposed", self._on_engine_disposed)),
+            ("handle_error", g("handle_error", self._on_handle_error)),
+        ]
+        if self._listens_to_reset:
+            listeners.append(("reset", g("reset", self._on_reset)))
+        self._listeners.extend((self.engine, identifier, fn) for identifier, fn in listeners)
         # Any engine-level listener sets engine._has_events, and then every statement of the
         # engine goes through the execution-event dispatch (+13-20 us a statement, measured:
         # bench/README.md). engine_disposed is dispatched regardless, so the flag is put back
@@ -136,8 +188,24 @@ class PoolTracker:
             self.engine._has_events = before
         self._wrap(self.engine.pool)
 
+    @property
+    def waiting(self) -> int:
+        """Checkouts waiting for a connection now."""
+        return len(self._waiters)
+
+    def flush(self) -> None:
+        """Add what the hot path summed per thread since the last flush to the metrics."""
+        delta = self._sums.take()
+        m = self._m
+        if delta[_CHECKOUTS]:
+            m.checkouts.inc(delta[_CHECKOUTS])
+        _WAIT.flush(m.checkout_duration, delta)
+        _HOLD.flush(m.hold, delta)
+        self._routes.count_outside(delta[_NONE_CHECKOUTS], delta[_NONE_WAIT], delta[_NONE_HOLD])
+
     def detach(self) -> None:
         """Remove every listener and wrapper this tracker added."""
+        self.flush()
         for target, identifier, fn in reversed(self._listeners):
             if event.contains(target, identifier, fn):
                 event.remove(target, identifier, fn)
@@ -158,34 +226,36 @@ class PoolTracker:
         measured around the call that ``Engine.raw_connection`` makes."""
         original = pool.connect
         tracker = self
-        lock = self._lock
-        record_checkout = self._record_checkout_safely
+        waiters = self._waiters
+        record_checkout = self._record_checkout
+        checkout_failed = self._checkout_failed
         record_timeout = self._record_timeout_safely
         loop_error = self._loop_error_safely
         pool_id = self._key(pool)
+        with self._lock:
+            self._out.setdefault(pool_id, [])
 
         def connect() -> PoolProxiedConnection:
-            with lock:
-                tracker.waiting += 1
+            waiters.append(None)
             started = perf_counter()
             try:
                 connection = original()
             except sa_exc.TimeoutError:
                 waited = perf_counter() - started
-                with lock:
-                    tracker.waiting -= 1
+                waiters.pop()
                 record_timeout(waited)
                 raise
             except BaseException as exc:
-                with lock:
-                    tracker.waiting -= 1
+                waiters.pop()
                 if isinstance(exc, RuntimeError):
                     loop_error(exc)
                 raise
             now = perf_counter()
-            with lock:
-                tracker.waiting -= 1
-            record_checkout(connection, now, now - started, pool_id)
+            waiters.pop()
+            try:
+                record_checkout(connection, now, now - started, pool_id)
+            except Exception as exc:
+                checkout_failed(exc)
             return connection
 
         connect.__pool_observer__ = (tracker, original)  # type: ignore[attr-defined]
@@ -214,24 +284,35 @@ class PoolTracker:
     def _record_checkout(
         self, connection: PoolProxiedConnection, now: float, waited: float, pool_id: int
     ) -> None:
-        m = self._m
-        m.checkouts.inc()
-        if self.exemplars:
-            m.checkout_duration.observe(waited, _exemplar())
-        else:
-            m.checkout_duration.observe(waited)
         scope = current_request.get()
         info = connection.info
         if info.get(CHECKOUT) is None:  # StaticPool hands the same record out again
-            with self._lock:
-                self._out[pool_id] = self._out.get(pool_id, 0) + 1
+            out = self._out.get(pool_id)
+            if out is None:  # a replaced pool, forgotten, checked out from again
+                with self._lock:
+                    out = self._out.setdefault(pool_id, [])
+            out.append(None)
         stamp = info[CHECKOUT] = (now, scope, pool_id)
         self.held[id(info)] = stamp
-        if scope is None:
-            sums = self._outside.slot()
-            sums[CHECKOUTS] += 1
-            sums[WAIT] += waited
+        if self._batched:
+            sums = self._slot()
+            if self.exemplars:
+                self._m.checkouts.inc()
+                self._m.checkout_duration.observe(waited, _exemplar())
+            else:
+                sums[_CHECKOUTS] += 1
+                sums[_WAIT_START + bisect_left(_WAIT_BOUNDS, waited)] += 1
+                sums[_WAIT_SUM] += waited
+            if scope is None:
+                sums[_NONE_CHECKOUTS] += 1
+                sums[_NONE_WAIT] += waited
         else:
+            m = self._m
+            m.checkouts.inc()
+            m.checkout_duration.observe(waited, _exemplar() if self.exemplars else None)
+            if scope is None:
+                self._routes.count_outside(1, waited, 0.0)
+        if scope is not None:
             scope.checkouts += 1
             scope.wait_seconds += waited
             scope.out += 1
@@ -260,10 +341,12 @@ class PoolTracker:
         else:
             m.checkout_duration.observe(waited)
         scope = current_request.get()
-        if scope is None:
-            self._outside.slot()[WAIT] += waited
-        else:
+        if scope is not None:
             scope.wait_seconds += waited
+        elif self._batched:
+            self._slot()[_NONE_WAIT] += waited
+        else:
+            self._routes.count_outside(0, waited, 0.0)
         otel = self.otel
         if otel is not None:
             otel.timed_out(waited, self.span_events)
@@ -307,38 +390,48 @@ class PoolTracker:
                 otel.created(took)
 
     def _on_checkin(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-        info = record.info
-        if info.pop(GC, False):
-            return  # a sync connection reclaimed by the garbage collector: see _on_reset
-        stamp = info.pop(CHECKOUT, None)
-        if stamp is None:
-            return  # checked out before the observer was attached
-        self.held.pop(id(info), None)
-        pool_id = stamp[2]
-        if pool_id in self._idle_in_old:  # back to a pool dispose() replaced: it stays open
-            info[IDLE_IN_OLD] = pool_id
-            with self._lock:
-                self._idle_in_old[pool_id] += 1
-        self._returned(stamp, perf_counter(), live=True)
+        try:  # the hottest listener guards itself: one call less than Hooks.guard
+            info = record.info
+            if info.pop(GC, False):
+                return  # a sync connection reclaimed by the garbage collector: see _on_reset
+            stamp = info.pop(CHECKOUT, None)
+            if stamp is None:
+                return  # checked out before the observer was attached
+            self.held.pop(id(info), None)
+            pool_id = stamp[2]
+            if pool_id in self._idle_in_old:  # back to a pool dispose() replaced: stays open
+                info[IDLE_IN_OLD] = pool_id
+                with self._lock:
+                    self._idle_in_old[pool_id] += 1
+            self._returned(stamp, perf_counter(), live=True)
+        except Exception as exc:
+            self._checkin_failed(exc)
 
     def _returned(self, stamp: Stamp, now: float, live: bool = False) -> None:
         """A connection came back (``live``: in the context of the code that returned it, so
         the current span is the right one for exemplars and span events)."""
         started, scope, pool_id = stamp
-        with self._lock:
-            left = self._out.get(pool_id, 0) - 1
-            if left > 0 or (self._pool is not None and pool_id == self._key(self._pool)):
-                self._out[pool_id] = max(0, left)
-            else:
-                self._out.pop(pool_id, None)
+        out = self._out.get(pool_id)
+        if out:
+            try:  # noqa: SIM105 (contextlib.suppress costs a context manager on the hot path)
+                out.pop()
+            except IndexError:  # never below zero, even if another thread emptied it first
+                pass
         held = now - started
-        if live and self.exemplars:
-            self._m.hold.observe(held, _exemplar())
+        if self._batched:
+            sums = self._slot()
+            if live and self.exemplars:
+                self._m.hold.observe(held, _exemplar())
+            else:
+                sums[_HOLD_START + bisect_left(_HOLD_BOUNDS, held)] += 1
+                sums[_HOLD_SUM] += held
+            if scope is None:
+                sums[_NONE_HOLD] += held
         else:
-            self._m.hold.observe(held)
-        if scope is None:
-            self._outside.slot()[HOLD] += held
-        else:
+            self._m.hold.observe(held, _exemplar() if live and self.exemplars else None)
+            if scope is None:
+                self._routes.count_outside(0, 0.0, held)
+        if scope is not None:
             scope.out -= 1
             scope.out_since -= started
             self._routes.held(scope, held)
@@ -353,12 +446,15 @@ class PoolTracker:
             return  # a detached connection being closed
         if state.asyncio_safe and not getattr(record, "needs_gc", False):
             return  # the ordinary return of a connection
-        # The garbage collector is reclaiming a connection nobody returned: this runs inside a
-        # finalizer (pool/base.py _finalize_fairy), so only lock-free work here.
+        self._collected(record)
+        record.info[GC] = True  # for checkin (sync) or detach (async) that follow
+
+    def _collected(self, record: ConnectionPoolEntry) -> None:
+        """The garbage collector is reclaiming a connection nobody returned. This runs inside a
+        finalizer (pool/base.py _finalize_fairy), so only lock-free work here."""
         info = record.info
         stamp = info.pop(CHECKOUT, None)
         self.held.pop(id(info), None)
-        info[GC] = True
         self._hooks.pending.append((self._reclaimed, stamp, perf_counter()))
 
     def _reclaimed(self, stamp: Stamp | None, now: float) -> None:
@@ -454,13 +550,17 @@ class PoolTracker:
         """A replaced pool was garbage-collected: its idle connections went with it, unseen."""
         with self._lock:
             gone = self._idle_in_old.pop(pool_id, 0)
+            self._out.pop(pool_id, None)  # nothing can be out of a collected pool
         if gone:
             self._m.closed["garbage_collected"].inc(gone)
 
     def _on_detach(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         info = record.info
         if info.pop(GC, False):
+            reason = "garbage_collected"  # _on_reset saw it first
+        elif not self._listens_to_reset and _in_gc_cleanup():
             reason = "garbage_collected"
+            self._collected(record)
         else:
             reason = "detached"
             stamp = info.pop(CHECKOUT, None)
@@ -498,8 +598,9 @@ class PoolTracker:
         waiting = self.waiting
         current = self._key(pool)
         with self._lock:
-            out_of_old_pools = sum(n for key, n in self._out.items() if key != current)
-            out_of_current = self._out.get(current, 0)
+            counts = [(key, len(out)) for key, out in self._out.items()]
+        out_of_old_pools = sum(n for key, n in counts if key != current)
+        out_of_current = sum(n for key, n in counts if key == current)
         # A connection returned to a pool that dispose() replaced stays open, idle in that old
         # pool, until the old pool is garbage-collected (dispose() closes only the connections
         # idle at the time): the server still counts it, so do we.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from threading import get_ident
 from typing import NamedTuple
 
 from prometheus_client import Counter
@@ -22,39 +21,6 @@ class _Children(NamedTuple):
     requests: Counter
 
 
-class ThreadTotals:
-    """Running sums kept per thread: each list has one writer (its thread), so the hot path
-    adds to it without a lock and nothing is lost; :meth:`take` returns what was added since
-    the last call, for the counters."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._by_thread: dict[int, list[float]] = {}
-        self._taken: dict[int, list[float]] = {}
-        self._lock = threading.Lock()
-
-    def slot(self) -> list[float]:
-        """This thread's sums (add to them in place)."""
-        sums = self._by_thread.get(get_ident())
-        if sums is None:
-            sums = self._by_thread[get_ident()] = [0.0] * self._size
-        return sums
-
-    def take(self) -> list[float]:
-        with self._lock:
-            delta = [0.0] * self._size
-            for ident, sums in list(self._by_thread.items()):
-                taken = self._taken.setdefault(ident, [0.0] * self._size)
-                for i in range(self._size):
-                    value = sums[i]  # read once: the owner may be adding to it right now
-                    delta[i] += value - taken[i]
-                    taken[i] = value
-            return delta
-
-
-CHECKOUTS, WAIT, HOLD = 0, 1, 2
-
-
 class RouteMetrics:
     """Bound route children, created at most ``max_routes`` times (plus ``none`` and ``other``)."""
 
@@ -64,9 +30,6 @@ class RouteMetrics:
         self._lock = threading.Lock()
         self._children: dict[str, _Children] = {}
         self._none = self.children(NO_ROUTE)
-        # Work outside requests (scripts, background tasks, benchmarks) is summed per thread
-        # and counted under route="none" on flush (before every scrape, and by the sweeper).
-        self.outside = ThreadTotals(3)
 
     def label(self, route: str) -> str:
         """The label value ``route`` is counted under."""
@@ -93,9 +56,9 @@ class RouteMetrics:
                 self._children[label] = found
             return found
 
-    def flush(self) -> None:
-        """Count the work done outside requests since the last flush under ``route="none"``."""
-        checkouts, wait, hold = self.outside.take()
+    def count_outside(self, checkouts: float, wait: float, hold: float) -> None:
+        """Count work done outside requests (scripts, background tasks) under ``route="none"``.
+        The pool trackers sum it per thread and call this when they flush."""
         children = self._none
         if checkouts:
             children.checkouts.inc(checkouts)

@@ -8,6 +8,7 @@ open/close events; the root transaction's create/end events are exactly that spa
 from __future__ import annotations
 
 import weakref
+from bisect import bisect_left
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
@@ -20,10 +21,16 @@ from observer import origin as origins
 from observer.context import RequestScope, current_request, route_of
 from observer.guard import Hooks
 from observer.logs import RateLimiter, emit
-from observer.metrics import Metrics
+from observer.metrics import HOLD_BUCKETS, Metrics
 from observer.routes import RouteMetrics
+from observer.thread_sums import HistogramSlots, ThreadSums, can_batch
 
 MAX_LEAK_ORIGINS = 100  # distinct (reason, route, origin) kept for snapshot(); counters go on
+
+# Summed per thread on the hot path, added to the metrics on flush (observer/thread_sums.py).
+_OPENED, _CLOSED = 0, 1
+_DURATION = HistogramSlots(2, HOLD_BUCKETS)
+_DURATION_START, _DURATION_BOUNDS, _DURATION_SUM = _DURATION.start, _DURATION.bounds, _DURATION.sum
 
 
 @dataclass(slots=True, eq=False)
@@ -38,10 +45,19 @@ class OpenSession:
     reported: str | None = None  # leak reason once reported (the first one)
     reasons: tuple[str, ...] = ()  # every leak reason counted for this session
     closed: bool = False  # its transaction ended (commit, rollback, close); not by the GC
+    tracker: SessionTracker | None = None
 
     @property
     def route(self) -> str:
         return route_of(self.scope)
+
+    def __call__(self, _: object) -> None:
+        """The callback of :attr:`ref`: the session was garbage-collected while open. Runs in a
+        finalizer, so lock-free work only. (The record is its own callback: a closure per
+        session would be three more objects for the garbage collector.)"""
+        tracker = self.tracker
+        if tracker is not None:
+            tracker._hooks.pending.append((tracker._collected, self, perf_counter()))
 
 
 class SessionTracker:
@@ -72,6 +88,22 @@ class SessionTracker:
             ("after_transaction_end", hooks.guard("session_end", self._on_end)),
         )
         self._attached = False
+        self._sums = ThreadSums(_DURATION.end)
+        self._slot = self._sums.slot
+        # as in observer/pool.py: batched only where every read of the registry flushes first
+        self._batched = not metrics.multiprocess and can_batch(
+            metrics.session_duration, HOLD_BUCKETS
+        )
+
+    def flush(self) -> None:
+        """Add the sessions opened and closed since the last flush to the metrics."""
+        delta = self._sums.take()
+        m = self._m
+        if delta[_OPENED]:
+            m.sessions_opened.inc(delta[_OPENED])
+        if delta[_CLOSED]:
+            m.sessions_closed.inc(delta[_CLOSED])
+        _DURATION.flush(m.session_duration, delta)
 
     def add_engine(self, engine: Engine) -> None:
         self._engines.add(id(engine))
@@ -106,16 +138,14 @@ class SessionTracker:
             started=perf_counter(),
             scope=scope,
             origin=origins.capture() if self._capture_origin else None,
+            tracker=self,
         )
-        pending = self._hooks.pending
-        collected = self._collected
-
-        def on_collect(_: object) -> None:  # a finalizer: lock-free work only
-            pending.append((collected, record, perf_counter()))
-
-        record.ref = weakref.ref(session, on_collect)
+        record.ref = weakref.ref(session, record)
         self.open[key] = record
-        self._m.sessions_opened.inc()
+        if self._batched:
+            self._slot()[_OPENED] += 1
+        else:
+            self._m.sessions_opened.inc()
         if scope is not None:
             scope.sessions_opened += 1
             if not scope.finished:  # checked for request_end leaks when the request ends
@@ -145,8 +175,15 @@ class SessionTracker:
             )
 
     def _ended(self, record: OpenSession, now: float) -> None:
-        self._m.sessions_closed.inc()
-        self._m.session_duration.observe(now - record.started)
+        took = now - record.started
+        if self._batched:
+            sums = self._slot()
+            sums[_CLOSED] += 1
+            sums[_DURATION_START + bisect_left(_DURATION_BOUNDS, took)] += 1
+            sums[_DURATION_SUM] += took
+        else:
+            self._m.sessions_closed.inc()
+            self._m.session_duration.observe(took)
 
     def _collected(self, record: OpenSession, now: float) -> None:
         """A session was garbage-collected while it still held its transaction."""

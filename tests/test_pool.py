@@ -330,10 +330,11 @@ async def test_a_raising_hook_is_counted_and_the_app_goes_on(
     obs.watch(engine, name=POOL)
     tracker = obs._trackers[id(engine.sync_engine)]
 
-    def broken(*args: object) -> None:
-        raise RuntimeError("observer bug")
+    class Broken(dict[int, Any]):
+        def pop(self, *args: object) -> Any:  # only the checkin listener pops
+            raise RuntimeError("observer bug")
 
-    tracker._m.hold.observe = broken  # type: ignore[method-assign]
+    tracker.held = Broken()
     with capture_logs() as logs:
         for _ in range(3):  # a checkin listener that raised would leak the one slot
             async with engine.connect() as conn:
@@ -456,3 +457,61 @@ async def test_the_pool_of_a_connection_record_is_found(make_engine: Any) -> Non
     async with engine.connect() as conn:
         raw = await conn.get_raw_connection()
         assert pool_of(raw._connection_record) is engine.sync_engine.pool
+
+
+async def test_an_async_engine_has_no_reset_listener_and_a_sync_engine_has_one(
+    make_engine: Any, make_observer: Any, pg_sync_url: str
+) -> None:
+    """A reset listener costs every checkin ~1 us. Only a sync engine needs one (the garbage
+    collector returns a sync connection through reset and checkin); an async one is detached
+    from inside SQLAlchemy's _finalize_fairy, which observer.pool recognises on the stack.
+    Pinned: a SQLAlchemy release without that function fails here, not silently."""
+    from observer.pool import _FINALIZE_FAIRY
+
+    assert _FINALIZE_FAIRY is not None
+    obs = make_observer()
+    engine = make_engine()
+    sync = create_engine(pg_sync_url)
+    try:
+        obs.watch(engine, name="async")
+        obs.watch(sync, name="sync")
+        async_reset = {
+            fn
+            for target, name, fn in obs._trackers[id(engine.sync_engine)]._listeners
+            if name == "reset"
+        }
+        sync_reset = {
+            fn for target, name, fn in obs._trackers[id(sync)]._listeners if name == "reset"
+        }
+        assert not async_reset
+        assert len(sync_reset) == 1
+    finally:
+        obs.unwatch(sync)
+        sync.dispose()
+
+
+async def test_counts_are_the_same_with_and_without_batching(
+    make_engine: Any, make_observer: Any, registry: CollectorRegistry
+) -> None:
+    """The hot path sums counts per thread and adds them on flush; if prometheus-client's
+    histogram internals ever differ (thread_sums.can_batch), it observes every event instead.
+    Both give the same counters, outside a request (route="none") too."""
+    engine = make_engine(pool_size=2, max_overflow=0)
+    obs = make_observer()
+    obs.watch(engine, name=POOL)
+    tracker = obs._trackers[id(engine.sync_engine)]
+    assert tracker._batched
+    for batched in (True, False, True):
+        tracker._batched = batched
+        for _ in range(3):
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+    assert sample(registry, "sqlalchemy_pool_checkouts_total", pool=POOL) == 9.0
+    assert sample(registry, "sqlalchemy_pool_checkout_duration_seconds_count", pool=POOL) == 9.0
+    assert sample(registry, "sqlalchemy_pool_connection_hold_seconds_count", pool=POOL) == 9.0
+    assert (
+        sample(registry, "sqlalchemy_pool_connection_hold_seconds_bucket", pool=POOL, le="+Inf")
+        == 9.0
+    )
+    assert sample(registry, "sqlalchemy_route_checkouts_total", route="none") == 9.0
+    assert hook_errors(registry) == 0.0

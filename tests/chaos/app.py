@@ -39,8 +39,8 @@ def _break_hooks(which: str) -> None:
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("chaos: injected hook failure")
 
-    if which == "checkin":
-        PoolTracker._on_checkin = broken  # type: ignore[method-assign]
+    if which == "checkin":  # what the checkin listener does with every returned connection
+        PoolTracker._returned = broken  # type: ignore[method-assign]
     else:  # pragma: no cover
         raise ValueError(f"unknown CHAOS_BREAK_HOOK {which!r}")
 
