@@ -1,19 +1,23 @@
-"""The hot path of the working tree against a git revision, side by side in one process.
+"""The observer of the working tree against a git revision, side by side in one process.
 
-``python -m bench.versus REV [--cycles N] [--rounds N]``: ``observer/pool.py`` and
-``observer/sessions.py`` are loaded as they are at ``REV`` and as they are now; the arms (bare,
-observer at REV, observer now; outside and inside a request scope; ORM sessions) alternate on
-one engine and one connection, like the checkout benchmark. For before/after figures of a
-hot-path change.
+``python -m bench.versus REV [--cycles N] [--rounds N]``: the whole ``observer`` package as it is
+at ``REV`` is imported under another name (``observer_at_rev``, from a temporary directory) next
+to the package as it is now; the arms (bare, observer at REV, observer now; outside and inside a
+request scope; ORM sessions) alternate on one engine and one connection, like the checkout
+benchmark. For before/after figures of a hot-path change. (Origin capture treats the old
+package's files as library code too: they are under a directory named ``observer_at_rev``.)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
+import re
 import subprocess
 import sys
+import tempfile
 import types
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import QueuePool
 
-import observer.core
+import observer
 from bench.checkout import (
     SELECT_1,
     Arm,
@@ -44,45 +48,41 @@ from bench.common import (
     pin_backends_async,
     pinning_plan,
 )
-from observer import Observer
-from observer.context import RequestScope, current_request
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load(rev: str, name: str) -> types.ModuleType:
-    source = subprocess.run(
-        ["git", "show", f"{rev}:observer/{name}.py"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
+def _load(rev: str) -> types.ModuleType:
+    """The ``observer`` package at ``rev``, importable as ``observer_at_rev``."""
+    where = Path(tempfile.mkdtemp(prefix="observer-versus-"))
+    archive = subprocess.run(
+        ["git", "archive", rev, "observer"], cwd=ROOT, capture_output=True, check=True
     ).stdout
-    module = types.ModuleType(f"observer._at_rev_{name}")
-    module.__file__ = str(ROOT / "observer" / f"{name}.py")  # counts as library code (origin)
-    sys.modules[module.__name__] = module
-    exec(compile(source, module.__file__, "exec"), module.__dict__)
-    return module
+    subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
+    package = where / "observer_at_rev"
+    (where / "observer").rename(package)
+    for path in package.rglob("*.py"):
+        source = path.read_text()
+        source = re.sub(r"\b(from|import) observer\b", r"\1 observer_at_rev", source)
+        source = source.replace('"observer.', '"observer_at_rev.')
+        path.write_text(source)
+    sys.path.insert(0, str(where))
+    return importlib.import_module("observer_at_rev")
 
 
-def _arm(label: str, classes: tuple[Any, Any], in_request: bool) -> Arm:
-    pool_tracker, session_tracker = classes
-
+def _arm(label: str, package: Any, in_request: bool) -> Arm:
     def attach(engine: AsyncEngine) -> Any:
-        saved = observer.core.PoolTracker, observer.core.SessionTracker
-        observer.core.PoolTracker, observer.core.SessionTracker = pool_tracker, session_tracker
-        try:
-            obs = Observer(registry=CollectorRegistry())
-            obs.watch(engine, name="bench")
-        finally:
-            observer.core.PoolTracker, observer.core.SessionTracker = saved
-        token = current_request.set(RequestScope(route="/bench")) if in_request else None
-        return obs, token
+        obs = package.Observer(registry=CollectorRegistry())
+        obs.watch(engine, name="bench")
+        context = package.context
+        scope = context.RequestScope(route="/bench")
+        token = context.current_request.set(scope) if in_request else None
+        return obs, (context.current_request, token)
 
     def detach(state: Any) -> None:
-        obs, token = state
+        obs, (variable, token) = state
         if token is not None:
-            current_request.reset(token)
+            variable.reset(token)
         obs.close()
 
     def counted(state: Any) -> float | None:
@@ -103,8 +103,8 @@ async def _run(
             await conn.execute(SELECT_1)
         if pg_core is not None:
             await pin_backends_async(server, database, pg_core)
-        old = (_load(rev, "pool").PoolTracker, _load(rev, "sessions").SessionTracker)
-        new = (observer.core.PoolTracker, observer.core.SessionTracker)
+        old = _load(rev)
+        new = observer
         bare = Arm("bare", _nothing, _no_detach, _no_count)
         for name, loop, n, in_request_arms in (
             ("cycle", _cycles, cycles, True),

@@ -123,19 +123,16 @@ class PoolTracker:
             and can_batch(m.hold, HOLD_BUCKETS)
         )
         # The stamps of the connections checked out now, by id(record.info): who holds what
-        # (sqlalchemy_route_connections_held). Plain dict operations only, atomic under the GIL,
+        # (sqlalchemy_route_connections_held), and our own count of connections out per pool:
+        # the state of pools that keep none (NullPool, StaticPool) and of pools swapped out by
+        # dispose(), whose counters QueuePool.dispose() resets although their checked-out
+        # connections are still in use. Plain dict operations only, atomic under the GIL,
         # because the garbage-collection path removes entries from inside a finalizer.
         self.held: dict[int, Stamp] = {}
         # OpenTelemetry (observer/tracing.py): None unless configured, so it costs one test.
         self.otel: Any = None
         self.exemplars = False  # trace ids on the histograms (OpenMetrics), with tracing on
         self.span_events = False  # pool wait and hold as events of the current span
-        # Our own count of connections out, per pool (by key): the state of pools that keep
-        # none (NullPool, StaticPool), and of pools swapped out by dispose(), whose counters
-        # QueuePool.dispose() resets although their checked-out connections are still in use.
-        # One item per connection out (append at checkout, pop at checkin: atomic, no lock);
-        # entries are added under the lock, and removed when their pool is garbage-collected.
-        self._out: dict[int, list[None]] = {}
         self._pool: Pool | None = None  # the pool whose connect() is wrapped now
         self._old_pools: weakref.WeakSet[Pool] = weakref.WeakSet()  # swapped out by dispose()
         # A key per pool, never reused (an id() is: a new pool can take a collected one's
@@ -232,8 +229,6 @@ class PoolTracker:
         record_timeout = self._record_timeout_safely
         loop_error = self._loop_error_safely
         pool_id = self._key(pool)
-        with self._lock:
-            self._out.setdefault(pool_id, [])
 
         def connect() -> PoolProxiedConnection:
             waiters.append(None)
@@ -286,13 +281,7 @@ class PoolTracker:
     ) -> None:
         scope = current_request.get()
         info = connection.info
-        if info.get(CHECKOUT) is None:  # StaticPool hands the same record out again
-            out = self._out.get(pool_id)
-            if out is None:  # a replaced pool, forgotten, checked out from again
-                with self._lock:
-                    out = self._out.setdefault(pool_id, [])
-            out.append(None)
-        stamp = info[CHECKOUT] = (now, scope, pool_id)
+        stamp = info[CHECKOUT] = (now, scope, pool_id)  # StaticPool re-hands it: replaced
         self.held[id(info)] = stamp
         if self._batched:
             sums = self._slot()
@@ -410,13 +399,7 @@ class PoolTracker:
     def _returned(self, stamp: Stamp, now: float, live: bool = False) -> None:
         """A connection came back (``live``: in the context of the code that returned it, so
         the current span is the right one for exemplars and span events)."""
-        started, scope, pool_id = stamp
-        out = self._out.get(pool_id)
-        if out:
-            try:  # noqa: SIM105 (contextlib.suppress costs a context manager on the hot path)
-                out.pop()
-            except IndexError:  # never below zero, even if another thread emptied it first
-                pass
+        started, scope, _ = stamp
         held = now - started
         if self._batched:
             sums = self._slot()
@@ -434,7 +417,10 @@ class PoolTracker:
         if scope is not None:
             scope.out -= 1
             scope.out_since -= started
-            self._routes.held(scope, held)
+            if scope.finished:  # returned after the response: counted straight away
+                self._routes.held(scope, held)
+            else:
+                scope.hold_seconds += held
         otel = self.otel
         if otel is not None:
             otel.used(held, live and self.span_events)
@@ -550,7 +536,6 @@ class PoolTracker:
         """A replaced pool was garbage-collected: its idle connections went with it, unseen."""
         with self._lock:
             gone = self._idle_in_old.pop(pool_id, 0)
-            self._out.pop(pool_id, None)  # nothing can be out of a collected pool
         if gone:
             self._m.closed["garbage_collected"].inc(gone)
 
@@ -597,10 +582,9 @@ class PoolTracker:
         pool = self.engine.pool
         waiting = self.waiting
         current = self._key(pool)
-        with self._lock:
-            counts = [(key, len(out)) for key, out in self._out.items()]
-        out_of_old_pools = sum(n for key, n in counts if key != current)
-        out_of_current = sum(n for key, n in counts if key == current)
+        stamps = list(self.held.values())  # one C call: no other thread runs meanwhile
+        out_of_current = sum(1 for stamp in stamps if stamp[2] == current)
+        out_of_old_pools = len(stamps) - out_of_current
         # A connection returned to a pool that dispose() replaced stays open, idle in that old
         # pool, until the old pool is garbage-collected (dispose() closes only the connections
         # idle at the time): the server still counts it, so do we.
