@@ -363,6 +363,7 @@ async def test_close_removes_every_listener_and_wrapper(
     async with engine.connect():
         pass
     assert "connect" in sync.pool.__dict__
+    assert "_return_conn" in sync.pool.__dict__
     class_level = [(Session, identifier, fn) for identifier, fn in obs.sessions._listeners] + [
         (Pool, "connect", obs.live_pools._on_connect_safely),
         (Engine, "engine_disposed", obs.live_pools._on_disposed_safely),
@@ -373,6 +374,7 @@ async def test_close_removes_every_listener_and_wrapper(
     after = {name: len(getattr(sync.pool.dispatch, name)) for name in ("checkin", "reset", "close")}
     assert after == before
     assert "connect" not in sync.pool.__dict__
+    assert "_return_conn" not in sync.pool.__dict__
     assert not event.contains(sync, "engine_disposed", obs._trackers.get(id(sync)))
     async with engine.connect() as conn:
         assert (await conn.execute(text("SELECT 1"))).scalar() == 1
@@ -514,4 +516,38 @@ async def test_counts_are_the_same_with_and_without_batching(
         == 9.0
     )
     assert sample(registry, "sqlalchemy_route_checkouts_total", route="none") == 9.0
+    assert hook_errors(registry) == 0.0
+
+
+async def test_a_pool_without_return_conn_is_watched_through_the_checkin_event(
+    make_engine: Any, make_observer: Any, registry: CollectorRegistry
+) -> None:
+    """Returns are seen by wrapping the private Pool._return_conn (cheaper than a listener). If
+    a SQLAlchemy release drops it, the tracker listens to the checkin event instead: the same
+    counts either way."""
+    from sqlalchemy.pool import AsyncAdaptedQueuePool
+
+    class NoReturnConn(AsyncAdaptedQueuePool):
+        def __getattribute__(self, name: str) -> Any:
+            if name == "_return_conn":
+                raise AttributeError(name)
+            return super().__getattribute__(name)
+
+    engine = make_engine(pool_size=2, max_overflow=0)
+    sync = engine.sync_engine
+    pool = sync.pool
+    pool.__class__ = NoReturnConn  # only while watch() looks (SQLAlchemy itself needs it)
+    try:
+        obs = make_observer()
+        obs.watch(engine, name=POOL)
+        tracker = obs._trackers[id(sync)]
+        assert not tracker._wraps_return
+        assert any(name == "checkin" for _, name, _ in tracker._listeners)
+    finally:
+        pool.__class__ = AsyncAdaptedQueuePool
+    for _ in range(3):
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    assert sample(registry, "sqlalchemy_pool_connection_hold_seconds_count", pool=POOL) == 3.0
+    assert gauges(registry)["out"] == 0.0
     assert hook_errors(registry) == 0.0
