@@ -1,8 +1,8 @@
 """Per-request cost of the ASGI middleware, in process (no server, no database).
 
-Calls a trivial ASGI app directly, bare and wrapped by ``Observer.middleware`` (default
-options, then ``server_timing=False``, then with a matched FastAPI route), interleaved
-rounds, and prints the median microseconds per request and the difference.
+Calls a trivial ASGI app directly, bare, wrapped by a pass-through middleware (the floor of
+any pure ASGI middleware) and by ``Observer.middleware`` (default options, then
+``server_timing=False``, then with a matched FastAPI route), interleaved rounds, and prints the median microseconds per request and the difference.
 
 Usage: ``.venv/bin/python bench/middleware_overhead.py``
 """
@@ -53,6 +53,30 @@ def scope() -> dict[str, Any]:
     }
 
 
+class PassThrough:
+    """The least a pure ASGI middleware that watches the response can do: wrap ``send`` in a
+    slotted callable and await the app (the floor of any such middleware)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, _Send(send))
+
+
+class _Send:
+    __slots__ = ("send", "status")
+
+    def __init__(self, send: Any) -> None:
+        self.send = send
+        self.status = 0
+
+    async def __call__(self, message: Any) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)
+
+
 async def per_request(app: Any) -> float:
     started = perf_counter()
     for _ in range(N):
@@ -74,9 +98,11 @@ async def main() -> None:
     fastapi_wrapped = Observer(registry=CollectorRegistry(), metrics_path=None)
     cases = {
         "bare ASGI app": plain,
+        "+ pass-through middleware (the floor)": PassThrough(plain),
         "+ middleware (default)": default.middleware(plain),
         "+ middleware (server_timing=False)": no_timing.middleware(plain),
         "FastAPI route": fastapi_app,
+        "FastAPI route + pass-through middleware": PassThrough(fastapi_app),
         "FastAPI route + middleware": fastapi_wrapped.middleware(fastapi_app),
     }
     results: dict[str, list[float]] = {name: [] for name in cases}

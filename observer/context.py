@@ -42,7 +42,10 @@ class RequestScope:
     root_path: str = ""
     """``root_path`` when the request reached the middleware (a proxy prefix, not a mount)."""
     span_context: Any = None
-    """The OpenTelemetry span context current when the request began, for log correlation."""
+    """The OpenTelemetry span context current when the request first used the database, for
+    log lines about it emitted later, outside the request's context (see ``remember_span``)."""
+    span_noted: bool = False
+    """``span_context`` was looked up (it may be ``None``: no span)."""
     started: float = 0.0
     """``perf_counter()`` when the request began."""
     status: int = 0

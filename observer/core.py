@@ -251,6 +251,7 @@ class Observer:
         for tracker in list(self._trackers.values()):
             tracker.flush()
         self.sessions.flush()
+        self.routes.flush()
 
     def _tick(self) -> None:
         try:

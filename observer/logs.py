@@ -66,6 +66,15 @@ def current_span_context() -> Any:
     return context if context.is_valid else None
 
 
+def remember_span(scope: RequestScope) -> None:
+    """Keep the current span of ``scope``'s request for log lines emitted later, outside its
+    context (a leaked session, a reclaimed connection). Called in the request's context when it
+    first checks out a connection or opens a session: every such later line is about one of
+    those, and requests that never use the database skip the lookup."""
+    scope.span_noted = True
+    scope.span_context = current_span_context()
+
+
 def trace_fields(fallback: Any = None) -> dict[str, str]:
     """``trace_id``/``span_id`` (hex, as OpenTelemetry prints them) of the current span, else of
     ``fallback`` (a span context saved earlier); empty without a span."""

@@ -25,7 +25,7 @@ from sqlalchemy.pool import base as pool_base
 
 from observer.context import RequestScope, current_request
 from observer.guard import Hooks
-from observer.logs import RateLimiter, current_span_context, emit
+from observer.logs import RateLimiter, current_span_context, emit, remember_span
 from observer.metrics import HOLD_BUCKETS, WAIT_BUCKETS, Metrics
 from observer.routes import RouteMetrics
 from observer.thread_sums import HistogramSlots, ThreadSums, can_batch
@@ -318,6 +318,8 @@ class PoolTracker:
             if scope is None:
                 self._routes.count_outside(1, waited, 0.0)
         if scope is not None:
+            if not scope.span_noted:
+                remember_span(scope)
             scope.checkouts += 1
             scope.wait_seconds += waited
             scope.out += 1

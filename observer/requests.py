@@ -10,7 +10,7 @@ from time import perf_counter
 from observer.asgi_types import Scope
 from observer.context import RequestScope
 from observer.guard import Hooks
-from observer.logs import current_span_context, emit
+from observer.logs import emit
 from observer.routes import RouteMetrics
 from observer.routing import UNMATCHED, route_template
 from observer.sessions import SessionTracker
@@ -35,14 +35,12 @@ class Requests:
 
     def begin(self, scope: Scope) -> RequestScope:
         """The attribution scope of a new request. Its id comes from ``X-Request-ID``
-        (printable, at most 128 characters) or is generated; the span current now is kept for
-        log lines emitted later, outside the request's context."""
+        (printable, at most 128 characters) or is generated."""
         return RequestScope(
             method=scope.get("method", ""),
             request_id=request_id(scope),
             asgi=scope,
             root_path=scope.get("root_path", ""),
-            span_context=current_span_context(),
             started=perf_counter(),
         )
 

@@ -9,6 +9,7 @@ from prometheus_client import Counter
 
 from observer.context import NO_ROUTE, RequestScope
 from observer.metrics import Metrics
+from observer.thread_sums import ThreadSums
 
 OTHER_ROUTE = "other"
 """Route label once ``max_routes`` distinct routes have been seen."""
@@ -19,6 +20,10 @@ class _Children(NamedTuple):
     wait: Counter
     hold: Counter
     requests: Counter
+    sums: ThreadSums  # requests, checkouts, wait, hold of finished requests, per thread
+
+
+_REQUESTS, _CHECKOUTS, _WAIT, _HOLD = range(4)
 
 
 class RouteMetrics:
@@ -29,6 +34,9 @@ class RouteMetrics:
         self._max_routes = max_routes
         self._lock = threading.Lock()
         self._children: dict[str, _Children] = {}
+        # Finished requests' totals are summed per thread and added to the counters on flush
+        # (single process only: see observer/pool.py).
+        self._batched = not metrics.multiprocess
         self._none = self.children(NO_ROUTE)
 
     def label(self, route: str) -> str:
@@ -52,6 +60,7 @@ class RouteMetrics:
                     m.route_wait.labels(label),
                     m.route_hold.labels(label),
                     m.route_requests.labels(label),
+                    ThreadSums(4),
                 )
                 self._children[label] = found
             return found
@@ -66,6 +75,19 @@ class RouteMetrics:
             children.wait.inc(wait)
         if hold:
             children.hold.inc(hold)
+
+    def flush(self) -> None:
+        """Add the finished requests' totals summed since the last flush to the counters."""
+        for children in list(self._children.values()):
+            requests, checkouts, wait, hold = children.sums.take()
+            if requests:
+                children.requests.inc(requests)
+            if checkouts:
+                children.checkouts.inc(checkouts)
+            if wait:
+                children.wait.inc(wait)
+            if hold:
+                children.hold.inc(hold)
 
     def held(self, scope: RequestScope, seconds: float) -> None:
         """A connection checked out during ``scope``'s request was returned."""
@@ -83,6 +105,13 @@ class RouteMetrics:
         """Add a finished request's totals to its route's counters."""
         children = self.children(scope.route)
         scope.finished = True
+        if self._batched:
+            sums = children.sums.slot()
+            sums[_REQUESTS] += 1
+            sums[_CHECKOUTS] += scope.checkouts
+            sums[_WAIT] += scope.wait_seconds
+            sums[_HOLD] += scope.hold_seconds
+            return
         children.requests.inc()
         if scope.checkouts:
             children.checkouts.inc(scope.checkouts)

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from observer import origin as origins
 from observer.context import RequestScope, current_request, route_of
 from observer.guard import Hooks
-from observer.logs import RateLimiter, emit
+from observer.logs import RateLimiter, emit, remember_span
 from observer.metrics import HOLD_BUCKETS, Metrics
 from observer.routes import RouteMetrics
 from observer.thread_sums import HistogramSlots, ThreadSums, can_batch
@@ -147,6 +147,8 @@ class SessionTracker:
         else:
             self._m.sessions_opened.inc()
         if scope is not None:
+            if not scope.span_noted:
+                remember_span(scope)
             scope.sessions_opened += 1
             if not scope.finished:  # checked for request_end leaks when the request ends
                 if scope.sessions is None:
