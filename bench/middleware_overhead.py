@@ -2,7 +2,8 @@
 
 Calls a trivial ASGI app directly, bare, wrapped by a pass-through middleware (the floor of
 any pure ASGI middleware) and by ``Observer.middleware`` (default options, then
-``server_timing=False``, then with a matched FastAPI route), interleaved rounds, and prints the median microseconds per request and the difference.
+``server_timing=False``, then with a matched FastAPI route), interleaved rounds, and prints
+the median microseconds per request and the difference.
 
 Usage: ``.venv/bin/python bench/middleware_overhead.py``
 """

@@ -284,7 +284,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                     f"{obs['delta_us']:+.1f} µs wall, {obs['cpu_delta_us']:+.1f} µs CPU; in a "
                     f"request {inreq['delta_us']:+.1f} / {inreq['cpu_delta_us']:+.1f} µs "
                     f"(A/A {aa['delta_us']:+.1f} / {aa['cpu_delta_us']:+.1f} µs)",
-                    "met" if max(obs["delta_us"], obs["cpu_delta_us"]) <= 5 else "missed",
+                    _cycle_verdict(obs, inreq),
                 )
             )
             found.append(
@@ -354,3 +354,16 @@ def markdown(results: dict[str, Any]) -> str:
         out += ["## Targets (computed from this run)", ""]
         out += _table(["target", "measured", "verdict"], [list(t) for t in checked])
     return "\n".join(out)
+
+
+def _cycle_verdict(outside: dict[str, float], inside: dict[str, float]) -> str:
+    """Met only if the cycle is within 5 µs both outside and inside a request."""
+    worst_outside = max(outside["delta_us"], outside["cpu_delta_us"])
+    worst_inside = max(inside["delta_us"], inside["cpu_delta_us"])
+    if max(worst_outside, worst_inside) <= 5:
+        return "met"
+    if worst_outside <= 5:
+        return "met outside a request, missed inside one"
+    if worst_inside <= 5:
+        return "met inside a request, missed outside one"
+    return "missed"
