@@ -97,7 +97,7 @@ TINY = Sizes(
     traced_distinct=100,
 )
 
-ASGI_ARMS = ("bare", "observer", "otel", "bare (A/A)")
+ASGI_ARMS = ("bare", "observer", "otel", "bare (A/A)", "passthrough (the floor)")
 
 
 def _worker(task: str, **kwargs: Any) -> subprocess.Popen[str]:

@@ -7,7 +7,10 @@ The arm comes from ``BENCH_ARM`` (one fresh process per arm), the database from 
 - ``observer``: ``observer.instrument(app, engine)`` (middleware, pool and session hooks,
   ``GET /metrics``);
 - ``otel``: OpenTelemetry's FastAPI and SQLAlchemy instrumentations (spans to a counting
-  exporter, the pool metric to an in-memory reader).
+  exporter, the pool metric to an in-memory reader);
+- ``passthrough``: :class:`PassThrough`, the thinnest middleware that still watches the
+  response: what any pure ASGI middleware costs at least (the floor the observer's is read
+  against).
 """
 
 from __future__ import annotations
@@ -20,7 +23,36 @@ from fastapi.responses import PlainTextResponse
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
-ARMS = ("bare", "observer", "otel")
+ARMS = ("bare", "observer", "otel", "passthrough")
+
+
+class PassThrough:
+    """A pure ASGI middleware that wraps ``send`` in a slotted callable noting the response's
+    status, and does nothing else."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await self.app(scope, receive, _Send(send))
+
+
+class _Send:
+    __slots__ = ("send", "status")
+
+    def __init__(self, send: Any) -> None:
+        self.send = send
+        self.status = 0
+
+    async def __call__(self, message: Any) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)
+
+
 SELECT_1 = text("SELECT 1")
 
 
@@ -51,6 +83,8 @@ def create_app(arm: str, dsn: str, **observer_options: Any) -> tuple[FastAPI, As
         import observer
 
         observer.instrument(app, engine, **observer_options)
+    elif arm == "passthrough":
+        app.add_middleware(PassThrough)
     elif arm == "otel":
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 

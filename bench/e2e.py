@@ -23,7 +23,13 @@ from typing import Any
 from bench.common import PgServer, median, pin_backends, rotated, spread
 
 ROOT = Path(__file__).resolve().parent.parent
-ARMS = {"bare": "bare", "observer": "observer", "otel": "otel", "bare (A/A)": "bare"}
+ARMS = {
+    "bare": "bare",
+    "observer": "observer",
+    "otel": "otel",
+    "bare (A/A)": "bare",
+    "passthrough (the floor)": "passthrough",
+}
 ENDPOINTS = ("/noop", "/db")
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}

@@ -5,7 +5,7 @@ any pure ASGI middleware) and by ``Observer.middleware`` (default options, then
 ``server_timing=False``, then with a matched FastAPI route), interleaved rounds, and prints
 the median microseconds per request and the difference.
 
-Usage: ``.venv/bin/python bench/middleware_overhead.py``
+Usage: ``.venv/bin/python -m bench.middleware_overhead``
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from bench.app import PassThrough
 from observer import Observer
 
 N = 20_000
@@ -52,30 +53,6 @@ def scope() -> dict[str, Any]:
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
     }
-
-
-class PassThrough:
-    """The least a pure ASGI middleware that watches the response can do: wrap ``send`` in a
-    slotted callable and await the app (the floor of any such middleware)."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self.app(scope, receive, _Send(send))
-
-
-class _Send:
-    __slots__ = ("send", "status")
-
-    def __init__(self, send: Any) -> None:
-        self.send = send
-        self.status = 0
-
-    async def __call__(self, message: Any) -> None:
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-        await self.send(message)
 
 
 async def per_request(app: Any) -> float:

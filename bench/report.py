@@ -250,11 +250,18 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             verdict = "met" if ratio >= 0.98 else "missed"
             if verdict == "missed" and 1 - ratio <= noise:
                 verdict = "not resolvable: the miss is within the A/A noise"
+            floor = by.get("passthrough (the floor)")
             found.append(
                 (
                     f"{endpoint} throughput with instrument() ≥ 98 % of bare",
                     f"{ratio * 100:.1f} % (A/A median {aa['rps_ratio_paired'] * 100:.1f} %, "
-                    f"worst round ±{noise * 100:.0f} %)",
+                    f"worst round ±{noise * 100:.0f} %"
+                    + (
+                        f"; a pass-through middleware {floor['rps_ratio_paired'] * 100:.1f} %"
+                        if floor
+                        else ""
+                    )
+                    + ")",
                     verdict,
                 )
             )

@@ -78,7 +78,7 @@ def test_tiny_benchmark_run_produces_every_arm_with_the_right_counts(tmp_path: P
     asgi = results["asgi"]
     for endpoint in ("/noop", "/db", "/noop cpu", "/db cpu"):
         arms = asgi["per_round"][endpoint]
-        assert set(arms) == {"bare", "observer", "otel", "bare (A/A)"}
+        assert set(arms) == {"bare", "observer", "otel", "bare (A/A)", "passthrough (the floor)"}
         assert all(len(values) == sizes["asgi_rounds"] for values in arms.values())
     for statuses in asgi["statuses"].values():
         assert set(statuses) == {"200"}
@@ -87,7 +87,7 @@ def test_tiny_benchmark_run_produces_every_arm_with_the_right_counts(tmp_path: P
     e2e = results["e2e"]
     for endpoint in ("/noop", "/db"):
         rows = {row["arm"]: row for row in e2e["summary"][endpoint]}
-        assert set(rows) == {"bare", "observer", "otel", "bare (A/A)"}
+        assert set(rows) == {"bare", "observer", "otel", "bare (A/A)", "passthrough (the floor)"}
         assert all(row["errors"] == 0 and row["rps"] > 0 for row in rows.values())
     for seen in e2e["db_checkouts"]:
         assert seen["status"] == 200
