@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     results: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "mode": "tiny" if args.tiny else "full",
+        "mode": "tiny" if args.tiny else ("full" if set(parts) >= set(PARTS) else "partial"),
         "sizes": dataclasses.asdict(sizes),
         "machine": machine(),
         "versions": versions(),
