@@ -245,8 +245,9 @@ class Observer:
     # -- periodic work ------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Count the work deferred out of hooks (garbage-collection events, closes, errors) and
-        the work done outside requests."""
+        """Count the work deferred out of hooks (garbage-collection events, closes, errors),
+        then add what the hot path summed per thread (checkouts, waits, holds, sessions,
+        finished requests) to the metrics. Every read of the registry does this first."""
         self.hooks.drain()
         for tracker in list(self._trackers.values()):
             tracker.flush()
