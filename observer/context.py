@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from contextvars import ContextVar
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
+from observer.request_ids import request_id
 from observer.routing import route_template
 
 NO_ROUTE = "none"
@@ -61,6 +64,45 @@ class RequestScope:
 
 
 current_request: ContextVar[RequestScope | None] = ContextVar("pool_observer_request", default=None)
+"""The request code runs for, when its :class:`RequestScope` exists from the start (the
+middleware with ``log_requests``, tests, benchmarks). Read it with :func:`request_now`."""
+
+current_http: ContextVar[MutableMapping[str, Any] | None] = ContextVar(
+    "pool_observer_http", default=None
+)
+"""The ASGI scope of the HTTP request being served. Its :class:`RequestScope` is created when
+the request first uses the pool (:func:`request_now`): a request that never does costs no
+scope, no id and no Server-Timing header."""
+
+REQUEST = "pool_observer.request"
+"""Key of the request's :class:`RequestScope` in its ASGI scope, once created."""
+ROOT_PATH = "pool_observer.root_path"
+"""Key of the ASGI scope's ``root_path`` as the middleware saw it (mounts change it later)."""
+
+
+def request_now() -> RequestScope | None:
+    """The request the current code runs for, or ``None`` (no HTTP request)."""
+    scope = current_request.get()
+    if scope is not None:
+        return scope
+    http = current_http.get()
+    if http is None:
+        return None
+    found: RequestScope | None = http.get(REQUEST)
+    if found is None:
+        found = http[REQUEST] = RequestScope(
+            method=http.get("method", ""),
+            request_id=request_id(http),
+            asgi=http,
+            root_path=http.get(ROOT_PATH, ""),
+            started=perf_counter(),
+        )
+    return found
+
+
+def in_request() -> bool:
+    """Whether the current code runs for an HTTP request (without creating its scope)."""
+    return current_request.get() is not None or current_http.get() is not None
 
 
 def route_of(scope: RequestScope | None) -> str:

@@ -15,7 +15,7 @@ from sqlalchemy.pool import Pool
 from observer import origin as origins
 from observer.asgi_types import ASGIApp, Scope
 from observer.collector import FlushCollector, RouteHeldCollector, StateCollector, gauge_values
-from observer.context import RequestScope, current_request, route_of
+from observer.context import RequestScope, in_request, route_of
 from observer.exposition import MetricsEndpoint
 from observer.guard import Hooks
 from observer.live_pools import LivePools
@@ -286,7 +286,7 @@ class Observer:
         app line that opened it, which is where the engine is created or first used."""
         if any(pool is tracker.engine.pool for tracker in list(self._trackers.values())):
             return
-        if not self.requests.serving and current_request.get() is None:
+        if not self.requests.serving and not in_request():
             return  # still starting up (or a script): engines are created now
         if self.limiter.allow("pool.created_after_startup"):
             where = origins.capture()

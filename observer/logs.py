@@ -17,7 +17,7 @@ import structlog
 from structlog.processors import ExceptionRenderer
 from structlog.tracebacks import ExceptionDictTransformer
 
-from observer.context import RequestScope, current_request, route_of
+from observer.context import RequestScope, request_now, route_of
 
 logger: Any = structlog.get_logger("pool_observer")
 
@@ -105,7 +105,7 @@ def emit(
     happened), else those of the span that was current when the request began.
     """
     if scope is _CURRENT:
-        scope = current_request.get()
+        scope = request_now()
     if "route" not in fields:
         fields["route"] = route_of(scope) if scope is not None else None
     if "request_id" not in fields:

@@ -6,7 +6,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING
 
 from observer.asgi_types import ASGIApp, Message, Receive, Scope, Send
-from observer.context import RequestScope, current_request
+from observer.context import REQUEST, ROOT_PATH, RequestScope, current_http, current_request
 from observer.live_page import LivePage
 
 if TYPE_CHECKING:
@@ -31,6 +31,9 @@ class ObserverMiddleware:
         live_path = observer.settings.live_page_path
         self.live_page = LivePage(observer, live_path) if live_path else None
         self.server_timing = observer.settings.server_timing
+        # With request logs on, every request needs its scope from the start (status, duration,
+        # id); otherwise it is created when the request first uses the pool (request_now).
+        self.eager = observer.settings.log_requests
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -43,6 +46,9 @@ class ObserverMiddleware:
             await self.live_page(scope, receive, send)
             return
         observer = self.observer
+        if not self.eager:
+            await self._lazy(scope, receive, send, observer)
+            return
         try:
             request = observer.begin_request(scope)
         except Exception as exc:  # never fail the request because of us
@@ -59,6 +65,53 @@ class ObserverMiddleware:
         finally:
             current_request.reset(token)
             observer.end_request(request)
+
+    async def _lazy(self, scope: Scope, receive: Receive, send: Send, observer: Observer) -> None:
+        """A request whose scope the pool hooks create on first use; one that never uses the
+        pool only counts on its route when it ends."""
+        scope[ROOT_PATH] = scope.get("root_path", "")
+        sender = _LazySender(send, scope, observer, self.server_timing)
+        token = current_http.set(scope)
+        try:
+            await self.app(scope, receive, sender)
+        except BaseException as exc:  # recorded for the request's log line, then re-raised
+            request = scope.get(REQUEST)
+            if request is not None:
+                request.error = type(exc).__name__
+            raise
+        finally:
+            current_http.reset(token)
+            observer.requests.end_http(scope)
+
+
+class _LazySender:
+    """The ``send`` of a request whose scope may not exist yet: Server-Timing and the end of the
+    response are noted on the scope if the request used the pool before."""
+
+    __slots__ = ("http", "observer", "send", "server_timing")
+
+    def __init__(self, send: Send, http: Scope, observer: Observer, server_timing: bool) -> None:
+        self.send = send
+        self.http = http
+        self.observer = observer
+        self.server_timing = server_timing
+
+    async def __call__(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            request = self.http.get(REQUEST)
+            if request is not None:
+                request.status = message.get("status", 0)
+                if self.server_timing:
+                    message = _with_server_timing(message, request, self.observer)
+            await self.send(message)
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            await self.send(message)
+            request = self.http.get(REQUEST)
+            if request is not None:
+                request.response_end = perf_counter()
+        else:
+            await self.send(message)
 
 
 class _Sender:

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection, QueuePool, StaticPool
 from sqlalchemy.pool import base as pool_base
 
-from observer.context import RequestScope, current_request
+from observer.context import RequestScope, request_now
 from observer.guard import Hooks
 from observer.logs import RateLimiter, current_span_context, emit, remember_span
 from observer.metrics import HOLD_BUCKETS, WAIT_BUCKETS, Metrics
@@ -295,7 +295,7 @@ class PoolTracker:
     def _record_checkout(
         self, connection: PoolProxiedConnection, now: float, waited: float, pool_id: int
     ) -> None:
-        scope = current_request.get()
+        scope = request_now()
         info = connection.info
         stamp = info[CHECKOUT] = (now, scope, pool_id)  # StaticPool re-hands it: replaced
         self.held[id(info)] = stamp
@@ -347,7 +347,7 @@ class PoolTracker:
             m.checkout_duration.observe(waited, _exemplar())
         else:
             m.checkout_duration.observe(waited)
-        scope = current_request.get()
+        scope = request_now()
         if scope is not None:
             scope.wait_seconds += waited
         elif self._batched:
@@ -490,7 +490,7 @@ class PoolTracker:
                 type(exc).__name__ if exc else None,
                 getattr(exc, "sqlstate", None)
                 or getattr(getattr(exc, "orig", None), "sqlstate", None),
-                stamp[1] if stamp else current_request.get(),
+                stamp[1] if stamp else request_now(),
                 current_span_context(),
             )
         )

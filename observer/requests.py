@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
 from time import perf_counter
 
 from observer.asgi_types import Scope
-from observer.context import RequestScope
+from observer.context import REQUEST, ROOT_PATH, RequestScope
 from observer.guard import Hooks
 from observer.logs import emit
+from observer.request_ids import request_id
 from observer.routes import RouteMetrics
 from observer.routing import UNMATCHED, route_template
 from observer.sessions import SessionTracker
@@ -77,6 +76,20 @@ class Requests:
         except Exception as exc:
             self._hooks.failed("end_request", exc)
 
+    def end_http(self, http: Scope) -> None:
+        """The app returned, for a request whose scope was created on first use (if at all):
+        one that used the pool ends like any; one that did not only counts on its route."""
+        try:
+            root_path = http.pop(ROOT_PATH, "")
+            request = http.pop(REQUEST, None)  # the scope points back at it: break the cycle
+            if request is not None:
+                self.end(request)
+                return
+            self._routes.count_request(route_template(http, root_path))
+            self.serving = True
+        except Exception as exc:
+            self._hooks.failed("end_request", exc)
+
     def _check_sessions(self, request: RequestScope, now: float) -> None:
         records = [record for record in request.sessions or () if not record.closed]
         request.sessions = None  # the records point back at the request: break the cycle
@@ -113,29 +126,3 @@ def _set_span_attributes(request: RequestScope, hold: float) -> None:
                 "pool_observer.sessions_opened": request.sessions_opened,
             }
         )
-
-
-def request_id(scope: Scope) -> str:
-    """``X-Request-ID`` when printable and at most 128 characters, else a generated id."""
-    for key, value in scope.get("headers", ()):
-        if key == b"x-request-id":
-            text: str = value.decode("latin-1")
-            if 0 < len(text) <= 128 and text.isprintable():
-                return text
-            break
-    return f"{_id_prefix}{next(_id_counter):016x}"
-
-
-# Generated request ids: 32 hex digits, a random per-process half and a counter (a uuid4 costs
-# an os.urandom call per request). The random half is drawn again in a forked child.
-_id_prefix = os.urandom(8).hex()
-_id_counter = itertools.count(1)
-
-
-def _new_id_prefix() -> None:
-    global _id_prefix, _id_counter
-    _id_prefix = os.urandom(8).hex()
-    _id_counter = itertools.count(1)
-
-
-os.register_at_fork(after_in_child=_new_id_prefix)

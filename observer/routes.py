@@ -89,6 +89,14 @@ class RouteMetrics:
             if hold:
                 children.hold.inc(hold)
 
+    def count_request(self, route: str) -> None:
+        """A request that never used the pool finished: one more request on its route."""
+        children = self.children(route)
+        if self._batched:
+            children.sums.slot()[_REQUESTS] += 1
+        else:
+            children.requests.inc()
+
     def held(self, scope: RequestScope, seconds: float) -> None:
         """A connection checked out during ``scope``'s request was returned."""
         if scope.finished:  # returned after the response: count it straight away

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, SessionTransaction
 
 from observer import origin as origins
-from observer.context import RequestScope, current_request, route_of
+from observer.context import RequestScope, request_now, route_of
 from observer.guard import Hooks
 from observer.logs import RateLimiter, emit, remember_span
 from observer.metrics import HOLD_BUCKETS, Metrics
@@ -132,7 +132,7 @@ class SessionTracker:
         if transaction.parent is not None or not self._watched(session):
             return  # a nested transaction, or a session of an engine nobody watches
         key = id(session)
-        scope = current_request.get()
+        scope = request_now()
         record = OpenSession(
             key=key,
             started=perf_counter(),

@@ -363,14 +363,17 @@ async def test_request_id_comes_from_the_header_when_sane(
 async def test_middleware_wraps_any_asgi_app_and_passes_other_scopes_through(
     registry: CollectorRegistry,
 ) -> None:
-    """Observer.middleware() on a plain ASGI app: HTTP requests are scoped (the app sees the
-    RequestScope in the contextvar), lifespan and websocket scopes go through untouched."""
-    from observer.context import current_request
+    """Observer.middleware() on a plain ASGI app: HTTP requests are scoped (code that asks,
+    like the pool hooks, gets the request's RequestScope), lifespan and websocket scopes go
+    through untouched. A request that never asks costs no scope and gets no Server-Timing, and
+    still counts on its route."""
+    from observer.context import request_now
 
     seen: list[Any] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        seen.append((scope["type"], current_request.get()))
+        if scope["type"] != "http" or scope["path"] == "/uses-the-pool":
+            seen.append((scope["type"], request_now()))
         if scope["type"] == "http":
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"ok"})
@@ -381,17 +384,20 @@ async def test_middleware_wraps_any_asgi_app_and_passes_other_scopes_through(
         await wrapped({"type": "lifespan"}, None, None)  # type: ignore[arg-type]
         await wrapped({"type": "websocket", "path": "/ws"}, None, None)  # type: ignore[arg-type]
         async with client(wrapped) as http:
-            response = await http.get("/x")
+            response = await http.get("/uses-the-pool")
+            plain = await http.get("/x")
     finally:
         obs.close()
     assert response.text == "ok"
     assert response.headers["server-timing"] == "db-wait;dur=0.000, db-hold;dur=0.000"
+    assert plain.text == "ok"
+    assert "server-timing" not in plain.headers
     assert [(kind, scope is None) for kind, scope in seen] == [
         ("lifespan", True),
         ("websocket", True),
         ("http", False),
     ]
-    assert sample(registry, "sqlalchemy_route_requests_total", route="unmatched") == 1.0
+    assert sample(registry, "sqlalchemy_route_requests_total", route="unmatched") == 2.0
 
 
 async def test_real_server_client_disconnect_leaves_no_false_leak(
@@ -461,27 +467,33 @@ async def test_too_old_leak_in_flight_names_the_running_route(
 async def test_observer_failures_never_fail_the_request(
     registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """If starting the request scope or building Server-Timing raises (a bug of ours), the
-    response is the app's own and the error is counted in observer_hook_errors_total."""
-    from observer.context import RequestScope
+    """If starting the request scope (with log_requests, where every request gets one at once)
+    or building Server-Timing raises (a bug of ours), the response is the app's own and the
+    error is counted in observer_hook_errors_total."""
+    from observer.context import RequestScope, request_now
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
+        request_now()  # as the pool hooks do: the request's scope exists from here on
         await send({"type": "http.response.start", "status": 201, "headers": [(b"x-app", b"1")]})
         await send({"type": "http.response.body", "body": b"made"})
 
     obs = observer.Observer(registry=registry, metrics_path=None)
-    wrapped = obs.middleware(app)
+    eager_registry = CollectorRegistry()
+    eager = observer.Observer(registry=eager_registry, metrics_path=None, log_requests=True)
     try:
-        async with client(wrapped) as http:
+        async with client(obs.middleware(app)) as http:
             with monkeypatch.context() as patch:
                 patch.setattr(RequestScope, "hold_now", lambda self, now: 1 / 0)
                 timing_broken = await http.get("/a")
+        async with client(eager.middleware(app)) as http:
             with monkeypatch.context() as patch:
-                patch.setattr(obs.requests, "begin", lambda scope: 1 / 0)
+                patch.setattr(eager.requests, "begin", lambda scope: 1 / 0)
                 begin_broken = await http.get("/b")
         obs.flush()
+        eager.flush()
     finally:
         obs.close()
+        eager.close()
     for response in (timing_broken, begin_broken):
         assert (response.status_code, response.text, response.headers["x-app"]) == (
             201,
@@ -490,7 +502,7 @@ async def test_observer_failures_never_fail_the_request(
         )
         assert "server-timing" not in response.headers
     assert sample(registry, "observer_hook_errors_total", hook="server_timing") == 1.0
-    assert sample(registry, "observer_hook_errors_total", hook="begin_request") == 1.0
+    assert sample(eager_registry, "observer_hook_errors_total", hook="begin_request") == 1.0
 
 
 async def test_streaming_response_ends_at_its_last_chunk_and_metrics_path_is_served(
@@ -498,10 +510,13 @@ async def test_streaming_response_ends_at_its_last_chunk_and_metrics_path_is_ser
 ) -> None:
     """A response in three body messages gets Server-Timing on its start and is complete for
     the client; the metrics path is answered by the middleware, not the app."""
+    from observer.context import request_now
+
     calls: list[str] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         calls.append(scope["path"])
+        request_now()  # as the pool hooks do: the request's scope exists from here on
         await send({"type": "http.response.start", "status": 200, "headers": []})
         for chunk in (b"a", b"b"):
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
