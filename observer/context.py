@@ -76,6 +76,9 @@ scope, no id and no Server-Timing header."""
 
 REQUEST = "pool_observer.request"
 """Key of the request's :class:`RequestScope` in its ASGI scope, once created."""
+ENDED: Any = object()
+"""The value at :data:`REQUEST` once a request that never used the pool has ended: work it
+left running (a task it spawned) counts as outside any request."""
 ROOT_PATH = "pool_observer.root_path"
 """Key of the ASGI scope's ``root_path`` as the middleware saw it (mounts change it later)."""
 
@@ -89,6 +92,8 @@ def request_now() -> RequestScope | None:
     if http is None:
         return None
     found: RequestScope | None = http.get(REQUEST)
+    if found is ENDED:
+        return None
     if found is None:
         found = http[REQUEST] = RequestScope(
             method=http.get("method", ""),

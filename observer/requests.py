@@ -6,7 +6,7 @@ import asyncio
 from time import perf_counter
 
 from observer.asgi_types import Scope
-from observer.context import REQUEST, ROOT_PATH, RequestScope
+from observer.context import ENDED, REQUEST, ROOT_PATH, RequestScope
 from observer.guard import Hooks
 from observer.logs import emit
 from observer.request_ids import request_id
@@ -81,10 +81,13 @@ class Requests:
         one that used the pool ends like any; one that did not only counts on its route."""
         try:
             root_path = http.pop(ROOT_PATH, "")
-            request = http.pop(REQUEST, None)  # the scope points back at it: break the cycle
+            request = http.get(REQUEST)
             if request is not None:
+                # end() drops the scope's reference to ``http`` (no cycle); the finished scope
+                # stays, so work the request left running (a task) still counts on its route
                 self.end(request)
                 return
+            http[REQUEST] = ENDED
             self._routes.count_request(route_template(http, root_path))
             self.serving = True
         except Exception as exc:

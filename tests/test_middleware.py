@@ -534,3 +534,38 @@ async def test_streaming_response_ends_at_its_last_chunk_and_metrics_path_is_ser
     assert metrics.status_code == 200
     assert 'sqlalchemy_route_requests_total{route="unmatched"} 1.0' in metrics.text
     assert calls == ["/stream"]
+
+
+async def test_work_a_request_left_running_is_attributed_after_it_ended(
+    registry: CollectorRegistry,
+) -> None:
+    """Code that runs in a request's context after it ended (a task it spawned): for a request
+    that used the pool it is the request's finished scope (its later holds count on its route
+    straight away); for one that never did it is outside any request, and no scope is made."""
+    import contextvars
+
+    from observer.context import request_now
+
+    contexts: dict[str, contextvars.Context] = {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/used":
+            request_now()
+        contexts[scope["path"]] = contextvars.copy_context()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    obs = observer.Observer(registry=registry, metrics_path=None)
+    try:
+        async with client(obs.middleware(app)) as http:
+            await http.get("/used")
+            await http.get("/plain")
+    finally:
+        obs.close()
+    used = contexts["/used"].run(request_now)
+    assert used is not None
+    assert used.finished
+    assert used.asgi is None
+    assert used.route == "unmatched"
+    assert contexts["/plain"].run(request_now) is None
+    assert sample(registry, "sqlalchemy_route_requests_total", route="unmatched") == 2.0
