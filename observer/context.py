@@ -17,7 +17,7 @@ NO_ROUTE = "none"
 
 @dataclass(slots=True, eq=False)
 class RequestScope:
-    """One request's attribution data; lives in :data:`current_request` for the request's life.
+    """One request's attribution data, found with :func:`request_now` during the request.
 
     The route template is resolved after the app ran (the router fills it in), so code that
     runs during the request keeps a reference to the scope and reads ``route`` later; while
@@ -64,8 +64,8 @@ class RequestScope:
 
 
 current_request: ContextVar[RequestScope | None] = ContextVar("pool_observer_request", default=None)
-"""The request code runs for, when its :class:`RequestScope` exists from the start (the
-middleware with ``log_requests``, tests, benchmarks). Read it with :func:`request_now`."""
+"""A :class:`RequestScope` set directly by code that runs outside the middleware (tests,
+benchmarks); it wins over :data:`current_http`. Read it with :func:`request_now`."""
 
 current_http: ContextVar[MutableMapping[str, Any] | None] = ContextVar(
     "pool_observer_http", default=None

@@ -325,12 +325,6 @@ class Observer:
         contextvar)."""
         return self.requests.begin(scope)
 
-    def end_request(self, request: RequestScope) -> None:
-        """Called by the middleware when the app returned: the route template is resolved,
-        the request's totals go to its route, and the sessions it left open are checked for
-        ``request_end`` leaks once the grace period after the response has passed."""
-        self.requests.end(request)
-
     def middleware(self, app: ASGIApp) -> ASGIApp:
         """``app`` wrapped in the observer's ASGI middleware (for any ASGI app)."""
         from observer.middleware import ObserverMiddleware

@@ -6,7 +6,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING
 
 from observer.asgi_types import ASGIApp, Message, Receive, Scope, Send
-from observer.context import REQUEST, ROOT_PATH, RequestScope, current_http, current_request
+from observer.context import ENDED, REQUEST, ROOT_PATH, RequestScope, current_http
 from observer.live_page import LivePage
 
 if TYPE_CHECKING:
@@ -46,37 +46,22 @@ class ObserverMiddleware:
             await self.live_page(scope, receive, send)
             return
         observer = self.observer
-        if not self.eager:
-            await self._lazy(scope, receive, send, observer)
-            return
-        try:
-            request = observer.begin_request(scope)
-        except Exception as exc:  # never fail the request because of us
-            observer.hooks.failed("begin_request", exc)
-            await self.app(scope, receive, send)
-            return
-        sender = _Sender(send, request, observer, self.server_timing)
-        token = current_request.set(request)
-        try:
-            await self.app(scope, receive, sender)
-        except BaseException as exc:  # recorded for the request's log line, then re-raised
-            request.error = type(exc).__name__
-            raise
-        finally:
-            current_request.reset(token)
-            observer.end_request(request)
-
-    async def _lazy(self, scope: Scope, receive: Receive, send: Send, observer: Observer) -> None:
-        """A request whose scope the pool hooks create on first use; one that never uses the
-        pool only counts on its route when it ends."""
         scope[ROOT_PATH] = scope.get("root_path", "")
-        sender = _LazySender(send, scope, observer, self.server_timing)
+        if self.eager:  # request logs need every request's scope (status, duration, id) at once
+            try:
+                scope[REQUEST] = observer.begin_request(scope)
+            except Exception as exc:  # never fail the request because of us
+                observer.hooks.failed("begin_request", exc)
+                scope[REQUEST] = ENDED  # the request goes on unobserved
+        # Otherwise the pool hooks create the request's scope on first use (request_now); a
+        # request that never uses the pool only counts on its route when it ends.
+        sender = _Sender(send, scope, observer, self.server_timing)
         token = current_http.set(scope)
         try:
             await self.app(scope, receive, sender)
         except BaseException as exc:  # recorded for the request's log line, then re-raised
             request = scope.get(REQUEST)
-            if request is not None:
+            if request is not None and request is not ENDED:
                 request.error = type(exc).__name__
             raise
         finally:
@@ -84,9 +69,13 @@ class ObserverMiddleware:
             observer.requests.end_http(scope)
 
 
-class _LazySender:
-    """The ``send`` of a request whose scope may not exist yet: Server-Timing and the end of the
-    response are noted on the scope if the request used the pool before."""
+class _Sender:
+    """The request's ``send``: notes the status and the response's end on the request's scope,
+    and adds Server-Timing, if the scope exists by then (the request used the pool).
+
+    One slotted object per request rather than a closure (a function, its closure tuple and a
+    cell per variable): fewer objects for the garbage collector, whose full collections under
+    load were the observer's main latency cost (bench/README.md)."""
 
     __slots__ = ("http", "observer", "send", "server_timing")
 
@@ -100,7 +89,7 @@ class _LazySender:
         kind = message["type"]
         if kind == "http.response.start":
             request = self.http.get(REQUEST)
-            if request is not None:
+            if request is not None and request is not ENDED:
                 request.status = message.get("status", 0)
                 if self.server_timing:
                     message = _with_server_timing(message, request, self.observer)
@@ -108,40 +97,8 @@ class _LazySender:
         elif kind == "http.response.body" and not message.get("more_body", False):
             await self.send(message)
             request = self.http.get(REQUEST)
-            if request is not None:
+            if request is not None and request is not ENDED:
                 request.response_end = perf_counter()
-        else:
-            await self.send(message)
-
-
-class _Sender:
-    """The request's ``send``: notes the status and the response's end, adds Server-Timing.
-
-    One slotted object per request rather than a closure (a function, its closure tuple and a
-    cell per variable): fewer objects for the garbage collector, whose full collections under
-    load were the observer's main latency cost (bench/README.md)."""
-
-    __slots__ = ("observer", "request", "send", "server_timing")
-
-    def __init__(
-        self, send: Send, request: RequestScope, observer: Observer, server_timing: bool
-    ) -> None:
-        self.send = send
-        self.request = request
-        self.observer = observer
-        self.server_timing = server_timing
-
-    async def __call__(self, message: Message) -> None:
-        kind = message["type"]
-        if kind == "http.response.start":
-            request = self.request
-            request.status = message.get("status", 0)
-            if self.server_timing:
-                message = _with_server_timing(message, request, self.observer)
-            await self.send(message)
-        elif kind == "http.response.body" and not message.get("more_body", False):
-            await self.send(message)
-            self.request.response_end = perf_counter()
         else:
             await self.send(message)
 

@@ -82,6 +82,8 @@ class Requests:
         try:
             root_path = http.pop(ROOT_PATH, "")
             request = http.get(REQUEST)
+            if request is ENDED:  # never observed (starting its scope failed)
+                return
             if request is not None:
                 # end() drops the scope's reference to ``http`` (no cycle); the finished scope
                 # stays, so work the request left running (a task) still counts on its route
