@@ -101,7 +101,7 @@ async def memory(
     from prometheus_client import CollectorRegistry
 
     from bench.app import create_app
-    from observer.exposition import render
+    from observer.metrics._exposition import render
 
     registry = CollectorRegistry()
     app, engine = create_app("observer", dsn, registry=registry)

@@ -24,7 +24,7 @@ from sqlalchemy.pool import QueuePool
 from bench.common import PgServer, median, pin_backends_async, rotated, spread
 from bench.otel import OTel
 from observer import Observer
-from observer.context import RequestScope, current_request
+from observer.attribution._scope import RequestScope, current_request
 
 SELECT_1 = text("SELECT 1")
 

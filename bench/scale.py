@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench.common import median, rss_bytes
 from observer import Observer
-from observer.context import RequestScope
-from observer.exposition import render
+from observer.attribution._scope import RequestScope
+from observer.metrics._exposition import render
 
 
 def metrics_render(dsn: str, pools: int, routes: int, renders: int) -> dict[str, Any]:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from observer.core import Observer
-from observer.instrument import instrument
-from observer.logs import RedactSecrets, configure_logging
-from observer.middleware import ObserverMiddleware
+from observer._instrument import instrument
+from observer._logs import RedactSecrets, configure_logging
+from observer._observer import Observer
+from observer._version import __version__
+from observer.asgi._middleware import ObserverMiddleware
 from observer.settings import ConfigurationError, Settings
 
 __all__ = [
@@ -18,5 +19,3 @@ __all__ = [
     "configure_logging",
     "instrument",
 ]
-
-__version__ = "0.1.0.dev0"

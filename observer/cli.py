@@ -8,7 +8,7 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 
-from observer.extras import MissingDependency, check_command
+from observer._extras import MissingDependency, check_command
 
 # Each module exposes ``add_arguments(parser)`` and ``run(args) -> int`` (the exit code).
 # Modules are imported lazily so that ``observer --help`` needs no optional dependency.

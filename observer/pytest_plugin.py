@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from observer.core import Observer, live_observers
-from observer.sessions import OpenSession
+from observer._observer import Observer, live_observers
+from observer.sessions._tracker import OpenSession
 
 MARK = "observer_allow_leaks"
 HINT = (

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import gc
-import os
 import shutil
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -19,12 +15,9 @@ if TYPE_CHECKING:
 
     from observer import Observer
 
-pytest_plugins = ["pytester"]  # tests/test_pytest_plugin.py runs pytest inside pytest
+from tests.helpers import IN_CI, PG_HOST, PG_PORT, PG_USER, require, throwaway_database
 
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-PG_HOST = os.environ.get("OBSERVER_TEST_PGHOST", "127.0.0.1")
-PG_PORT = int(os.environ.get("OBSERVER_TEST_PGPORT", "5432"))
-PG_USER = os.environ.get("OBSERVER_TEST_PGUSER", "postgres")
+pytest_plugins = ["pytester"]  # tests/test_pytest_plugin.py runs pytest inside pytest
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -38,34 +31,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-def require(condition: bool, reason: str) -> None:
-    """Skip locally when a real dependency is missing; in CI the skip fails the run."""
-    if not condition:
-        pytest.skip(reason)
-
-
 @pytest.fixture
 def registry() -> CollectorRegistry:
     """A registry for one test; the global REGISTRY is never touched."""
     return CollectorRegistry()
-
-
-async def _admin(statement: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database="postgres")
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
-def _postgres_up() -> bool:
-    try:
-        asyncio.run(_admin("SELECT 1"))
-    except Exception:
-        return False
-    return True
 
 
 @pytest.fixture(scope="session")
@@ -73,18 +42,6 @@ def pg_database() -> Iterator[str]:
     """A fresh database for the test session on the real PostgreSQL; dropped at the end."""
     with throwaway_database("observer_test") as name:
         yield name
-
-
-@contextlib.contextmanager
-def throwaway_database(prefix: str) -> Iterator[str]:
-    """A new, uniquely named database on the real PostgreSQL, dropped (forcibly) on exit."""
-    require(_postgres_up(), f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT}")
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield name
-    finally:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")
@@ -141,17 +98,3 @@ def make_observer(registry: CollectorRegistry) -> Iterator[Callable[..., Observe
     yield make
     for obs in observers:
         obs.close()
-
-
-def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
-    """One sample's value as a scrape would see it (None when the series does not exist)."""
-    return registry.get_sample_value(name, labels)
-
-
-def hook_errors(registry: CollectorRegistry) -> float:
-    """All errors swallowed by observer hooks, whichever hook."""
-    total = 0.0
-    for metric in registry.collect():
-        if metric.name == "observer_hook_errors":
-            total += sum(s.value for s in metric.samples if s.name.endswith("_total"))
-    return total

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PG_HOST, PG_PORT, PG_USER, _postgres_up, require
+from tests.helpers import PG_HOST, PG_PORT, PG_USER, postgres_up, require
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_tiny_benchmark_run_produces_every_arm_with_the_right_counts(tmp_path: Path) -> None:
-    require(_postgres_up(), f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT}")
+    require(postgres_up(), f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT}")
     require(shutil.which("wrk") is not None, "wrk is not installed (apt-get install wrk)")
     env = dict(
         os.environ,

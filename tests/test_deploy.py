@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from observer.sidecar_config import DEFAULT_PORT
-from tests.conftest import require
+from observer.sidecar._config import DEFAULT_PORT
+from tests.helpers import require
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -34,7 +34,7 @@ def _rss_kib() -> int:
 
 def _break_hooks(which: str) -> None:
     """Make an observer hook raise on every call (before the observer wires it)."""
-    from observer.pool import PoolTracker
+    from observer.pool._tracker import PoolTracker
 
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("chaos: injected hook failure")

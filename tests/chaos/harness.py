@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.pgcluster import free_port
-from tests.scrape import Samples, scrape, value
+from tests.helpers.pgcluster import free_port
+from tests.helpers.scrape import Samples, scrape, value
 
 __all__ = ["value"]
 
@@ -298,7 +298,7 @@ def invariants(samples: Samples, pool: str) -> dict[str, float]:
 def violations(f: dict[str, float], *, broken_checkin: bool = False) -> list[str]:
     """The invariants that do not hold once traffic has stopped (an empty list: all hold).
 
-    From observer/pool.py and sessions.py: every checkout is observed once in the hold histogram
+    From the pool and session trackers: every checkout is observed once in the hold histogram
     when it comes back (checkin, detach, or reclaim by the GC); every acquire attempt that got a
     connection or timed out is observed once in the checkout-duration histogram; connections
     opened minus closed (every reason) are the ones the pool holds; per-route checkouts add up

@@ -25,8 +25,8 @@ from sqlalchemy.engine import make_url
 
 from tests.chaos import harness
 from tests.chaos.harness import SCALE, Outcomes, Server, load
-from tests.conftest import require
-from tests.pgcluster import PgCluster, available, free_port
+from tests.helpers import require
+from tests.helpers.pgcluster import PgCluster, available, free_port
 
 pytestmark = [pytest.mark.chaos, pytest.mark.postgres]
 

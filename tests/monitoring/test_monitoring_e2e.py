@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import require
+from tests.helpers import require
 from tests.monitoring.promql import MACROS, dashboard_expressions, variable_queries
 from tests.monitoring.shipped import ALERTS, DASHBOARDS, ROOT, RULES
 

@@ -1,0 +1,213 @@
+"""The library's structlog events, a rate limiter, and the opt-in JSON logging setup.
+
+Library code only emits events (:func:`emit`); configuring output is the app's business, and
+:func:`configure_logging` is the opt-in helper for apps that want JSON logs.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+import time
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+from structlog.processors import ExceptionRenderer
+from structlog.tracebacks import ExceptionDictTransformer
+
+from observer.attribution._scope import RequestScope, request_now, route_of
+
+logger: Any = structlog.get_logger("pool_observer")
+
+_CURRENT: Any = object()  # "the request of the current context"
+
+
+class RateLimiter:
+    """Allow at most ``burst`` events per key in each ``window`` seconds; count what it drops."""
+
+    def __init__(self, *, burst: int = 10, window: float = 60.0) -> None:
+        self.burst = burst
+        self.window = window
+        self._lock = threading.Lock()
+        self._windows: dict[str, tuple[float, int]] = {}
+        self.suppressed: dict[str, int] = {}
+
+    def allow(self, key: str) -> bool:
+        """Whether an event of ``key`` may be logged now."""
+        now = time.monotonic()
+        with self._lock:
+            start, count = self._windows.get(key, (now, 0))
+            if now - start >= self.window:
+                start, count = now, 0
+            if count >= self.burst:
+                self.suppressed[key] = self.suppressed.get(key, 0) + 1
+                self._windows[key] = (start, count)
+                return False
+            self._windows[key] = (start, count + 1)
+            return True
+
+    def take_suppressed(self, key: str) -> int:
+        """How many events of ``key`` were dropped since the last call."""
+        with self._lock:
+            return self.suppressed.pop(key, 0)
+
+
+def current_span_context() -> Any:
+    """The OpenTelemetry span context of the current span, or ``None`` (no span, no OTel).
+
+    OpenTelemetry is looked up, never imported: an app that never imported it has no span, and
+    importing it would grow every process's heap (and every full garbage collection)."""
+    otel_trace = sys.modules.get("opentelemetry.trace")
+    if otel_trace is None:
+        return None
+    context = otel_trace.get_current_span().get_span_context()
+    return context if context.is_valid else None
+
+
+def remember_span(scope: RequestScope) -> None:
+    """Keep the current span of ``scope``'s request for log lines emitted later, outside its
+    context (a leaked session, a reclaimed connection). Called in the request's context when it
+    first checks out a connection or opens a session: every such later line is about one of
+    those, and requests that never use the database skip the lookup."""
+    scope.span_noted = True
+    scope.span_context = current_span_context()
+
+
+def trace_fields(fallback: Any = None) -> dict[str, str]:
+    """``trace_id``/``span_id`` (hex, as OpenTelemetry prints them) of the current span, else of
+    ``fallback`` (a span context saved earlier); empty without a span."""
+    context = current_span_context() or fallback
+    if context is None:
+        return {}
+    return {
+        "trace_id": format(context.trace_id, "032x"),
+        "span_id": format(context.span_id, "016x"),
+    }
+
+
+def emit(
+    level: str,
+    event: str,
+    scope: RequestScope | None = _CURRENT,
+    /,
+    *,
+    span: Any = None,
+    **fields: Any,
+) -> None:
+    """Log ``event`` with the request's ``request_id`` and ``route`` and the trace ids.
+
+    ``scope`` is the request the event belongs to (by default the current one); events about
+    work that ran in another context (the garbage collector, the sweeper) pass the request
+    stamped on the connection or session, so they still name the right request and trace.
+    The trace ids are the current span's, else ``span``'s (a span context saved when the event
+    happened), else those of the span that was current when the request began.
+    """
+    if scope is _CURRENT:
+        scope = request_now()
+    if "route" not in fields:
+        fields["route"] = route_of(scope) if scope is not None else None
+    if "request_id" not in fields:
+        fields["request_id"] = scope.request_id if scope is not None else None
+    fields.update(trace_fields(span or (scope.span_context if scope is not None else None)))
+    getattr(logger, level)(event, **fields)
+
+
+# -- the opt-in JSON setup ----------------------------------------------------------------
+
+SECRET_KEYS = re.compile(
+    r"pass(word|wd)?|pwd|secret|token|authorization|cookie|dsn|api_?key|credential|param",
+    re.IGNORECASE,
+)
+REDACTED = "[REDACTED]"
+_SCRUBS = (
+    # user:password@ in URLs and DSNs
+    (re.compile(r"(\b[a-zA-Z][\w+.-]*://[^:/@\s]*:)[^@\s]+@"), r"\1***@"),
+    # SQLAlchemy's error text: "[SQL: ...]" and "[parameters: ...]" blocks
+    (re.compile(r"\[SQL: .*?\](?=\n|$)", re.DOTALL), "[SQL: REDACTED]"),
+    (re.compile(r"\[parameters: .*?\](?=\n|$)", re.DOTALL), "[parameters: REDACTED]"),
+    # asyncpg quotes the bad value: "invalid input for query argument $1: 'ssn-...' (...)"
+    (re.compile(r"(query argument \$\d+:).*"), r"\1 REDACTED"),
+    # PostgreSQL: 'invalid input syntax for type integer: "abc"', 'Key (email)=(x) exists'
+    (re.compile(r'(invalid input syntax for [\w ]+:) ".*?"'), r"\1 REDACTED"),
+    (re.compile(r"(Key \([^)]*\))=\(.*?\)"), r"\1=(REDACTED)"),
+)
+
+
+def scrub(text: str) -> str:
+    """``text`` without URL passwords, SQL text, SQL parameters or quoted bad values."""
+    for pattern, replacement in _SCRUBS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactSecrets:
+    """A structlog processor: values of secret-looking keys become ``[REDACTED]``; strings
+    (exception messages and tracebacks included) lose passwords, SQL text and parameters.
+
+    Run it after the exception renderer, so the rendered traceback is scrubbed too.
+    """
+
+    def __init__(self, *, keys: re.Pattern[str] = SECRET_KEYS, max_depth: int = 6) -> None:
+        self.keys = keys
+        self.max_depth = max_depth
+
+    def __call__(
+        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        for key, value in list(event_dict.items()):
+            event_dict[key] = self._clean(key, value, 0)
+        return event_dict
+
+    def _clean(self, key: object, value: Any, depth: int) -> Any:
+        if isinstance(key, str) and self.keys.search(key) and value is not None:
+            return REDACTED
+        if isinstance(value, str):
+            return scrub(value)
+        if depth >= self.max_depth:
+            return value
+        if isinstance(value, dict):
+            return {k: self._clean(k, v, depth + 1) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._clean(None, v, depth + 1) for v in value]
+        return value
+
+
+def add_trace_context(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A structlog processor: ``trace_id``/``span_id`` of the current OpenTelemetry span."""
+    if "trace_id" not in event_dict:
+        event_dict.update(trace_fields())
+    return event_dict
+
+
+def configure_logging(*, level: str = "info", stream: TextIO | None = None) -> None:
+    """Opt-in: configure structlog to write one JSON object per line to ``stream`` (stdout).
+
+    Every line gets a timestamp, the level, the current OpenTelemetry trace and span ids, and
+    passes :class:`RedactSecrets`; exceptions are rendered as dicts **without local
+    variables** (structlog's ``dict_tracebacks`` shows locals, which leaks passwords and SQL
+    parameters into logs). This replaces the global structlog configuration: call it once, at
+    startup, and only if the app does not configure structlog itself.
+    """
+    levels = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+    if level not in levels:
+        from observer.settings import ConfigurationError
+
+        raise ConfigurationError(f"level must be one of {', '.join(levels)} (got {level!r})")
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            add_trace_context,
+            ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
+            RedactSecrets(),
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(levels[level]),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stdout),
+        cache_logger_on_first_use=False,
+    )

@@ -1,0 +1,370 @@
+"""The Observer: watches engines, owns the metrics, the trackers and the sweeper."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import weakref
+from time import perf_counter
+from typing import Any, Unpack
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.pool import Pool
+
+from observer._asgi_types import ASGIApp, Scope
+from observer._hooks import Hooks
+from observer._logs import RateLimiter, emit
+from observer._sweeper import Sweeper
+from observer.asgi._requests import Requests
+from observer.attribution._route_metrics import RouteMetrics
+from observer.attribution._scope import RequestScope, in_request, route_of
+from observer.metrics._collectors import (
+    FlushCollector,
+    RouteHeldCollector,
+    StateCollector,
+    gauge_values,
+)
+from observer.metrics._exposition import MetricsEndpoint
+from observer.metrics._families import Metrics, multiprocess_mode
+from observer.metrics._server import MetricsServer
+from observer.pool._live import LivePools
+from observer.pool._tracker import PoolState, PoolTracker
+from observer.sessions import _origin as origins
+from observer.sessions._tracker import SessionTracker
+from observer.settings import ConfigurationError, Options, Settings
+
+
+def default_pool_name(url: URL) -> str:
+    """``backend://host:port/database``: the URL without user, password or query."""
+    backend = url.get_backend_name()
+    host = url.host or ""
+    port = f":{url.port}" if url.port else ""
+    return f"{backend}://{host}{port}/{url.database or ''}"
+
+
+def sync_engine_of(engine: object) -> Engine:
+    """The sync :class:`Engine` behind ``engine`` (an ``Engine`` or an ``AsyncEngine``)."""
+    if isinstance(engine, Engine):
+        return engine
+    sync = getattr(engine, "sync_engine", None)
+    if isinstance(sync, Engine):
+        return sync
+    raise ConfigurationError(
+        f"expected a SQLAlchemy Engine or AsyncEngine, got {type(engine).__name__}; pass the "
+        "object returned by create_engine() or create_async_engine() (not a session, a "
+        "sessionmaker or a URL)"
+    )
+
+
+_observers: weakref.WeakSet[Observer] = weakref.WeakSet()
+
+
+def live_observers() -> list[Observer]:
+    """Every Observer of this process that is not closed (for the pytest leak guard)."""
+    return [obs for obs in list(_observers) if not obs._closed]
+
+
+class Observer:
+    """Watches SQLAlchemy engines and their sessions, and exports what it sees.
+
+    ``Observer(registry=CollectorRegistry())`` in tests; the default is prometheus-client's
+    global registry, so an app that already exports metrics shows both on one endpoint. Only one
+    Observer can use a registry (its metric names would clash). ``tracer_provider`` (for
+    ``tracing=True``) and ``meter_provider`` (semantic-convention pool metrics) default to
+    OpenTelemetry's global providers; see ``docs/opentelemetry.md``.
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: CollectorRegistry | None = None,
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
+        **options: Unpack[Options],
+    ) -> None:
+        self.settings = Settings.from_options(dict(options))
+        from observer import _otel as tracing
+
+        # OpenTelemetry: resolved before anything is registered, so a missing extra fails first
+        self._tracer_provider = tracer_provider
+        provider = tracing.meter_provider_or_none(meter_provider)
+        if self.settings.tracing:
+            tracing._require_otel(instrumentation=True)
+        self.registry = REGISTRY if registry is None else registry
+        self.multiprocess = multiprocess_mode()
+        self.metrics_server: MetricsServer | None = None
+        if self.settings.metrics_port is not None:  # first: a port in use fails before the rest
+            self.metrics_server = MetricsServer(
+                self.registry,
+                host=self.settings.metrics_host,
+                port=self.settings.metrics_port,
+                token=self.settings.metrics_token,
+                share_port=self.multiprocess,  # every worker serves the same aggregate
+            )
+        flush = FlushCollector(self.flush)
+        if not self.multiprocess:
+            self.registry.register(flush)
+        try:
+            self.metrics = Metrics(self.registry, multiprocess=self.multiprocess)
+        except ValueError as exc:
+            if not self.multiprocess:
+                self.registry.unregister(flush)
+            if self.metrics_server is not None:
+                self.metrics_server.close()
+            raise ConfigurationError(
+                "another Observer already registered its metrics on this registry; use "
+                "observer.instrument(), which reuses it, or give each Observer its own "
+                f"registry=CollectorRegistry() ({exc})"
+            ) from None
+        self.hooks = Hooks(self.metrics.hook_errors)
+        self.limiter = RateLimiter()
+        self.routes = RouteMetrics(self.metrics, max_routes=self.settings.max_routes)
+        self.live_pools = LivePools(self.metrics, self.hooks)
+        self.live_pools.on_new_pool = self._new_pool
+        self.sessions = SessionTracker(
+            self.metrics,
+            self.hooks,
+            self.routes,
+            leak_threshold=self.settings.leak_threshold_seconds,
+            capture_origin=self.settings.capture_origin,
+            limiter=self.limiter,
+        )
+        self._trackers: dict[int, PoolTracker] = {}
+        self._query_spans: dict[int, Any] = {}  # id(sync engine) -> tracing.QuerySpans
+        self.otel = None if provider is None else tracing.OtelMetrics(provider, self._pool_states)
+        self.requests = Requests(self.settings, self.routes, self.sessions, self.hooks)
+        self._lock = threading.RLock()
+        self._sweeper = Sweeper(self._tick, self.settings.sweep_interval_seconds)
+        self._started = False
+        self._closed = False
+        if not self.multiprocess:
+            self.registry.register(
+                StateCollector(self._pool_states, self.live_pools.count, self._sessions_open)
+            )
+            self.registry.register(RouteHeldCollector(self.route_connections_held))
+        _observers.add(self)
+
+    # -- engines ----------------------------------------------------------------------------
+
+    def watch(self, engine: Any, *, name: str | None = None) -> None:
+        """Watch ``engine`` (an ``Engine`` or ``AsyncEngine``): its pool and its sessions.
+
+        Watching an engine again is harmless. ``name`` is the ``pool`` label; by default the
+        URL without credentials (``postgresql://db:5432/app``).
+        """
+        sync = sync_engine_of(engine)
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ConfigurationError(f"name must be a non-empty string (got {name!r})")
+        with self._lock:
+            if self._closed:
+                raise ConfigurationError("this Observer is closed; create a new one")
+            existing = self._trackers.get(id(sync))
+            if existing is not None:
+                if name is not None and name != existing.name:
+                    raise ConfigurationError(
+                        f"this engine is already watched as pool {existing.name!r}; "
+                        f"unwatch() it first to rename it to {name!r}"
+                    )
+                return
+            taken = {tracker.name for tracker in self._trackers.values()}
+            if name is None:
+                base = default_pool_name(sync.url)
+                name, n = base, 1
+                while name in taken:
+                    n += 1
+                    name = f"{base}#{n}"
+            elif name in taken:
+                raise ConfigurationError(
+                    f"pool name {name!r} is already used by another watched engine; give each "
+                    "engine its own name="
+                )
+            tracker = PoolTracker(
+                sync,
+                name,
+                metrics=self.metrics,
+                hooks=self.hooks,
+                routes=self.routes,
+                application_name=self.settings.application_name or None,
+                limiter=self.limiter,
+                slow_checkout=self.settings.slow_checkout_seconds,
+            )
+            self._wire_otel(tracker, sync)
+            tracker.attach()
+            self._trackers[id(sync)] = tracker
+            self.sessions.add_engine(sync)
+            if not self._started:
+                self.live_pools.attach()
+                self._sweeper.start()
+                self._started = True
+
+    def unwatch(self, engine: Any) -> None:
+        """Stop watching ``engine``: every listener and wrapper added for it is removed."""
+        sync = sync_engine_of(engine)
+        with self._lock:
+            tracker = self._trackers.pop(id(sync), None)
+            if tracker is None:
+                return
+            tracker.detach()
+            self.sessions.remove_engine(sync)
+            spans = self._query_spans.pop(id(sync), None)
+            if spans is not None:
+                spans.remove()
+
+    def _wire_otel(self, tracker: PoolTracker, engine: Engine) -> None:
+        from observer import _otel as tracing
+
+        tracing_on = self.settings.tracing
+        if self.otel is not None:
+            tracker.otel = self.otel.pool(tracker.name)
+        elif tracing_on:
+            tracker.otel = tracing.SpanEventsOnly(tracker.name)
+        if tracing_on:
+            tracker.span_events = True
+            tracker.exemplars = not self.multiprocess  # multiprocess files keep no exemplars
+            self._query_spans[id(engine)] = tracing.QuerySpans(engine, self._tracer_provider)
+
+    def close(self) -> None:
+        """Unwatch everything, remove every listener and stop the sweeper. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for tracker in list(self._trackers.values()):
+                tracker.detach()
+            self._trackers.clear()
+            for spans in self._query_spans.values():
+                spans.remove()
+            self._query_spans.clear()
+            self.sessions.detach()
+            self.live_pools.detach()
+            self._sweeper.stop()
+            if self.metrics_server is not None:
+                self.metrics_server.close()
+            self.flush()
+
+    @property
+    def pool_names(self) -> list[str]:
+        return [tracker.name for tracker in self._trackers.values()]
+
+    # -- periodic work ------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Count the work deferred out of hooks (garbage-collection events, closes, errors),
+        then add what the hot path summed per thread (checkouts, waits, holds, sessions,
+        finished requests) to the metrics. Every read of the registry does this first."""
+        self.hooks.drain()
+        for tracker in list(self._trackers.values()):
+            tracker.flush()
+        self.sessions.flush()
+        self.routes.flush()
+
+    def _tick(self) -> None:
+        try:
+            self.flush()
+            self.sessions.check_age()
+            if self.multiprocess:
+                self.push_gauges()
+        except Exception as exc:
+            self.hooks.failed("sweeper", exc)
+
+    def push_gauges(self) -> None:
+        """Set the gauges from pool state (multiprocess mode, where collectors can't run)."""
+        for tracker in list(self._trackers.values()):
+            values = gauge_values(tracker.state())
+            children = tracker._m.gauges
+            for metric, value in values.items():
+                child = children.get(metric)
+                if child is not None:
+                    child.set(value)
+        if self.metrics.live_pools is not None:
+            self.metrics.live_pools.set(self.live_pools.count())
+        if self.metrics.sessions_open is not None:
+            self.metrics.sessions_open.set(self._sessions_open())
+        if self.metrics.route_held is not None:
+            for route, count in self.route_connections_held().items():
+                self.metrics.route_held.labels(route).set(count)
+
+    def _new_pool(self, pool: Pool) -> None:
+        """A pool opened its first connection: after startup, and not one of the watched
+        engines', it smells of an engine created per request (or per task). The log names the
+        app line that opened it, which is where the engine is created or first used."""
+        if any(pool is tracker.engine.pool for tracker in list(self._trackers.values())):
+            return
+        if not self.requests.serving and not in_request():
+            return  # still starting up (or a script): engines are created now
+        if self.limiter.allow("pool.created_after_startup"):
+            where = origins.capture()
+            emit(
+                "warning",
+                "pool.created_after_startup",
+                pool=type(pool).__name__,
+                origin=str(where) if where else None,
+                live_pools=self.live_pools.count(),
+                hint="a new connection pool appeared while the app is serving: create the "
+                "engine once at startup and share it; an engine per request opens a new pool "
+                "(and new connections) every time",
+            )
+
+    def _pool_states(self) -> list[tuple[str, PoolState]]:
+        return [(tracker.name, tracker.state()) for tracker in list(self._trackers.values())]
+
+    def _sessions_open(self) -> int:
+        return len(self.sessions.open)
+
+    def route_connections_held(self) -> dict[str, int]:
+        """Connections checked out now, by the route label of the request holding them (every
+        route counted so far is present, with 0 when it holds none)."""
+        label = self.routes.label
+        counts = dict.fromkeys(self.routes.labels, 0)
+        for tracker in list(self._trackers.values()):
+            for stamp in list(tracker.held.values()):
+                route = label(route_of(stamp[1]))
+                counts[route] = counts.get(route, 0) + 1
+        return counts
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def begin_request(self, scope: Scope) -> RequestScope:
+        """The attribution scope of a new HTTP request (the middleware puts it in the
+        contextvar)."""
+        return self.requests.begin(scope)
+
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        """``app`` wrapped in the observer's ASGI middleware (for any ASGI app)."""
+        from observer.asgi._middleware import ObserverMiddleware
+
+        return ObserverMiddleware(app, observer=self)
+
+    def metrics_endpoint(self) -> MetricsEndpoint:
+        """An ASGI app serving this observer's metrics."""
+        return MetricsEndpoint(self.registry, token=self.settings.metrics_token)
+
+    # -- inspection ---------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Pools and open sessions right now, as plain data (for a health or debug endpoint)."""
+        self.flush()
+        now = perf_counter()
+        return {
+            "pools": [
+                {"name": name, **dataclasses.asdict(state)} for name, state in self._pool_states()
+            ],
+            "live_pools": self.live_pools.count(),
+            "sessions": [
+                {
+                    "age_seconds": round(now - record.started, 3),
+                    "route": record.route,
+                    "request_id": record.scope.request_id if record.scope else None,
+                    "origin": str(record.origin) if record.origin else None,
+                    "leak": record.reported,
+                }
+                for record in sorted(self.sessions.open.values(), key=lambda r: r.started)
+            ],
+            "leaks": [
+                {"reason": reason, "route": route, "origin": origin, "count": count}
+                for (reason, route, origin), count in sorted(
+                    self.sessions.leak_origins.items(), key=lambda item: -item[1]
+                )
+            ],
+        }

@@ -1,0 +1,400 @@
+"""Schema drift: the database's Alembic revision against the head the running code expects."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import weakref
+from dataclasses import dataclass
+
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from observer._logs import logger
+from observer.server._findings import Finding
+from observer.settings import ConfigurationError
+
+DEFAULT_VERSION_TABLE = "alembic_version"
+DEFAULT_INTERVAL = 60.0
+# current: the database is at the code's head(s); behind: it lacks revisions the code has;
+# ahead: it has revisions the code does not know (a newer release migrated it);
+# uninitialized: no alembic_version table, or an empty one.
+STATES = ("current", "behind", "ahead", "uninitialized")
+NONE = "none"
+
+
+class CodeRevisions:
+    """The revisions of an Alembic script directory: its heads and every revision it knows.
+
+    Read once: the code of a running process does not change.
+    """
+
+    def __init__(
+        self, *, script_location: str | None = None, alembic_config: str | None = None
+    ) -> None:
+        try:
+            from alembic.config import Config
+            from alembic.script import ScriptDirectory
+        except ModuleNotFoundError:  # pragma: no cover - the alembic extra is missing
+            raise ConfigurationError(
+                "the schema drift check needs Alembic: pip install 'pool-observer[alembic]'"
+            ) from None
+        if bool(script_location) == bool(alembic_config):
+            raise ConfigurationError(
+                "give exactly one of script_location (the directory holding env.py and "
+                "versions/) or alembic_config (the path of alembic.ini)"
+            )
+        try:
+            if alembic_config:
+                script = ScriptDirectory.from_config(Config(alembic_config))
+            else:
+                script = ScriptDirectory(str(script_location))
+            self.heads = tuple(sorted(script.get_heads()))
+            self.known = frozenset(rev.revision for rev in script.walk_revisions())
+        except Exception as exc:
+            where = alembic_config or script_location
+            raise ConfigurationError(
+                f"cannot read the Alembic revisions of {where!r}: {type(exc).__name__}: {exc}; "
+                "point script_location at the directory with env.py and versions/ "
+                "(or alembic_config at alembic.ini)"
+            ) from None
+        if not self.heads:
+            raise ConfigurationError(
+                f"no Alembic revision found under {alembic_config or script_location!r}: point "
+                "script_location at the directory with env.py and versions/ (or alembic_config "
+                "at alembic.ini)"
+            )
+
+    def compare(self, database: str, revisions: tuple[str, ...]) -> SchemaState:
+        """The drift state of a database at ``revisions`` against this code."""
+        unknown = tuple(rev for rev in revisions if rev not in self.known)
+        if not revisions:
+            state = "uninitialized"
+        elif unknown:
+            state = "ahead"
+        elif set(revisions) != set(self.heads):
+            state = "behind"
+        else:
+            state = "current"
+        return SchemaState(database, tuple(sorted(revisions)), self.heads, state)
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    """Where a database's schema is, against the head(s) the code expects."""
+
+    database: str
+    database_revisions: tuple[str, ...]
+    code_heads: tuple[str, ...]
+    state: str
+
+    @property
+    def drift(self) -> bool:
+        """Whether the database and the code disagree."""
+        return self.state != "current"
+
+    @property
+    def database_revision(self) -> str:
+        """The database's revision(s) as one label value (``none`` when never migrated)."""
+        return ",".join(self.database_revisions) or NONE
+
+    @property
+    def code_head(self) -> str:
+        """The code's head revision(s) as one label value."""
+        return ",".join(self.code_heads) or NONE
+
+
+def read_revisions_sync(
+    connection: Connection,
+    *,
+    version_table: str = DEFAULT_VERSION_TABLE,
+    version_table_schema: str | None = None,
+) -> tuple[str, ...]:
+    """The database's current revision(s), read the way Alembic reads them (empty: none)."""
+    from alembic.runtime.migration import MigrationContext
+
+    context = MigrationContext.configure(
+        connection,
+        opts={"version_table": version_table, "version_table_schema": version_table_schema},
+    )
+    return tuple(sorted(context.get_current_heads()))
+
+
+async def read_revisions(
+    connection: AsyncConnection,
+    *,
+    version_table: str = DEFAULT_VERSION_TABLE,
+    version_table_schema: str | None = None,
+) -> tuple[str, ...]:
+    """:func:`read_revisions_sync` over an async connection."""
+    return await connection.run_sync(
+        lambda conn: read_revisions_sync(
+            conn, version_table=version_table, version_table_schema=version_table_schema
+        )
+    )
+
+
+def check_schema(state: SchemaState) -> list[Finding]:
+    """doctor's finding when the database and the code disagree (none when they agree)."""
+    db, at, head = state.database, state.database_revision, state.code_head
+    if state.state == "behind":
+        return [
+            Finding(
+                "alembic_schema_drift",
+                "error",
+                f"database {db} is at Alembic revision {at} but the code's head is {head}: "
+                "the code expects tables and columns the database does not have yet",
+                "run `alembic upgrade head` before the new code takes traffic, or roll the "
+                "deploy back to the release that matches the database",
+            )
+        ]
+    if state.state == "ahead":
+        return [
+            Finding(
+                "alembic_schema_drift",
+                "warning",
+                f"database {db} is at Alembic revision {at}, which this code does not know "
+                f"(its head is {head}): a newer release migrated it (a rollback, or a deploy "
+                "still rolling out)",
+                "finish the deploy of the release that migrated the database, or, if this "
+                f"code is meant to stay, run that release's `alembic downgrade {head}` "
+                "(check first that the downgrade loses no data)",
+            )
+        ]
+    if state.state == "uninitialized":
+        return [
+            Finding(
+                "alembic_schema_drift",
+                "error",
+                f"database {db} has no Alembic revision (no {DEFAULT_VERSION_TABLE} row): it "
+                f"was never migrated, or this is the wrong database; the code's head is {head}",
+                "run `alembic upgrade head` (or `alembic stamp head` if the schema was created "
+                "another way)",
+            )
+        ]
+    return []
+
+
+class SchemaMetrics:
+    """``alembic_schema_revision_info`` and ``alembic_schema_drift`` on one registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.info = Gauge(
+            "alembic_schema_revision_info",
+            "1 for the database's current Alembic revision and the head the code expects, "
+            "with the state: current, behind, ahead or uninitialized.",
+            ["database", "database_revision", "code_head", "state"],
+            registry=registry,
+            multiprocess_mode="liveall",
+        )
+        self.drift = Gauge(
+            "alembic_schema_drift",
+            "1 when the database's Alembic revision is not the head the running code expects.",
+            ["database"],
+            registry=registry,
+            multiprocess_mode="liveall",
+        )
+
+
+_BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, SchemaMetrics] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _metrics_for(registry: CollectorRegistry) -> SchemaMetrics:
+    metrics = _BY_REGISTRY.get(registry)
+    if metrics is None:
+        metrics = _BY_REGISTRY[registry] = SchemaMetrics(registry)
+    return metrics
+
+
+class SchemaWatcher:
+    """Checks a database's Alembic revision against the code's head, at start and every
+    ``interval`` seconds (one short query each time), and exports the result as metrics.
+
+    ``await check()`` (or ``check_sync()`` for a sync ``Engine``) checks once; ``start()`` checks
+    at once and then periodically, in an asyncio task when an event loop runs (call it from the
+    app's startup) or in a daemon thread for a sync ``Engine``; ``close()`` stops it.
+    """
+
+    def __init__(
+        self,
+        engine: Engine | AsyncEngine,
+        *,
+        script_location: str | None = None,
+        alembic_config: str | None = None,
+        registry: CollectorRegistry | None = None,
+        interval: float = DEFAULT_INTERVAL,
+        version_table: str = DEFAULT_VERSION_TABLE,
+        version_table_schema: str | None = None,
+        database: str | None = None,
+    ) -> None:
+        if not isinstance(engine, Engine | AsyncEngine):
+            raise ConfigurationError(
+                f"expected a SQLAlchemy Engine or AsyncEngine, got {type(engine).__name__}"
+            )
+        if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
+            raise ConfigurationError(
+                f"interval must be a number of seconds > 0 (got {interval!r}); it is how often "
+                "the database's Alembic revision is read"
+            )
+        self.engine = engine
+        self.code = CodeRevisions(script_location=script_location, alembic_config=alembic_config)
+        self.metrics = _metrics_for(REGISTRY if registry is None else registry)
+        self.interval = float(interval)
+        self.version_table = version_table
+        self.version_table_schema = version_table_schema
+        self.database = database or engine.url.database or ""
+        self.latest: SchemaState | None = None
+        self._labels: tuple[str, str, str, str] | None = None
+        self._failing = False
+        self._task: asyncio.Task[None] | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    async def check(self) -> SchemaState:
+        """Read the database's revision now (one connection, briefly) and export the result."""
+        if isinstance(self.engine, AsyncEngine):
+            async with self.engine.connect() as conn:
+                revisions = await read_revisions(
+                    conn,
+                    version_table=self.version_table,
+                    version_table_schema=self.version_table_schema,
+                )
+                await conn.rollback()
+            return self._publish(revisions)
+        return await asyncio.to_thread(self.check_sync)
+
+    def check_sync(self) -> SchemaState:
+        """:meth:`check` for a sync ``Engine``."""
+        if not isinstance(self.engine, Engine):
+            raise ConfigurationError("check_sync() needs a sync Engine; use await check()")
+        with self.engine.connect() as conn:
+            revisions = read_revisions_sync(
+                conn,
+                version_table=self.version_table,
+                version_table_schema=self.version_table_schema,
+            )
+            conn.rollback()
+        return self._publish(revisions)
+
+    def _publish(self, revisions: tuple[str, ...]) -> SchemaState:
+        state = self.code.compare(self.database, revisions)
+        labels = (self.database, state.database_revision, state.code_head, state.state)
+        if labels != self._labels:
+            if self._labels is not None:
+                # Multiprocess files cannot forget a series: 0 first, so `== 1` never sees it.
+                self.metrics.info.labels(*self._labels).set(0)
+                self.metrics.info.remove(*self._labels)
+            self._labels = labels
+            log = logger.warning if state.drift else logger.info
+            log(
+                "alembic.schema_drift" if state.drift else "alembic.schema_current",
+                database=self.database,
+                database_revision=state.database_revision,
+                code_head=state.code_head,
+                state=state.state,
+            )
+        self.metrics.info.labels(*labels).set(1)
+        self.metrics.drift.labels(self.database).set(1 if state.drift else 0)
+        self.latest = state
+        self._failing = False
+        return state
+
+    def _failed(self, exc: Exception) -> None:
+        if not self._failing:
+            self._failing = True
+            logger.warning(
+                "alembic.schema_check_failed",
+                database=self.database,
+                error=type(exc).__name__,
+                hint="the last known state stays exported; the check is retried",
+            )
+
+    def start(self) -> SchemaWatcher:
+        """Check now and every ``interval`` seconds, in the background."""
+        if self._task is not None or self._thread is not None:
+            return self
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None:
+            self._task = loop.create_task(self._run(), name="observer-schema-watcher")
+        elif isinstance(self.engine, Engine):
+            self._thread = threading.Thread(
+                target=self._run_thread, name="observer-schema-watcher", daemon=True
+            )
+            self._thread.start()
+        else:
+            raise ConfigurationError(
+                "an AsyncEngine is watched from a running event loop: call watch_schema() in "
+                "the app's startup (FastAPI lifespan), not at import time"
+            )
+        return self
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self.check(), timeout=max(self.interval, 10.0))
+            except Exception as exc:
+                self._failed(exc)
+            await asyncio.sleep(self.interval)
+
+    def _run_thread(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.check_sync()
+            except Exception as exc:
+                self._failed(exc)
+            self._stop.wait(self.interval)
+
+    def close(self) -> None:
+        """Stop the periodic check (the exported values stay)."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(5)
+            self._thread = None
+
+    async def aclose(self) -> None:
+        """Stop the periodic check and wait until it has stopped."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.close()
+
+
+def watch_schema(
+    engine: Engine | AsyncEngine,
+    *,
+    script_location: str | None = None,
+    alembic_config: str | None = None,
+    registry: CollectorRegistry | None = None,
+    interval: float = DEFAULT_INTERVAL,
+    version_table: str = DEFAULT_VERSION_TABLE,
+    version_table_schema: str | None = None,
+    database: str | None = None,
+) -> SchemaWatcher:
+    """Export the database's Alembic revision against the code's head, now and every
+    ``interval`` seconds; returns the started :class:`SchemaWatcher` (``close()`` stops it).
+
+    Give ``script_location`` (the directory with ``env.py`` and ``versions/``) or
+    ``alembic_config`` (the path of ``alembic.ini``); a wrong one fails here, at startup.
+    """
+    return SchemaWatcher(
+        engine,
+        script_location=script_location,
+        alembic_config=alembic_config,
+        registry=registry,
+        interval=interval,
+        version_table=version_table,
+        version_table_schema=version_table_schema,
+        database=database,
+    ).start()

@@ -1,0 +1,1 @@
+"""Prometheus metric families, scrape-time collectors, batching, exposition, the metrics port."""

@@ -1,0 +1,249 @@
+"""The session tracker: ORM sessions open (holding a transaction), and the ones that leak.
+
+A session is *open* from the start of its root transaction (the moment it can hold a
+connection) until that transaction ends (commit, rollback, close). SQLAlchemy has no session
+open/close events; the root transaction's create/end events are exactly that span.
+"""
+
+from __future__ import annotations
+
+import weakref
+from bisect import bisect_left
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session, SessionTransaction
+
+from observer._hooks import Hooks
+from observer._logs import RateLimiter, emit, remember_span
+from observer.attribution._route_metrics import RouteMetrics
+from observer.attribution._scope import RequestScope, request_now, route_of
+from observer.metrics._batching import HistogramSlots, ThreadSums, can_batch
+from observer.metrics._families import HOLD_BUCKETS, Metrics
+from observer.sessions import _origin as origins
+
+MAX_LEAK_ORIGINS = 100  # distinct (reason, route, origin) kept for snapshot(); counters go on
+
+# Summed per thread on the hot path, added to the metrics on flush (observer/metrics/_batching.py).
+_OPENED, _CLOSED = 0, 1
+_DURATION = HistogramSlots(2, HOLD_BUCKETS)
+_DURATION_START, _DURATION_BOUNDS, _DURATION_SUM = _DURATION.start, _DURATION.bounds, _DURATION.sum
+
+
+@dataclass(slots=True, eq=False)
+class OpenSession:
+    """What is known about one open session (no strong reference to the session itself)."""
+
+    key: int
+    started: float
+    scope: RequestScope | None
+    origin: origins.Origin | None
+    ref: weakref.ref[Session] | None = None
+    reported: str | None = None  # leak reason once reported (the first one)
+    reasons: tuple[str, ...] = ()  # every leak reason counted for this session
+    closed: bool = False  # its transaction ended (commit, rollback, close); not by the GC
+    tracker: SessionTracker | None = None
+
+    @property
+    def route(self) -> str:
+        return route_of(self.scope)
+
+    def __call__(self, _: object) -> None:
+        """The callback of :attr:`ref`: the session was garbage-collected while open. Runs in a
+        finalizer, so lock-free work only. (The record is its own callback: a closure per
+        session would be three more objects for the garbage collector.)"""
+        tracker = self.tracker
+        if tracker is not None:
+            tracker._hooks.pending.append((tracker._collected, self, perf_counter()))
+
+
+class SessionTracker:
+    """Listens to every ``Session``; tracks the ones bound to watched engines."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        hooks: Hooks,
+        routes: RouteMetrics,
+        *,
+        leak_threshold: float,
+        capture_origin: bool,
+        limiter: RateLimiter,
+    ) -> None:
+        self._m = metrics
+        self._hooks = hooks
+        self._routes = routes
+        self._threshold = leak_threshold
+        self._capture_origin = capture_origin
+        self._limiter = limiter
+        self._engines: set[int] = set()  # id() of watched sync engines
+        self.open: dict[int, OpenSession] = {}
+        # (reason, route, origin) -> leaks: where leaks come from, for snapshot() and reports
+        self.leak_origins: dict[tuple[str, str, str], int] = {}
+        self._listeners = (
+            ("after_transaction_create", hooks.guard("session_begin", self._on_begin)),
+            ("after_transaction_end", hooks.guard("session_end", self._on_end)),
+        )
+        self._attached = False
+        self._sums = ThreadSums(_DURATION.end)
+        self._slot = self._sums.slot
+        # as in the pool tracker: batched only where every read of the registry flushes first
+        self._batched = not metrics.multiprocess and can_batch(
+            metrics.session_duration, HOLD_BUCKETS
+        )
+
+    def flush(self) -> None:
+        """Add the sessions opened and closed since the last flush to the metrics."""
+        delta = self._sums.take()
+        m = self._m
+        if delta[_OPENED]:
+            m.sessions_opened.inc(delta[_OPENED])
+        if delta[_CLOSED]:
+            m.sessions_closed.inc(delta[_CLOSED])
+        _DURATION.flush(m.session_duration, delta)
+
+    def add_engine(self, engine: Engine) -> None:
+        self._engines.add(id(engine))
+        if not self._attached:
+            for identifier, fn in self._listeners:
+                event.listen(Session, identifier, fn)
+            self._attached = True
+
+    def remove_engine(self, engine: Engine) -> None:
+        self._engines.discard(id(engine))
+
+    def detach(self) -> None:
+        for identifier, fn in self._listeners:
+            if event.contains(Session, identifier, fn):
+                event.remove(Session, identifier, fn)
+        self._attached = False
+        self._engines.clear()
+
+    def _watched(self, session: Session) -> bool:
+        bind: Any = session.bind
+        if isinstance(bind, Connection):
+            bind = bind.engine
+        return bind is not None and id(bind) in self._engines
+
+    def _on_begin(self, session: Session, transaction: SessionTransaction) -> None:
+        if transaction.parent is not None or not self._watched(session):
+            return  # a nested transaction, or a session of an engine nobody watches
+        key = id(session)
+        scope = request_now()
+        record = OpenSession(
+            key=key,
+            started=perf_counter(),
+            scope=scope,
+            origin=origins.capture() if self._capture_origin else None,
+            tracker=self,
+        )
+        record.ref = weakref.ref(session, record)
+        self.open[key] = record
+        if self._batched:
+            self._slot()[_OPENED] += 1
+        else:
+            self._m.sessions_opened.inc()
+        if scope is not None:
+            if not scope.span_noted:
+                remember_span(scope)
+            scope.sessions_opened += 1
+            if not scope.finished:  # checked for request_end leaks when the request ends
+                if scope.sessions is None:
+                    scope.sessions = [record]
+                else:
+                    scope.sessions.append(record)
+
+    def _on_end(self, session: Session, transaction: SessionTransaction) -> None:
+        if transaction.parent is not None:
+            return
+        record = self.open.pop(id(session), None)
+        if record is None:
+            return
+        record.ref = None  # the session ended properly: its finalizer callback is dropped
+        record.closed = True
+        self._ended(record, perf_counter())
+        if record.reported is not None and self._limiter.allow("session.released"):
+            emit(
+                "info",
+                "session.released_after_leak",
+                record.scope,
+                reason=record.reported,
+                age_seconds=round(perf_counter() - record.started, 3),
+                route=self._routes.label(record.route),
+                origin=str(record.origin) if record.origin else None,
+            )
+
+    def _ended(self, record: OpenSession, now: float) -> None:
+        took = now - record.started
+        if self._batched:
+            sums = self._slot()
+            sums[_CLOSED] += 1
+            sums[_DURATION_START + bisect_left(_DURATION_BOUNDS, took)] += 1
+            sums[_DURATION_SUM] += took
+        else:
+            self._m.sessions_closed.inc()
+            self._m.session_duration.observe(took)
+
+    def _collected(self, record: OpenSession, now: float) -> None:
+        """A session was garbage-collected while it still held its transaction."""
+        if self.open.get(record.key) is record:
+            del self.open[record.key]
+        self._ended(record, now)
+        self.report(record, "garbage_collected", now)
+
+    def report(self, record: OpenSession, reason: str, now: float | None = None) -> None:
+        """Count and log one leak. A session counts once as ``too_old`` or ``request_end``
+        (whichever comes first), and once more if it is then garbage-collected unclosed."""
+        reasons = record.reasons
+        if reason in reasons or (
+            reason != "garbage_collected" and ("too_old" in reasons or "request_end" in reasons)
+        ):
+            return
+        record.reasons = (*reasons, reason)
+        if record.reported is None:
+            record.reported = reason
+        route = self._routes.label(record.route)
+        self._m.session_leaks.labels(reason, route).inc()
+        key = (reason, route, str(record.origin) if record.origin else "unknown")
+        if key in self.leak_origins or len(self.leak_origins) < MAX_LEAK_ORIGINS:
+            self.leak_origins[key] = self.leak_origins.get(key, 0) + 1
+        if not self._limiter.allow("session.leak"):
+            return
+        age = (perf_counter() if now is None else now) - record.started
+        emit(
+            "warning",
+            "session.leak",
+            record.scope,
+            reason=reason,
+            age_seconds=round(age, 3),
+            route=route,
+            origin=str(record.origin) if record.origin else None,
+            suppressed=self._limiter.take_suppressed("session.leak"),
+            hint=_HINTS[reason],
+        )
+
+    def check_request_end(self, records: list[OpenSession]) -> None:
+        """Report the sessions of a finished request that still hold their transaction."""
+        for record in records:
+            if not record.closed:
+                self.report(record, "request_end")
+
+    def check_age(self, now: float | None = None) -> None:
+        """Report sessions open longer than the threshold (once each)."""
+        now = perf_counter() if now is None else now
+        threshold = self._threshold
+        for record in list(self.open.values()):
+            if record.reported is None and now - record.started > threshold:
+                self.report(record, "too_old", now)
+
+
+_HINTS = {
+    "garbage_collected": "the session was dropped without close(); use 'async with Session() as "
+    "session' or close it in a finally block",
+    "too_old": "a transaction has been open longer than leak_threshold_seconds; commit or close "
+    "the session before slow work",
+    "request_end": "the request finished while its session still held a transaction",
+}

@@ -1,0 +1,175 @@
+"""Settings of ``observer sidecar``: options over ``OBSERVER_*`` variables, validated."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from observer.server._view import APPLICATION_NAME_ENV, DEFAULT_APPLICATION_NAME
+
+DEFAULT_PORT = 9188  # next to postgres_exporter's 9187, so both can run on one host
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    """Where to listen, which database to poll and where the workers' metric files are."""
+
+    address: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    database_url: str | None = None
+    application_name: str = DEFAULT_APPLICATION_NAME
+    poll_interval: float = 15.0
+    statement_timeout_ms: int = 5000
+    connect_timeout: float = 5.0
+    multiproc_dir: str | None = None
+    prune_dead_workers: bool = False
+
+
+# option dest -> (flag, environment variable)
+OPTIONS: dict[str, tuple[str, str]] = {
+    "address": ("--address", "OBSERVER_SIDECAR_ADDRESS"),
+    "port": ("--port", "OBSERVER_SIDECAR_PORT"),
+    "database_url": ("--database-url", "OBSERVER_SIDECAR_DATABASE_URL"),
+    "application_name": ("--application-name", APPLICATION_NAME_ENV),
+    "poll_interval": ("--poll-interval", "OBSERVER_SIDECAR_POLL_INTERVAL"),
+    "statement_timeout_ms": ("--statement-timeout-ms", "OBSERVER_SIDECAR_STATEMENT_TIMEOUT_MS"),
+    "connect_timeout": ("--connect-timeout", "OBSERVER_SIDECAR_CONNECT_TIMEOUT"),
+    "multiproc_dir": ("--multiproc-dir", "PROMETHEUS_MULTIPROC_DIR"),
+    "prune_dead_workers": ("--prune-dead-workers", "OBSERVER_SIDECAR_PRUNE_DEAD_WORKERS"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sidecar's options; each falls back to its environment variable, then a default."""
+    d = SidecarConfig()
+    helps = {
+        "address": f"address to listen on (default {d.address}; 0.0.0.0 in the container)",
+        "port": f"port of /metrics and /healthz (default {d.port}; 0 picks a free one)",
+        "database_url": "postgresql://user:password@host:port/db to poll pg_stat_activity "
+        "(falls back to OBSERVER_DATABASE_URL; leave out for workers' metrics only)",
+        "application_name": "application_name of the app's connections "
+        f"(default {d.application_name})",
+        "poll_interval": f"seconds between polls (default {d.poll_interval:g})",
+        "statement_timeout_ms": "statement_timeout of the poll's queries "
+        f"(default {d.statement_timeout_ms})",
+        "connect_timeout": f"seconds to wait for a connection (default {d.connect_timeout:g})",
+        "multiproc_dir": "the app workers' PROMETHEUS_MULTIPROC_DIR",
+        "prune_dead_workers": "mark_process_dead for worker pids that no longer exist (needs the "
+        "workers' pid namespace: same host, or docker compose pid: service:app)",
+    }  # fmt: skip
+    for dest, (flag, env) in OPTIONS.items():
+        text = f"{helps[dest]} [env {env}]"
+        if dest == "prune_dead_workers":
+            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, help=text)
+        else:
+            parser.add_argument(flag, dest=dest, default=None, help=text)
+
+
+def _number(kind: Callable[[str], T], value: str, flag: str, env: str, why: str) -> T:
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"{flag} / {env} must be a number (got {value!r}): {why}") from None
+
+
+def resolve(
+    args: argparse.Namespace,
+    environ: Mapping[str, str] | None = None,
+    *,
+    require_source: bool = True,
+) -> SidecarConfig:
+    """Options over environment over defaults; raises ValueError naming the option and the fix."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, str] = {}
+    for dest, (_, var) in OPTIONS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            value = env.get(var) or None
+        if value is None and dest == "database_url":
+            value = env.get("OBSERVER_DATABASE_URL") or None
+        if value is not None:
+            raw[dest] = str(value)
+
+    def name(dest: str) -> tuple[str, str]:
+        return OPTIONS[dest]
+
+    d = SidecarConfig()
+    port = _number(int, raw.get("port", str(d.port)), *name("port"), "a TCP port")
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port / OBSERVER_SIDECAR_PORT must be 0-65535 (got {port})")
+    interval = _number(
+        float, raw.get("poll_interval", str(d.poll_interval)), *name("poll_interval"), "seconds"
+    )
+    if interval <= 0:
+        raise ValueError(
+            "--poll-interval / OBSERVER_SIDECAR_POLL_INTERVAL must be > 0 seconds "
+            f"(got {interval:g}); it is how often the sidecar reads pg_stat_activity"
+        )
+    timeout_ms = _number(
+        int,
+        raw.get(
+            "statement_timeout_ms", str(min(d.statement_timeout_ms, int(interval * 1000) or 1))
+        ),
+        *name("statement_timeout_ms"),
+        "milliseconds",
+    )
+    if not 0 < timeout_ms <= interval * 1000:
+        raise ValueError(
+            "--statement-timeout-ms / OBSERVER_SIDECAR_STATEMENT_TIMEOUT_MS must be > 0 and at "
+            f"most the poll interval ({interval * 1000:g} ms) (got {timeout_ms}), so that a "
+            "slow poll ends before the next one"
+        )
+    connect = _number(
+        float, raw.get("connect_timeout", str(d.connect_timeout)), *name("connect_timeout"), "s"
+    )
+    if connect <= 0:
+        raise ValueError(
+            "--connect-timeout / OBSERVER_SIDECAR_CONNECT_TIMEOUT must be > 0 seconds "
+            f"(got {connect:g})"
+        )
+    url = raw.get("database_url")
+    if url is not None:
+        try:
+            backend = make_url(url).get_backend_name()
+        except ArgumentError:
+            # SQLAlchemy's message repeats the string, password included: not that.
+            raise ValueError(
+                "--database-url / OBSERVER_SIDECAR_DATABASE_URL is not a URL; expected "
+                "postgresql://user:password@host:port/database"
+            ) from None
+        if backend not in {"postgresql", "postgres"}:
+            raise ValueError(
+                "--database-url / OBSERVER_SIDECAR_DATABASE_URL must be a PostgreSQL URL "
+                f"(got a {backend!r} one): the sidecar polls pg_stat_activity"
+            )
+    prune = raw.get("prune_dead_workers", "false").lower()
+    if prune not in {"1", "true", "yes", "0", "false", "no"}:
+        raise ValueError(
+            "OBSERVER_SIDECAR_PRUNE_DEAD_WORKERS must be true or false "
+            f"(got {raw['prune_dead_workers']!r})"
+        )
+    multiproc_dir = raw.get("multiproc_dir")
+    if require_source and url is None and multiproc_dir is None:
+        raise ValueError(
+            "nothing to serve: give --database-url (or OBSERVER_SIDECAR_DATABASE_URL) for the "
+            "server view, --multiproc-dir (or PROMETHEUS_MULTIPROC_DIR) for the app's workers, "
+            "or both"
+        )
+    return SidecarConfig(
+        address=raw.get("address", d.address),
+        port=port,
+        database_url=url,
+        application_name=raw.get("application_name", d.application_name),
+        poll_interval=interval,
+        statement_timeout_ms=timeout_ms,
+        connect_timeout=connect,
+        multiproc_dir=multiproc_dir,
+        prune_dead_workers=prune in {"1", "true", "yes"},
+    )

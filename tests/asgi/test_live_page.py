@@ -1,0 +1,137 @@
+"""The live page, rendered by a real headless Chromium against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from PIL import Image
+from prometheus_client import CollectorRegistry
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+import observer
+from tests.helpers import require
+
+pytestmark = pytest.mark.postgres
+
+LEAK_ROW_RGB = (255, 214, 214)  # tr.leak td { background: #ffd6d6 } in observer/asgi/_live_page.py
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--virtual-time-budget=4000",
+]
+
+
+async def chromium(tmp_path: Path, *args: str) -> str:
+    binary = shutil.which("chromium")
+    require(binary is not None, "chromium is not installed (apt-get install chromium)")
+    assert binary is not None
+    profile = tmp_path / f"profile-{uuid.uuid4().hex}"
+    proc = await asyncio.create_subprocess_exec(
+        binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 0
+    return out.decode()
+
+
+async def test_live_page_shows_the_pool_and_a_leaked_session(
+    make_engine: Any, registry: CollectorRegistry, tmp_path: Path
+) -> None:
+    """A session left open past the leak threshold appears in the live page's table, marked as a
+    leak (a red row in the screenshot), with its route and the line that opened it; the pool
+    row shows the connection it holds."""
+    engine = make_engine(pool_size=3, max_overflow=0)
+    app = FastAPI()
+    kept: list[AsyncSession] = []
+
+    @app.get("/reports/{name}")
+    async def leak(name: str) -> dict[str, str]:
+        session = AsyncSession(engine)
+        await session.execute(text("SELECT 1"))  # opened here
+        kept.append(session)  # never closed
+        return {"report": name}
+
+    obs = observer.instrument(
+        app,
+        engine,
+        registry=registry,
+        live_page_path="/observer",
+        leak_threshold_seconds=0.2,
+        sweep_interval_seconds=0.05,
+    )
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    try:
+        for _ in range(500):
+            if server.started:
+                break
+            await asyncio.sleep(0.02)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        url = f"http://127.0.0.1:{port}/observer"
+        await chromium(tmp_path, "--dump-dom", f"http://127.0.0.1:{port}/reports/daily")
+        await asyncio.sleep(0.4)  # past the threshold: the sweeper marks it too_old
+
+        dom = await chromium(tmp_path, "--dump-dom", url)
+        rows = re.findall(r'<tr class="leak">(.*?)</tr>', dom, re.S)
+        assert len(rows) == 1
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", rows[0])
+        assert cells[1] == "/reports/{name}"
+        assert re.search(r"test_live_page\.py:\d+ in leak$", cells[2])
+        assert cells[3] == "too_old"
+        pool = re.search(r'<table id="pools">.*?<tbody>(.*?)</tbody>', dom, re.S)
+        assert pool is not None
+        pool_cells = re.findall(r"<td[^>]*>(.*?)</td>", pool.group(1))
+        assert pool_cells[1:5] == ["3", "3", "1", "0"]  # size, max, in use, idle
+
+        shot = tmp_path / "live.png"
+        await chromium(tmp_path, "--window-size=1100,700", f"--screenshot={shot}", url)
+        if keep := os.environ.get("OBSERVER_KEEP_SCREENSHOT"):
+            shutil.copy(shot, keep)
+        image = Image.open(shot).convert("RGB")
+        assert image.size == (1100, 700)
+        leak_pixels = dict((rgb, n) for n, rgb in image.getcolors(maxcolors=1 << 20) or []).get(
+            LEAK_ROW_RGB, 0
+        )
+        assert leak_pixels > 5000  # one table row's width and height of the leak colour
+    finally:
+        server.should_exit = True
+        await serving
+        for session in kept:
+            await session.close()
+        obs.close()
+
+
+async def test_live_page_is_off_unless_enabled(
+    make_engine: Any, registry: CollectorRegistry
+) -> None:
+    """Without live_page_path the page does not exist (the app answers 404)."""
+    import httpx
+
+    engine = make_engine()
+    app = FastAPI()
+    obs = observer.instrument(app, engine, registry=registry)
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            assert (await client.get("/observer")).status_code == 404
+            assert (await client.get("/observer/snapshot.json")).status_code == 404
+    finally:
+        obs.close()

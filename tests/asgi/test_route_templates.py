@@ -1,0 +1,234 @@
+"""Route templates through the real FastAPI 0.165 / Starlette 1.10 routers: prefixes, mounts,
+404s and a bounded label set, through httpx.ASGITransport."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import APIRouter, FastAPI
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount, Route
+
+import observer
+from observer.attribution._route_templates import UNMATCHED, route_template
+
+
+def route_labels(registry: CollectorRegistry) -> dict[str, float]:
+    """route label -> finished requests, from sqlalchemy_route_requests_total."""
+    out: dict[str, float] = {}
+    for metric in registry.collect():
+        if metric.name == "sqlalchemy_route_requests":
+            for s in metric.samples:
+                if s.name.endswith("_total") and s.value:
+                    out[s.labels["route"]] = s.value
+    return out
+
+
+def build_app() -> FastAPI:
+    app = FastAPI()
+    orders = APIRouter()
+
+    @orders.get("/orders/{order_id}")
+    async def order(order_id: int) -> dict[str, int]:
+        return {"id": order_id}
+
+    v1 = APIRouter(prefix="/v1")
+    v1.include_router(orders)
+    api = APIRouter()
+    api.include_router(v1)
+    app.include_router(api, prefix="/api")
+
+    @app.get("/plain/{name}")
+    async def plain(name: str) -> str:
+        return name
+
+    sub = FastAPI()
+
+    @sub.get("/items/{item_id}")
+    async def item(item_id: int) -> int:
+        return item_id
+
+    inner = FastAPI()
+
+    @inner.get("/deep/{z}")
+    async def deep(z: int) -> int:
+        return z
+
+    sub.mount("/inner", inner)
+    app.mount("/sub", sub)
+
+    async def star(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app.mount(
+        "/star",
+        Starlette(routes=[Route("/s/{k}", star), Mount("/m", routes=[Route("/n/{q}", star)])]),
+    )
+    tenant = FastAPI()
+
+    @tenant.get("/things/{thing_id}")
+    async def thing(thing_id: int) -> int:
+        return thing_id
+
+    app.mount("/tenants/{tenant}", tenant)
+    return app
+
+
+@pytest.fixture
+def instrumented(registry: CollectorRegistry) -> Iterator[tuple[FastAPI, observer.Observer]]:
+    app = build_app()
+    obs = observer.instrument(app, registry=registry, metrics_path=None)
+    yield app, obs
+    obs.close()
+
+
+async def get_all(app: Any, paths: list[str], root_path: str = "") -> list[int]:
+    transport = httpx.ASGITransport(app=app, root_path=root_path)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        return [(await client.get(root_path + path)).status_code for path in paths]
+
+
+async def test_prefixed_routers_and_mounts_give_full_templates(
+    instrumented: tuple[FastAPI, observer.Observer], registry: CollectorRegistry
+) -> None:
+    """Nested include_router prefixes, mounted FastAPI and Starlette apps (nested too) and a
+    mount with a path parameter each count under their full template."""
+    app, _ = instrumented
+    statuses = await get_all(
+        app,
+        [
+            "/api/v1/orders/3",
+            "/plain/a",
+            "/sub/items/4",
+            "/sub/inner/deep/5",
+            "/star/s/1",
+            "/star/m/n/2",
+            "/tenants/acme/things/7",
+            "/tenants/globex/things/8",
+        ],
+    )
+    assert statuses == [200] * 8
+    assert route_labels(registry) == {
+        "/api/v1/orders/{order_id}": 1.0,
+        "/plain/{name}": 1.0,
+        "/sub/items/{item_id}": 1.0,
+        "/sub/inner/deep/{z}": 1.0,
+        "/star/s/{k}": 1.0,
+        "/star/m/n/{q}": 1.0,
+        "/tenants/{tenant}/things/{thing_id}": 2.0,
+    }
+
+
+async def test_server_root_path_is_not_part_of_the_template(
+    instrumented: tuple[FastAPI, observer.Observer], registry: CollectorRegistry
+) -> None:
+    """A root_path set by the server or a proxy (uvicorn --root-path) is left out of the
+    template; mounts below it still count."""
+    app, _ = instrumented
+    assert await get_all(app, ["/api/v1/orders/1", "/sub/items/2"], root_path="/prefix") == [
+        200,
+        200,
+    ]
+    assert route_labels(registry) == {"/api/v1/orders/{order_id}": 1.0, "/sub/items/{item_id}": 1.0}
+
+
+async def test_installed_fastapi_keeps_include_prefixes_out_of_scope_route(
+    registry: CollectorRegistry,
+) -> None:
+    """Pins the behaviour the resolver works around: FastAPI >= 0.137 puts the original
+    APIRoute (no prefix) in scope["route"]; the prefixed template is only in FastAPI's
+    effective route context."""
+    app = build_app()
+    seen: dict[str, Any] = {}
+
+    async def probe(scope: Any, receive: Any, send: Any) -> None:
+        await app(scope, receive, send)
+        seen.update(scope)
+
+    await get_all(probe, ["/api/v1/orders/3"])
+    assert seen["route"].path == "/orders/{order_id}"
+    assert seen["fastapi"]["effective_route_context"].path_format == "/api/v1/orders/{order_id}"
+    assert route_template(seen) == "/api/v1/orders/{order_id}"
+
+
+async def test_ten_thousand_distinct_urls_give_a_bounded_label_set(
+    instrumented: tuple[FastAPI, observer.Observer], registry: CollectorRegistry
+) -> None:
+    """5,000 distinct ids on one route and 5,000 paths no route matches: two label values."""
+    app, _ = instrumented
+    paths = [f"/sub/items/{n}" for n in range(5000)] + [f"/nothing/{n}" for n in range(5000)]
+    statuses = await get_all(app, paths)
+    assert statuses.count(200) == 5000
+    assert statuses.count(404) == 5000
+    assert route_labels(registry) == {"/sub/items/{item_id}": 5000.0, UNMATCHED: 5000.0}
+
+
+async def test_routes_beyond_max_routes_count_as_other(registry: CollectorRegistry) -> None:
+    """With max_routes=3, the fourth and fifth distinct templates are counted as 'other'."""
+    app = FastAPI()
+    for n in range(5):
+        app.add_api_route(f"/r{n}/{{x}}", lambda x: x, methods=["GET"])
+    obs = observer.instrument(app, registry=registry, metrics_path=None, max_routes=3)
+    try:
+        assert await get_all(app, [f"/r{n}/1" for n in range(5)]) == [200] * 5
+    finally:
+        obs.close()
+    assert route_labels(registry) == {
+        "/r0/{x}": 1.0,
+        "/r1/{x}": 1.0,
+        "/r2/{x}": 1.0,
+        "other": 2.0,
+    }
+
+
+async def test_a_route_that_cannot_be_resolved_never_fails_the_request(
+    registry: CollectorRegistry,
+) -> None:
+    """A matched route whose attributes raise (a framework change) counts as 'unmatched' and
+    the response is the app's own."""
+
+    class Hostile:
+        def __getattr__(self, name: str) -> Any:
+            raise RuntimeError("new framework internals")
+
+    inner = FastAPI()
+
+    @inner.get("/ok")
+    async def ok() -> str:
+        return "fine"
+
+    async def breaks_route(scope: Any, receive: Any, send: Any) -> None:
+        await inner(scope, receive, send)
+        scope["route"] = Hostile()
+
+    obs = observer.Observer(registry=registry, metrics_path=None)
+    app = obs.middleware(breaks_route)
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            response = await client.get("/ok")
+    finally:
+        obs.close()
+    assert (response.status_code, response.json()) == (200, "fine")
+    assert route_labels(registry) == {UNMATCHED: 1.0}
+
+
+def test_route_template_of_odd_scopes_is_unmatched() -> None:
+    """Scopes without a route, with a route lacking a path, or with odd types give the fixed
+    label; a mount prefix outside the app root is ignored."""
+    assert route_template({}) == UNMATCHED
+    assert route_template({"route": object()}) == UNMATCHED
+    assert route_template({"route": Route("/x/{y}", lambda r: None), "root_path": 5}) == "/x/{y}"
+    assert (
+        route_template(
+            {"route": Route("/x", lambda r: None), "root_path": "/a", "app_root_path": "/b"},
+            root_path="/c",
+        )
+        == "/x"
+    )

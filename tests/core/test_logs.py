@@ -1,0 +1,349 @@
+"""Structured log events: stable names and fields, request and trace ids, rate limits, and
+never a password or an SQL parameter in the output."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+from fastapi import FastAPI
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from structlog.testing import capture_logs
+
+import observer
+from observer._logs import RedactSecrets, scrub
+from tests.helpers import PG_HOST, PG_PORT, PG_USER, sample
+
+pytestmark = pytest.mark.postgres
+
+PASSWORD = "S3cretPW-observer"  # the server trusts 127.0.0.1, so any password connects
+SECRET_VALUE = "ssn-123-45-6789"
+
+
+def client(app: Any, **kwargs: Any) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, **kwargs)
+    return httpx.AsyncClient(transport=transport, base_url="http://test")
+
+
+@pytest.fixture
+def json_logs() -> Iterator[io.StringIO]:
+    """configure_logging() into a buffer; structlog's defaults are restored afterwards."""
+    buffer = io.StringIO()
+    observer.configure_logging(level="debug", stream=buffer)
+    try:
+        yield buffer
+    finally:
+        structlog.reset_defaults()
+
+
+@pytest.fixture
+def password_url(pg_database: str) -> str:
+    return f"postgresql+asyncpg://{PG_USER}:{PASSWORD}@{PG_HOST}:{PG_PORT}/{pg_database}"
+
+
+async def test_json_logs_never_carry_a_password_or_a_parameter(
+    json_logs: io.StringIO, password_url: str, registry: CollectorRegistry
+) -> None:
+    """An engine whose URL has a password, a query that fails on a secret parameter value, the
+    app logging the exception with the DSN and parameters in locals and fields: the JSON output
+    has the events, the exception type and the request id, and neither the password nor the
+    value."""
+    engine = create_async_engine(password_url, pool_size=2, max_overflow=0)
+    Session = async_sessionmaker(engine)
+    app = FastAPI()
+    app_log = structlog.get_logger("app")
+
+    @app.get("/lookup")
+    async def lookup() -> int:
+        dsn_password = PASSWORD  # a local: show_locals would print it
+        params = {"v": SECRET_VALUE}
+        async with Session() as session:
+            try:
+                await session.execute(text("SELECT CAST(:v AS integer) + 1"), params)
+            except Exception:
+                app_log.exception("lookup.failed", dsn=password_url, params=params)
+                assert dsn_password
+                raise
+        return 0  # pragma: no cover
+
+    obs = observer.instrument(app, engine, registry=registry, metrics_path=None, log_requests=True)
+    try:
+        async with client(app, raise_app_exceptions=False) as http:
+            response = await http.get("/lookup", headers={"x-request-id": "req-secret"})
+        obs.flush()
+    finally:
+        obs.close()
+        await engine.dispose()
+    assert response.status_code == 500
+    output = json_logs.getvalue()
+    assert PASSWORD not in output
+    assert SECRET_VALUE not in output
+    assert "ssn-" not in output
+    lines = [json.loads(line) for line in output.splitlines()]
+    failed = next(line for line in lines if line["event"] == "lookup.failed")
+    assert failed["dsn"] == "[REDACTED]"
+    assert failed["params"] == "[REDACTED]"
+    assert failed["exception"][0]["exc_type"] == "DBAPIError"
+    assert "locals" not in json.dumps(failed["exception"])
+    end = next(line for line in lines if line["event"] == "request.end")
+    # the 500 is sent by Starlette's ServerErrorMiddleware, outside ours: no status, the error
+    assert (end["route"], end["request_id"], end["status"], end["error"]) == (
+        "/lookup",
+        "req-secret",
+        None,
+        "DBAPIError",
+    )
+    assert end["level"] == "info"
+
+
+async def test_checkout_timeout_and_slow_checkout_carry_pool_state_request_and_trace(
+    make_engine: Callable[..., AsyncEngine], registry: CollectorRegistry
+) -> None:
+    """Inside a span, a request that waits 0.3 s for the only connection logs
+    pool.slow_checkout, and one that gives up after pool_timeout logs pool.checkout_timeout:
+    both with route, request id, the span's trace and span ids, and total/active/idle/waiting."""
+    engine = make_engine(pool_size=1, max_overflow=0, pool_timeout=0.5)
+    Session = async_sessionmaker(engine)
+    app = FastAPI()
+    release = asyncio.Event()
+
+    @app.get("/hold")
+    async def hold() -> int:
+        async with Session() as session:
+            await session.execute(text("SELECT 1"))
+            await release.wait()
+        return 1
+
+    @app.get("/wait/{n}")
+    async def wait(n: int) -> int:
+        async with Session() as session:
+            await session.execute(text("SELECT 1"))
+        return n
+
+    obs = observer.instrument(
+        app, engine, registry=registry, metrics_path=None, slow_checkout_seconds=0.2
+    )
+    tracer = TracerProvider().get_tracer("test")
+    try:
+        async with client(app, raise_app_exceptions=False) as http:
+            with capture_logs() as logs:
+                holder = asyncio.create_task(http.get("/hold"))
+                await asyncio.sleep(0.1)
+                with tracer.start_as_current_span("timeout") as span_timeout:
+                    timed_out = await http.get("/wait/1", headers={"x-request-id": "t-1"})
+                later = asyncio.get_running_loop().call_later(0.3, release.set)
+                with tracer.start_as_current_span("slow") as span_slow:
+                    slow = await http.get("/wait/2", headers={"x-request-id": "s-2"})
+                await holder
+                later.cancel()
+    finally:
+        obs.close()
+    assert timed_out.status_code == 500
+    assert slow.status_code == 200
+    [timeout] = [e for e in logs if e["event"] == "pool.checkout_timeout"]
+    ctx = span_timeout.get_span_context()
+    assert timeout["log_level"] == "warning"
+    assert timeout["route"] == "/wait/{n}"
+    assert timeout["request_id"] == "t-1"
+    assert timeout["trace_id"] == format(ctx.trace_id, "032x")
+    assert timeout["span_id"] == format(ctx.span_id, "016x")
+    assert (timeout["total"], timeout["active"], timeout["idle"], timeout["waiting"]) == (
+        1,
+        1,
+        0,
+        0,
+    )
+    assert (timeout["size"], timeout["max_connections"]) == (1, 1)
+    assert timeout["waited_seconds"] >= 0.5
+    slow_events = [e for e in logs if e["event"] == "pool.slow_checkout"]
+    assert [e["request_id"] for e in slow_events] == ["s-2"]
+    [slow_event] = slow_events
+    assert slow_event["route"] == "/wait/{n}"
+    assert slow_event["threshold_seconds"] == 0.2
+    assert slow_event["waited_seconds"] >= 0.2
+    assert slow_event["trace_id"] == format(span_slow.get_span_context().trace_id, "032x")
+    assert slow_event["active"] == 1
+
+
+async def test_a_leak_storm_is_counted_in_full_but_logged_at_most_burst_times(
+    make_engine: Callable[..., AsyncEngine], registry: CollectorRegistry
+) -> None:
+    """Fifteen leaking requests (grace 0: checked when the app returns): the counter says 15,
+    the log has 10 session.leak lines (the rate limiter's burst)."""
+    engine = make_engine(pool_size=20, max_overflow=0)
+    Session = async_sessionmaker(engine)
+    kept: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        session = Session()
+        kept.append(session)
+        await session.execute(text("SELECT 1"))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    obs = observer.Observer(registry=registry, metrics_path=None, request_end_grace_seconds=0)
+    obs.watch(engine)
+    try:
+        async with client(obs.middleware(app)) as http:
+            with capture_logs() as logs:
+                for _ in range(15):
+                    await http.get("/")
+        for session in kept:
+            await session.close()
+    finally:
+        obs.close()
+    assert (
+        sample(
+            registry, "sqlalchemy_orm_session_leaks_total", reason="request_end", route="unmatched"
+        )
+        == 15.0
+    )
+    assert len([e for e in logs if e["event"] == "session.leak"]) == 10
+
+
+async def test_terminated_backend_logs_connection_invalidated_with_the_error_class(
+    make_engine: Callable[..., AsyncEngine], registry: CollectorRegistry
+) -> None:
+    """A backend killed by the server: pool.connection_invalidated names the error class and
+    the route of the request that held the connection, never the driver's message."""
+    engine = make_engine(pool_size=2, max_overflow=0)
+    app = FastAPI()
+
+    @app.get("/victim")
+    async def victim() -> int:
+        async with engine.connect() as conn:
+            pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+            async with engine.connect() as killer:
+                await killer.execute(text(f"SELECT pg_terminate_backend({pid})"))
+            await conn.execute(text("SELECT 1"))
+        return 0  # pragma: no cover
+
+    obs = observer.instrument(app, engine, registry=registry, metrics_path=None)
+    try:
+        async with client(app, raise_app_exceptions=False) as http:
+            response = await http.get("/victim", headers={"x-request-id": "kill-1"})
+        with capture_logs() as logs:
+            obs.flush()
+    finally:
+        obs.close()
+    assert response.status_code == 500
+    [event] = [e for e in logs if e["event"] == "pool.connection_invalidated"]
+    assert event["log_level"] == "warning"
+    assert re.fullmatch(r"[A-Za-z_]\w*", event["error"])
+    assert (event["route"], event["request_id"]) == ("/victim", "kill-1")
+
+
+async def test_engine_per_request_logs_pool_created_after_startup(
+    password_url: str, registry: CollectorRegistry, make_engine: Callable[..., AsyncEngine]
+) -> None:
+    """An endpoint that creates (and disposes) an engine per request: each new pool is logged
+    as pool.created_after_startup with the route and a pool name without credentials."""
+    watched = make_engine()
+    app = FastAPI()
+
+    @app.get("/per-request")
+    async def per_request() -> int:
+        engine = create_async_engine(password_url)
+        try:
+            async with engine.connect() as conn:
+                return int((await conn.execute(text("SELECT 1"))).scalar_one())
+        finally:
+            await engine.dispose()
+
+    obs = observer.instrument(app, watched, registry=registry, metrics_path=None)
+    try:
+        async with client(app) as http:
+            with capture_logs() as logs:
+                for _ in range(2):
+                    assert (await http.get("/per-request")).json() == 1
+    finally:
+        obs.close()
+    events = [e for e in logs if e["event"] == "pool.created_after_startup"]
+    assert len(events) == 2
+    assert events[0]["route"] == "/per-request"
+    assert events[0]["pool"] == "AsyncAdaptedQueuePool"
+    assert re.search(r"tests/core/test_logs\.py:\d+ in per_request$", events[0]["origin"])
+    assert PASSWORD not in json.dumps(events)
+    assert sample(registry, "sqlalchemy_pools_created_total") == 2.0
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore:The garbage collector is trying to clean up")
+async def test_engine_used_from_a_second_event_loop_logs_loop_mismatch(
+    make_engine: Callable[..., AsyncEngine], registry: CollectorRegistry
+) -> None:
+    """An engine used in one event loop and then in another: the app gets asyncio's
+    RuntimeError and the observer logs pool.loop_mismatch once, with a hint."""
+    engine = make_engine(pool_size=1, max_overflow=0)
+    obs = observer.Observer(registry=registry, metrics_path=None)
+    obs.watch(engine)
+
+    async def use() -> None:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    errors: list[BaseException] = []
+
+    def other_loop() -> None:
+        try:
+            asyncio.run(use())
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        await use()
+        with capture_logs() as logs:
+            thread = threading.Thread(target=other_loop)
+            thread.start()
+            thread.join(10)
+    finally:
+        obs.close()
+    assert [type(e) for e in errors] == [RuntimeError]
+    assert "attached to a different loop" in str(errors[0])
+    [event] = [e for e in logs if e["event"] == "pool.loop_mismatch"]
+    assert event["log_level"] == "error"
+    assert event["error"] == "RuntimeError"
+    assert "dispose" in event["hint"]
+
+
+def test_redact_secrets_processor_masks_keys_urls_and_sql() -> None:
+    """Secret-looking keys are replaced; URL passwords, SQL text, SQL parameters and quoted
+    bad values are scrubbed from strings, nested ones too."""
+    event = RedactSecrets()(
+        None,
+        "info",
+        {
+            "event": "x",
+            "password": "hunter2",
+            "Authorization": "Bearer abc",
+            "note": "connect to postgresql://app:hunter2@db:5432/app failed",
+            "nested": [{"error": "(DataError) invalid input for query argument $1: 'ssn-1'"}],
+            "pool": "postgresql://db:5432/app",
+            "count": 3,
+        },
+    )
+    assert event == {
+        "event": "x",
+        "password": "[REDACTED]",
+        "Authorization": "[REDACTED]",
+        "note": "connect to postgresql://app:***@db:5432/app failed",
+        "nested": [{"error": "(DataError) invalid input for query argument $1: REDACTED"}],
+        "pool": "postgresql://db:5432/app",
+        "count": 3,
+    }
+    assert (
+        scrub("boom\n[SQL: SELECT * FROM t WHERE ssn = 'x']\n[parameters: ('ssn-1',)]\n(more)")
+        == "boom\n[SQL: REDACTED]\n[parameters: REDACTED]\n(more)"
+    )
