@@ -70,11 +70,22 @@ def _load(rev: str) -> types.ModuleType:
     return importlib.import_module("observer_at_rev")
 
 
+def _scope_module(package: Any) -> Any:
+    """The module holding ``RequestScope`` and ``current_request``, in either layout (flat
+    ``observer.context`` before 0.1's package move, ``observer.attribution._scope`` after)."""
+    for name in ("attribution._scope", "context"):
+        try:
+            return importlib.import_module(f"{package.__name__}.{name}")
+        except ModuleNotFoundError:
+            continue
+    raise ModuleNotFoundError(f"no request-scope module in {package.__name__}")
+
+
 def _arm(label: str, package: Any, in_request: bool) -> Arm:
     def attach(engine: AsyncEngine) -> Any:
         obs = package.Observer(registry=CollectorRegistry())
         obs.watch(engine, name="bench")
-        context = package.context
+        context = _scope_module(package)
         scope = context.RequestScope(route="/bench")
         token = context.current_request.set(scope) if in_request else None
         return obs, (context.current_request, token)
