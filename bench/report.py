@@ -188,8 +188,8 @@ def _scale(results: dict[str, Any]) -> list[str]:
     r = data["render"]
     out = ["## 4. Scale", ""]
     out.append(
-        f"**/metrics render** (`observer.exposition.render`), {r['pools']} watched pools x "
-        f"{r['routes']} routes with counted checkouts, median of {r['renders']} renders:"
+        f"**/metrics render** (the exposition `GET /metrics` serves), {r['pools']} watched "
+        f"pools x {r['routes']} routes with counted checkouts, median of {r['renders']} renders:"
     )
     out.append("")
     out += _table(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import inspect
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypedDict, get_args, get_type_hints
 
 ENV_PREFIX = "OBSERVER_"
@@ -45,8 +48,10 @@ class Settings:
     """Most distinct route label values; further routes are counted as ``other``."""
 
     live_page_path: str | None = None
-    """Path of the live page (pools and open sessions, refreshing); ``None``: off. It shows
-    routes and code locations: serve it only where /metrics would be acceptable too."""
+    """Path of the live page (e.g. ``/observer``): pools and open sessions with age, route and
+    origin, refreshing every 2 s; ``<path>/snapshot.json`` is ``snapshot()`` as JSON; ``None``:
+    off. It shows routes and code locations: serve it only where /metrics would be acceptable
+    too."""
 
     request_end_grace_seconds: float = 1.0
     """How long after a response ended a session the request opened may still hold its
@@ -55,8 +60,9 @@ class Settings:
     2 cores (``bench/grace_period.py``, docs/logging.md); the default leaves a 6x margin."""
 
     server_timing: bool = True
-    """Add a ``Server-Timing: db-wait;dur=..., db-hold;dur=...`` header (milliseconds) to every
-    HTTP response, so browser devtools show the request's pool wait and connection hold."""
+    """Add a ``Server-Timing: db-wait;dur=..., db-hold;dur=...`` header (milliseconds) to the
+    response of every HTTP request that used the pool, so browser devtools show the request's
+    pool wait and connection hold."""
 
     log_requests: bool = False
     """Log a ``request.end`` event (route, status, DB wait and hold) for every HTTP request."""
@@ -65,16 +71,20 @@ class Settings:
     """A checkout that waited longer than this logs ``pool.slow_checkout``; ``None``: off."""
 
     tracing: bool = False
-    """OpenTelemetry: query spans on the watched engines (opentelemetry-instrumentation-
-    sqlalchemy) and pool wait/hold events on the current span. Needs the ``otel`` extra."""
+    """OpenTelemetry: query spans on the watched engines (with
+    opentelemetry-instrumentation-sqlalchemy), pool wait/hold events on the current span and
+    trace-id exemplars on the histograms. Needs the ``otel`` extra."""
 
     metrics_token: str | None = dataclasses.field(default=None, repr=False)  # a secret
     """Bearer token every metrics request must carry (``Authorization: Bearer <token>``), on
-    ``metrics_path`` and on ``metrics_port``; ``None``: no token asked."""
+    ``metrics_path`` and on ``metrics_port``, else 401; never shown in ``repr`` or logs;
+    ``None``: no token asked."""
 
     metrics_port: int | None = None
     """Also serve the metrics on this port, from a thread (off the app's event loop and its
-    public port); ``0`` picks a free port; ``None``: no separate port."""
+    public port); ``0`` picks a free port; ``None``: no separate port. With
+    ``PROMETHEUS_MULTIPROC_DIR`` every worker binds it (``SO_REUSEPORT``) and any of them serves
+    the sum of all workers."""
 
     metrics_host: str = "127.0.0.1"
     """Address ``metrics_port`` listens on (``0.0.0.0`` to be scraped from other hosts)."""
@@ -163,7 +173,7 @@ def _parse_env(env_name: str, raw: str, hint: object) -> object:
     return text
 
 
-def _validate(settings: Settings) -> None:
+def _check_paths(settings: Settings) -> None:
     for option in ("metrics_path", "live_page_path"):
         path = getattr(settings, option)
         if path is not None and (not isinstance(path, str) or not path.startswith("/")):
@@ -176,6 +186,13 @@ def _validate(settings: Settings) -> None:
             "live_page_path and metrics_path must differ (both are "
             f"{settings.metrics_path!r}); the live page could be /observer"
         )
+
+
+def _is_number(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float)
+
+
+def _check_intervals(settings: Settings) -> None:
     for name, meaning in (
         (
             "leak_threshold_seconds",
@@ -184,40 +201,56 @@ def _validate(settings: Settings) -> None:
         ("sweep_interval_seconds", "how often the background sweeper runs"),
     ):
         value = getattr(settings, name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        if not _is_number(value) or not value > 0:
             raise ConfigurationError(
                 f"{name} must be a number > 0 (got {value!r}); it is {meaning}"
             )
+
+
+def _check_flags(settings: Settings) -> None:
     for name in ("capture_origin", "server_timing", "log_requests", "tracing"):
         value = getattr(settings, name)
         if not isinstance(value, bool):
             raise ConfigurationError(f"{name} must be True or False (got {value!r})")
+
+
+def _check_grace(settings: Settings) -> None:
     grace = settings.request_end_grace_seconds
-    if isinstance(grace, bool) or not isinstance(grace, int | float) or not 0 <= grace <= 60:
+    if not _is_number(grace) or not 0 <= grace <= 60:
         raise ConfigurationError(
             f"request_end_grace_seconds must be a number of seconds from 0 to 60 (got {grace!r});"
             " it is how long a session may stay open after its response ended before it is a "
             "request_end leak"
         )
+
+
+def _check_slow_checkout(settings: Settings) -> None:
     slow = settings.slow_checkout_seconds
-    if slow is not None and (
-        isinstance(slow, bool) or not isinstance(slow, int | float) or not slow > 0
-    ):
+    if slow is not None and (not _is_number(slow) or not slow > 0):
         raise ConfigurationError(
             f"slow_checkout_seconds must be a number > 0 or None (got {slow!r}); a checkout "
             "that waits longer is logged as pool.slow_checkout"
         )
+
+
+def _check_application_name(settings: Settings) -> None:
     app_name = settings.application_name
     if app_name is not None and (not isinstance(app_name, str) or len(app_name.encode()) > 63):
         raise ConfigurationError(
             f"application_name must be a string of at most 63 bytes, PostgreSQL's limit "
             f"(got {app_name!r}); use None to leave connections' application_name alone"
         )
+
+
+def _check_max_routes(settings: Settings) -> None:
     routes = settings.max_routes
     if isinstance(routes, bool) or not isinstance(routes, int) or routes < 1:
         raise ConfigurationError(
             f"max_routes must be a whole number >= 1 (got {routes!r}); it bounds the route label"
         )
+
+
+def _check_metrics_token(settings: Settings) -> None:
     token = settings.metrics_token
     if token is not None and (
         not isinstance(token, str)
@@ -226,11 +259,15 @@ def _validate(settings: Settings) -> None:
         or not token.isprintable()
         or any(c.isspace() for c in token)
     ):
+        # The token is a secret: the message gives its type and length, never its value.
         raise ConfigurationError(
             "metrics_token must be a non-empty string of printable ASCII without spaces (got a "
             f"{type(token).__name__} of length {len(token) if isinstance(token, str) else '?'}); "
             "use None to serve metrics without a token"
         )
+
+
+def _check_metrics_listener(settings: Settings) -> None:
     port = settings.metrics_port
     if port is not None and (
         isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535
@@ -244,3 +281,57 @@ def _validate(settings: Settings) -> None:
         raise ConfigurationError(
             f"metrics_host must be an address to listen on, such as 127.0.0.1 (got {host!r})"
         )
+
+
+# In this order: with several wrong options, the first one listed here is reported.
+_CHECKS = (
+    _check_paths,
+    _check_intervals,
+    _check_flags,
+    _check_grace,
+    _check_slow_checkout,
+    _check_application_name,
+    _check_max_routes,
+    _check_metrics_token,
+    _check_metrics_listener,
+)
+
+
+def _validate(settings: Settings) -> None:
+    for check in _CHECKS:
+        check(settings)
+
+
+@dataclass(frozen=True, slots=True)
+class OptionRow:
+    """One option as the reference documents it."""
+
+    name: str
+    env_var: str
+    type: str
+    default: object
+    doc: str
+
+
+def option_rows() -> tuple[OptionRow, ...]:
+    """Every option of :class:`Settings`, in field order: keyword, ``OBSERVER_*`` variable,
+    type, default and meaning, read from the fields and their docstrings (the one source)."""
+    tree = ast.parse(Path(__file__).read_text(encoding="utf-8"))
+    body = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Settings").body
+    found: dict[str, tuple[str, str]] = {}
+    for node, following in zip(body, [*body[1:], None], strict=True):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            doc = ""
+            if isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
+                doc = inspect.cleandoc(str(following.value.value))
+            found[node.target.id] = (ast.unparse(node.annotation), doc)
+    return tuple(
+        OptionRow(
+            name=field.name,
+            env_var=ENV_PREFIX + field.name.upper(),
+            type=found[field.name][0],
+            default=field.default,
+            doc=found[field.name][1],
+        )
+        for field in dataclasses.fields(Settings)
+    )

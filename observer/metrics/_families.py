@@ -1,4 +1,4 @@
-"""The Prometheus metrics (names are a contract: DESIGN.md section 3), built on a given registry."""
+"""The Prometheus metric families of an Observer, each built from its spec in the contract."""
 
 from __future__ import annotations
 
@@ -7,36 +7,77 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-CLOSE_REASONS = ("closed", "invalidated", "soft_invalidated", "detached", "garbage_collected")
-LEAK_REASONS = ("request_end", "garbage_collected", "too_old")
+from observer.metrics._contract import (
+    BY_NAME,
+    CLOSE_REASONS,
+    CONNECT_BUCKETS,
+    HOLD_BUCKETS,
+    LEAK_REASONS,
+    WAIT_BUCKETS,
+    MetricSpec,
+    MetricType,
+    exported,
+)
 
-# Waits: sub-millisecond when a connection is idle, up to pool_timeout (30 s by default).
-WAIT_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-)  # fmt: skip
-# Holds and session lifetimes: a fast query to a transaction left open for minutes.
-HOLD_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
-)  # fmt: skip
-CONNECT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+__all__ = [
+    "CLOSE_REASONS",
+    "CONNECT_BUCKETS",
+    "HOLD_BUCKETS",
+    "LEAK_REASONS",
+    "LIVE_POOLS",
+    "LIVE_POOLS_HELP",
+    "POOL_GAUGES",
+    "ROUTE_HELD",
+    "ROUTE_HELD_HELP",
+    "SESSIONS_OPEN",
+    "SESSIONS_OPEN_HELP",
+    "WAIT_BUCKETS",
+    "Metrics",
+    "PoolMetrics",
+    "multiprocess_mode",
+]
 
-# name -> (type, labels, help); the single list every consumer (docs, dashboards, tests) reads.
+# The gauges read at scrape time (observer.metrics._collectors), as name -> help.
 POOL_GAUGES: dict[str, str] = {
-    "sqlalchemy_pool_size": "Configured pool_size of the pool.",
-    "sqlalchemy_pool_max_connections": "pool_size + max_overflow; -1 when the pool is unbounded.",
-    "sqlalchemy_pool_checked_out_connections": "Connections in use now.",
-    "sqlalchemy_pool_checked_in_connections": "Idle connections in the pool now.",
-    "sqlalchemy_pool_overflow_connections": "Connections open beyond pool_size now.",
-    "sqlalchemy_pool_waiting_requests": "Callers waiting for a connection now.",
+    s.name: s.help for s in exported("library") if s.type == "gauge" and s.labels == ("pool",)
 }
 LIVE_POOLS = "sqlalchemy_pools"
-LIVE_POOLS_HELP = "Connection pools alive in this process (an engine created per request climbs)."
+LIVE_POOLS_HELP = BY_NAME[LIVE_POOLS].help
 SESSIONS_OPEN = "sqlalchemy_orm_sessions_open"
-SESSIONS_OPEN_HELP = "ORM sessions holding a transaction now."
+SESSIONS_OPEN_HELP = BY_NAME[SESSIONS_OPEN].help
 ROUTE_HELD = "sqlalchemy_route_connections_held"
-ROUTE_HELD_HELP = "Connections held now, by the route of the request that checked them out."
+ROUTE_HELD_HELP = BY_NAME[ROUTE_HELD].help
+
+
+def _spec(name: str, kind: MetricType) -> MetricSpec:
+    spec = BY_NAME[name]
+    if spec.type != kind or spec.exporter != "library" or spec.planned:
+        raise LookupError(f"{name} is not an exported library {kind} in the contract")
+    return spec
+
+
+def _counter(registry: CollectorRegistry, name: str) -> Counter:
+    # prometheus-client adds the _total suffix the contract's name already carries.
+    spec = _spec(name, "counter")
+    return Counter(spec.name.removesuffix("_total"), spec.help, spec.labels, registry=registry)
+
+
+def _histogram(registry: CollectorRegistry, name: str) -> Histogram:
+    spec = _spec(name, "histogram")
+    assert spec.buckets is not None  # every exported histogram has its buckets in the contract
+    return Histogram(spec.name, spec.help, spec.labels, buckets=spec.buckets, registry=registry)
+
+
+def _gauge(registry: CollectorRegistry, name: str) -> Gauge:
+    spec = _spec(name, "gauge")
+    assert spec.multiprocess_mode is not None  # every library gauge says how workers combine
+    return Gauge(
+        spec.name,
+        spec.help,
+        spec.labels,
+        registry=registry,
+        multiprocess_mode=spec.multiprocess_mode,
+    )
 
 
 def multiprocess_mode() -> bool:
@@ -69,140 +110,40 @@ class Metrics:
         self.registry = registry
         self.multiprocess = multiprocess
         r = registry
-        self.checkouts = Counter(
-            "sqlalchemy_pool_checkouts",
-            "Connections checked out of the pool.",
-            ["pool"],
-            registry=r,
-        )
-        self.timeouts = Counter(
-            "sqlalchemy_pool_checkout_timeouts",
-            "Checkouts that gave up after pool_timeout (QueuePool limit ... reached).",
-            ["pool"],
-            registry=r,
-        )
-        self.opened = Counter(
-            "sqlalchemy_pool_connections_opened",
-            "New DBAPI connections opened by the pool.",
-            ["pool"],
-            registry=r,
-        )
-        self.closed = Counter(
-            "sqlalchemy_pool_connections_closed",
-            "Connections that left the pool, by reason: " + ", ".join(CLOSE_REASONS) + ".",
-            ["pool", "reason"],
-            registry=r,
-        )
-        self.reclaimed = Counter(
-            "sqlalchemy_pool_connections_reclaimed",
-            "Checked-out connections the garbage collector reclaimed: the app never returned them.",
-            ["pool"],
-            registry=r,
-        )
-        self.checkout_duration = Histogram(
-            "sqlalchemy_pool_checkout_duration_seconds",
-            "Time to get a connection from the pool, waiting included (timeouts too).",
-            ["pool"],
-            buckets=WAIT_BUCKETS,
-            registry=r,
-        )
-        self.hold = Histogram(
-            "sqlalchemy_pool_connection_hold_seconds",
-            "Time a connection stayed checked out (checkout to checkin).",
-            ["pool"],
-            buckets=HOLD_BUCKETS,
-            registry=r,
-        )
-        self.connect_duration = Histogram(
-            "sqlalchemy_pool_connect_duration_seconds",
-            "Time to open a new DBAPI connection.",
-            ["pool"],
-            buckets=CONNECT_BUCKETS,
-            registry=r,
-        )
-        self.pools_created = Counter(
-            "sqlalchemy_pools_created",
-            "Connection pools seen for the first time (an engine created per request climbs).",
-            registry=r,
-        )
-        self.sessions_opened = Counter(
-            "sqlalchemy_orm_sessions_opened",
-            "ORM sessions that began a transaction (could hold a connection).",
-            registry=r,
-        )
-        self.sessions_closed = Counter(
-            "sqlalchemy_orm_sessions_closed",
-            "ORM sessions whose transaction ended (commit, rollback, close or garbage collection).",
-            registry=r,
-        )
-        self.session_duration = Histogram(
-            "sqlalchemy_orm_session_duration_seconds",
-            "Time an ORM session held its transaction.",
-            buckets=HOLD_BUCKETS,
-            registry=r,
-        )
-        self.session_leaks = Counter(
-            "sqlalchemy_orm_session_leaks",
-            "Sessions reported as leaked, by reason ("
-            + ", ".join(LEAK_REASONS)
-            + ") and by the route that opened them.",
-            ["reason", "route"],
-            registry=r,
-        )
+        self.checkouts = _counter(r, "sqlalchemy_pool_checkouts_total")
+        self.timeouts = _counter(r, "sqlalchemy_pool_checkout_timeouts_total")
+        self.opened = _counter(r, "sqlalchemy_pool_connections_opened_total")
+        self.closed = _counter(r, "sqlalchemy_pool_connections_closed_total")
+        self.reclaimed = _counter(r, "sqlalchemy_pool_connections_reclaimed_total")
+        self.checkout_duration = _histogram(r, "sqlalchemy_pool_checkout_duration_seconds")
+        self.hold = _histogram(r, "sqlalchemy_pool_connection_hold_seconds")
+        self.connect_duration = _histogram(r, "sqlalchemy_pool_connect_duration_seconds")
+        self.pools_created = _counter(r, "sqlalchemy_pools_created_total")
+        self.sessions_opened = _counter(r, "sqlalchemy_orm_sessions_opened_total")
+        self.sessions_closed = _counter(r, "sqlalchemy_orm_sessions_closed_total")
+        self.session_duration = _histogram(r, "sqlalchemy_orm_session_duration_seconds")
+        self.session_leaks = _counter(r, "sqlalchemy_orm_session_leaks_total")
         for reason in LEAK_REASONS:  # a 0 series from the start, so rate() and panels work
             self.session_leaks.labels(reason, "none")
-        self.route_hold = Counter(
-            "sqlalchemy_route_connection_hold_seconds",
-            "Connection time used by each route (who hogs the pool).",
-            ["route"],
-            registry=r,
-        )
-        self.route_wait = Counter(
-            "sqlalchemy_route_checkout_wait_seconds",
-            "Time each route waited for connections (who suffers).",
-            ["route"],
-            registry=r,
-        )
-        self.route_checkouts = Counter(
-            "sqlalchemy_route_checkouts",
-            "Connections checked out by each route.",
-            ["route"],
-            registry=r,
-        )
-        self.route_requests = Counter(
-            "sqlalchemy_route_requests",
-            "HTTP requests finished, by route (divide the route's wait and hold by it).",
-            ["route"],
-            registry=r,
-        )
-        self.hook_errors = Counter(
-            "observer_hook_errors",
-            "Exceptions swallowed inside observer hooks (the app went on).",
-            ["hook"],
-            registry=r,
-        )
+        self.route_hold = _counter(r, "sqlalchemy_route_connection_hold_seconds_total")
+        self.route_wait = _counter(r, "sqlalchemy_route_checkout_wait_seconds_total")
+        self.route_checkouts = _counter(r, "sqlalchemy_route_checkouts_total")
+        self.route_requests = _counter(r, "sqlalchemy_route_requests_total")
+        self.hook_errors = _counter(r, "observer_hook_errors_total")
         # Gauges: in one process a collector reads them from the pools at scrape time (exact,
         # free on the hot path). Under PROMETHEUS_MULTIPROC_DIR collectors are not aggregated,
         # so they are real gauges set from pool state by the sweeper: one series per worker for
-        # pool state (a worker's own pool saturates, not the sum), summed for the totals.
+        # pool state (a worker's own pool saturates, not the sum), summed for the totals (the
+        # contract's multiprocess_mode of each gauge).
         self.pool_gauges: dict[str, Gauge] = {}
         self.live_pools: Gauge | None = None
         self.sessions_open: Gauge | None = None
         self.route_held: Gauge | None = None
         if multiprocess:
-            self.route_held = Gauge(
-                ROUTE_HELD, ROUTE_HELD_HELP, ["route"], registry=r, multiprocess_mode="livesum"
-            )
-            for name, help_text in POOL_GAUGES.items():
-                self.pool_gauges[name] = Gauge(
-                    name, help_text, ["pool"], registry=r, multiprocess_mode="liveall"
-                )
-            self.live_pools = Gauge(
-                LIVE_POOLS, LIVE_POOLS_HELP, registry=r, multiprocess_mode="livesum"
-            )
-            self.sessions_open = Gauge(
-                SESSIONS_OPEN, SESSIONS_OPEN_HELP, registry=r, multiprocess_mode="livesum"
-            )
+            self.route_held = _gauge(r, ROUTE_HELD)
+            self.pool_gauges = {name: _gauge(r, name) for name in POOL_GAUGES}
+            self.live_pools = _gauge(r, LIVE_POOLS)
+            self.sessions_open = _gauge(r, SESSIONS_OPEN)
 
     def bind_pool(self, pool: str) -> PoolMetrics:
         """Create (once) and return the children of one pool."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from observer import ConfigurationError, Observer, Settings
-from observer.settings import Options
+from observer.settings import OptionRow, Options, option_rows
 
 
 def test_defaults() -> None:
@@ -107,6 +107,42 @@ def test_options_typeddict_matches_the_settings_fields() -> None:
     import dataclasses
 
     assert set(Options.__annotations__) == {f.name for f in dataclasses.fields(Settings)}
+
+
+def test_option_rows_come_from_the_settings_fields_and_their_docstrings() -> None:
+    """The reference's option rows are the Settings fields in order, each with its variable,
+    annotation, default and attribute docstring (one line per source line, dedented)."""
+    import dataclasses
+
+    rows = option_rows()
+    assert [row.name for row in rows] == [f.name for f in dataclasses.fields(Settings)]
+    assert [row.default for row in rows] == [getattr(Settings(), row.name) for row in rows]
+    by_name = {row.name: row for row in rows}
+    assert by_name["max_routes"] == OptionRow(
+        name="max_routes",
+        env_var="OBSERVER_MAX_ROUTES",
+        type="int",
+        default=200,
+        doc="Most distinct route label values; further routes are counted as ``other``.",
+    )
+    assert by_name["metrics_token"] == OptionRow(
+        name="metrics_token",
+        env_var="OBSERVER_METRICS_TOKEN",
+        type="str | None",
+        default=None,
+        doc="Bearer token every metrics request must carry "
+        "(``Authorization: Bearer <token>``), on\n``metrics_path`` and on ``metrics_port``, else "
+        "401; never shown in ``repr`` or logs;\n``None``: no token asked.",
+    )
+    assert all(row.doc and row.env_var == "OBSERVER_" + row.name.upper() for row in rows)
+
+
+def test_the_first_wrong_option_in_field_order_is_reported() -> None:
+    """With several wrong options, the validators run in order and the first one fails."""
+    with pytest.raises(ConfigurationError, match=r"^metrics_path must be a path"):
+        Settings(metrics_path="metrics", max_routes=0, metrics_host="")
+    with pytest.raises(ConfigurationError, match=r"^max_routes must be a whole number"):
+        Settings(max_routes=0, metrics_host="")
 
 
 def test_watch_rejects_what_is_not_an_engine(registry: object) -> None:

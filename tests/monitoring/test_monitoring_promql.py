@@ -97,7 +97,12 @@ def test_every_metric_used_is_exported() -> None:
         "sqlalchemy_route_checkout_wait_seconds_total",
         "sqlalchemy_route_checkouts_total",
         "observer_hook_errors_total",
-        *SIDECAR_METRICS,
+        "pg_up",
+        "pg_stat_activity_count",
+        "pg_stat_activity_max_tx_duration",
+        "pg_observer_idle_in_transaction_max_seconds",
+        "pg_observer_lock_waiting_backends",
+        "pg_observer_lock_wait_max_seconds",
         "alembic_schema_revision_info",
         "alembic_schema_drift",
     }
