@@ -6,7 +6,7 @@ from typing import Final, Literal
 
 MetricType = Literal["counter", "gauge", "histogram"]
 
-# The contract of DESIGN.md section 3 (plus the counters added by the issues), name -> type.
+# The metric names are a contract with dashboards, alerts and users; name -> type.
 # Dashboards and rules may only use these; the core checks that it exports exactly these.
 EXPORTED_METRICS: Final[dict[str, MetricType]] = {
     "sqlalchemy_pool_size": "gauge",
