@@ -14,7 +14,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from observer.alembic._schema_drift import DEFAULT_VERSION_TABLE, CodeRevisions
+from observer.alembic._revisions import DEFAULT_VERSION_TABLE, CodeRevisions
 from observer.doctor._engine import check_engine
 from observer.doctor._pool_checks import (
     DEFAULT_MAX_OVERFLOW,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from observer.alembic._schema_drift import (
+from observer.alembic._revisions import (
     DEFAULT_VERSION_TABLE,
     CodeRevisions,
     read_revisions,

@@ -25,13 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 from structlog.testing import capture_logs
 
-from observer.alembic import (
-    CodeRevisions,
-    MigrationOptions,
-    SchemaWatcher,
-    classify,
-    watch_schema,
-)
+from observer.alembic import CodeRevisions, SchemaWatcher, watch_schema
+from observer.alembic._options import MigrationOptions
+from observer.alembic._recorder import classify
 from observer.cli import main
 from observer.doctor import check_sync_engine
 from observer.server._view import read_activity
