@@ -10,13 +10,13 @@ from collections.abc import Sequence
 
 from observer._extras import MissingDependency, check_command
 
-# Each module exposes ``add_arguments(parser)`` and ``run(args) -> int`` (the exit code).
-# Modules are imported lazily so that ``observer --help`` needs no optional dependency.
+# Each package exposes ``add_arguments(parser)`` and ``run(args) -> int`` (the exit code).
+# Packages are imported lazily so that ``observer --help`` needs no optional dependency.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("observer.demo", "run an instrumented app under load, with leaks to find"),
     "doctor": ("observer.doctor", "check pool settings against the PostgreSQL server"),
     "sidecar": ("observer.sidecar", "serve /metrics for a multi-worker app, plus the server view"),
-    "render": ("observer.monitoring.render", "render alert rules and dashboards"),
+    "render": ("observer.monitoring", "render alert rules and dashboards"),
 }
 
 

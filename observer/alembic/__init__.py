@@ -15,28 +15,8 @@ See docs/alembic.md.
 
 from __future__ import annotations
 
-from observer.alembic._metrics import MIGRATION_METRICS
-from observer.alembic._migrations import MigrationOptions, classify, run_migrations
-from observer.alembic._schema_drift import (
-    CodeRevisions,
-    SchemaState,
-    SchemaWatcher,
-    check_schema,
-    read_revisions,
-    read_revisions_sync,
-    watch_schema,
-)
+from observer.alembic._migrations import run_migrations
+from observer.alembic._revisions import CodeRevisions, SchemaState
+from observer.alembic._schema_drift import SchemaWatcher, watch_schema
 
-__all__ = [
-    "MIGRATION_METRICS",
-    "CodeRevisions",
-    "MigrationOptions",
-    "SchemaState",
-    "SchemaWatcher",
-    "check_schema",
-    "classify",
-    "read_revisions",
-    "read_revisions_sync",
-    "run_migrations",
-    "watch_schema",
-]
+__all__ = ["CodeRevisions", "SchemaState", "SchemaWatcher", "run_migrations", "watch_schema"]

@@ -16,15 +16,6 @@ OUTCOMES = ("success", "failed", "lock_timeout", "statement_timeout")
 # A migration takes from a fraction of a second (ADD COLUMN) to an hour (a backfill).
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 
-# name -> type: what dashboards and rules may read (observer.monitoring.names imports this).
-MIGRATION_METRICS = {
-    "alembic_migration_running": "gauge",
-    "alembic_migrations_total": "counter",
-    "alembic_migration_duration_seconds": "histogram",
-    "alembic_migration_last_timestamp_seconds": "gauge",
-    "alembic_migration_last_duration_seconds": "gauge",
-}
-
 
 class MigrationMetrics:
     """The migration metric families of one registry (created once per registry)."""

@@ -86,75 +86,22 @@ def resolve(
     require_source: bool = True,
 ) -> SidecarConfig:
     """Options over environment over defaults; raises ValueError naming the option and the fix."""
-    env = os.environ if environ is None else environ
-    raw: dict[str, str] = {}
-    for dest, (_, var) in OPTIONS.items():
-        value = getattr(args, dest, None)
-        if value is None:
-            value = env.get(var) or None
-        if value is None and dest == "database_url":
-            value = env.get("OBSERVER_DATABASE_URL") or None
-        if value is not None:
-            raw[dest] = str(value)
-
-    def name(dest: str) -> tuple[str, str]:
-        return OPTIONS[dest]
-
+    raw = _raw(args, os.environ if environ is None else environ)
     d = SidecarConfig()
-    port = _number(int, raw.get("port", str(d.port)), *name("port"), "a TCP port")
+    port = _number(int, raw.get("port", str(d.port)), *OPTIONS["port"], "a TCP port")
     if not 0 <= port <= 65535:
         raise ValueError(f"--port / OBSERVER_SIDECAR_PORT must be 0-65535 (got {port})")
-    interval = _number(
-        float, raw.get("poll_interval", str(d.poll_interval)), *name("poll_interval"), "seconds"
-    )
-    if interval <= 0:
-        raise ValueError(
-            "--poll-interval / OBSERVER_SIDECAR_POLL_INTERVAL must be > 0 seconds "
-            f"(got {interval:g}); it is how often the sidecar reads pg_stat_activity"
-        )
-    timeout_ms = _number(
-        int,
-        raw.get(
-            "statement_timeout_ms", str(min(d.statement_timeout_ms, int(interval * 1000) or 1))
-        ),
-        *name("statement_timeout_ms"),
-        "milliseconds",
-    )
-    if not 0 < timeout_ms <= interval * 1000:
-        raise ValueError(
-            "--statement-timeout-ms / OBSERVER_SIDECAR_STATEMENT_TIMEOUT_MS must be > 0 and at "
-            f"most the poll interval ({interval * 1000:g} ms) (got {timeout_ms}), so that a "
-            "slow poll ends before the next one"
-        )
+    interval, timeout_ms = _poll_timing(raw, d)
     connect = _number(
-        float, raw.get("connect_timeout", str(d.connect_timeout)), *name("connect_timeout"), "s"
+        float, raw.get("connect_timeout", str(d.connect_timeout)), *OPTIONS["connect_timeout"], "s"
     )
     if connect <= 0:
         raise ValueError(
             "--connect-timeout / OBSERVER_SIDECAR_CONNECT_TIMEOUT must be > 0 seconds "
             f"(got {connect:g})"
         )
-    url = raw.get("database_url")
-    if url is not None:
-        try:
-            backend = make_url(url).get_backend_name()
-        except ArgumentError:
-            # SQLAlchemy's message repeats the string, password included: not that.
-            raise ValueError(
-                "--database-url / OBSERVER_SIDECAR_DATABASE_URL is not a URL; expected "
-                "postgresql://user:password@host:port/database"
-            ) from None
-        if backend not in {"postgresql", "postgres"}:
-            raise ValueError(
-                "--database-url / OBSERVER_SIDECAR_DATABASE_URL must be a PostgreSQL URL "
-                f"(got a {backend!r} one): the sidecar polls pg_stat_activity"
-            )
-    prune = raw.get("prune_dead_workers", "false").lower()
-    if prune not in {"1", "true", "yes", "0", "false", "no"}:
-        raise ValueError(
-            "OBSERVER_SIDECAR_PRUNE_DEAD_WORKERS must be true or false "
-            f"(got {raw['prune_dead_workers']!r})"
-        )
+    url = _database_url(raw)
+    prune = _prune_dead_workers(raw)
     multiproc_dir = raw.get("multiproc_dir")
     if require_source and url is None and multiproc_dir is None:
         raise ValueError(
@@ -171,5 +118,78 @@ def resolve(
         statement_timeout_ms=timeout_ms,
         connect_timeout=connect,
         multiproc_dir=multiproc_dir,
-        prune_dead_workers=prune in {"1", "true", "yes"},
+        prune_dead_workers=prune,
     )
+
+
+def _raw(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, str]:
+    """The text of each setting given, option first, then its environment variable."""
+    raw: dict[str, str] = {}
+    for dest, (_, var) in OPTIONS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            value = env.get(var) or None
+        if value is None and dest == "database_url":
+            value = env.get("OBSERVER_DATABASE_URL") or None
+        if value is not None:
+            raw[dest] = str(value)
+    return raw
+
+
+def _poll_timing(raw: Mapping[str, str], d: SidecarConfig) -> tuple[float, int]:
+    """(poll interval in seconds, statement timeout in ms): a poll must end before the next."""
+    interval = _number(
+        float, raw.get("poll_interval", str(d.poll_interval)), *OPTIONS["poll_interval"], "seconds"
+    )
+    if interval <= 0:
+        raise ValueError(
+            "--poll-interval / OBSERVER_SIDECAR_POLL_INTERVAL must be > 0 seconds "
+            f"(got {interval:g}); it is how often the sidecar reads pg_stat_activity"
+        )
+    timeout_ms = _number(
+        int,
+        raw.get(
+            "statement_timeout_ms", str(min(d.statement_timeout_ms, int(interval * 1000) or 1))
+        ),
+        *OPTIONS["statement_timeout_ms"],
+        "milliseconds",
+    )
+    if not 0 < timeout_ms <= interval * 1000:
+        raise ValueError(
+            "--statement-timeout-ms / OBSERVER_SIDECAR_STATEMENT_TIMEOUT_MS must be > 0 and at "
+            f"most the poll interval ({interval * 1000:g} ms) (got {timeout_ms}), so that a "
+            "slow poll ends before the next one"
+        )
+    return interval, timeout_ms
+
+
+def _database_url(raw: Mapping[str, str]) -> str | None:
+    """The database URL given, if any, once it is known to be a PostgreSQL one."""
+    url = raw.get("database_url")
+    if url is None:
+        return None
+    try:
+        backend = make_url(url).get_backend_name()
+    except ArgumentError:
+        # SQLAlchemy's message repeats the string, password included: not that.
+        raise ValueError(
+            "--database-url / OBSERVER_SIDECAR_DATABASE_URL is not a URL; expected "
+            "postgresql://user:password@host:port/database"
+        ) from None
+    if backend not in {"postgresql", "postgres"}:
+        raise ValueError(
+            "--database-url / OBSERVER_SIDECAR_DATABASE_URL must be a PostgreSQL URL "
+            f"(got a {backend!r} one): the sidecar polls pg_stat_activity"
+        )
+    return url
+
+
+def _prune_dead_workers(raw: Mapping[str, str]) -> bool:
+    """The pruning switch, from an option (a bool) or its variable (true/false, 1/0, yes/no)."""
+    prune = raw.get("prune_dead_workers", "false").lower()
+    if prune not in {"1", "true", "yes", "0", "false", "no"}:
+        raise ValueError(
+            "OBSERVER_SIDECAR_PRUNE_DEAD_WORKERS must be true or false "
+            f"(got {raw['prune_dead_workers']!r})"
+        )
+    return prune in {"1", "true", "yes"}

@@ -25,13 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 from structlog.testing import capture_logs
 
-from observer.alembic import (
-    CodeRevisions,
-    MigrationOptions,
-    SchemaWatcher,
-    classify,
-    watch_schema,
-)
+from observer.alembic import CodeRevisions, SchemaWatcher, watch_schema
+from observer.alembic._options import MigrationOptions
+from observer.alembic._recorder import classify
 from observer.cli import main
 from observer.doctor import check_sync_engine
 from observer.server._view import read_activity
@@ -696,7 +692,7 @@ def test_the_alembic_metric_names_are_the_ones_monitoring_may_use() -> None:
     """What observer.alembic registers is exactly ALEMBIC_METRICS, with the same types."""
     from observer.alembic._metrics import metrics_for
     from observer.alembic._schema_drift import SchemaMetrics
-    from observer.monitoring.names import ALEMBIC_METRICS
+    from observer.monitoring._names import ALEMBIC_METRICS
 
     registry = CollectorRegistry()
     metrics_for(registry)
@@ -803,9 +799,9 @@ def test_the_dashboard_marks_each_migration_and_the_time_it_runs(
     Alembic metrics."""
     import yaml
 
+    from observer.monitoring._names import ALEMBIC_METRICS, series_names
+    from observer.monitoring._pools_dashboard import migration_annotations
     from observer.monitoring.config import MonitoringConfig
-    from observer.monitoring.names import ALEMBIC_METRICS, series_names
-    from observer.monitoring.pools_dashboard import migration_annotations
     from tests.monitoring.promql import metric_names
     from tests.monitoring.shipped import ALERTS, DASHBOARDS
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from observer.monitoring.panels import queries
+from observer.monitoring._panels import queries
 from tests.monitoring.shipped import ALERTS, DASHBOARDS, RULES
 
 # Grafana's macros as dashboard-linter substitutes them; every other variable matches anything.

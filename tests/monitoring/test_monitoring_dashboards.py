@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 
-from observer.monitoring.names import SIDECAR_METRICS
-from observer.monitoring.panels import DATASOURCE, SCHEMA_VERSION, all_panels, queries
+from observer.monitoring._names import SIDECAR_METRICS
+from observer.monitoring._panels import DATASOURCE, SCHEMA_VERSION, all_panels, queries
 from tests.monitoring.shipped import DASHBOARDS
 
 UNIT_PANELS = {"timeseries", "stat", "gauge", "heatmap", "bargauge"}

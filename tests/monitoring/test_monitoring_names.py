@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine, text
 
 from observer import Observer
-from observer.monitoring.names import EXPORTED_METRICS, series_names
+from observer.monitoring._names import EXPORTED_METRICS, series_names
 
 
 def test_names_match_what_an_observer_registers(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from observer.monitoring.names import (
+from observer.monitoring._names import (
     ALEMBIC_METRICS,
     EXPORTED_METRICS,
     SIDECAR_METRICS,

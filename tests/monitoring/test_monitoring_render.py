@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from observer.cli import main
-from observer.monitoring import render
+from observer.monitoring import _render as render
 from observer.monitoring.config import MonitoringConfig
 from tests.monitoring.shipped import ROOT
 

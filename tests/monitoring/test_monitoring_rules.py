@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from observer.monitoring.alerts import all_alerts
+from observer.monitoring._alerts import all_alerts
 from observer.monitoring.config import MonitoringConfig, duration_seconds
 from tests.monitoring.shipped import ALERTS, RULES, RUNBOOKS, UNIT_TESTS
 

@@ -25,8 +25,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from observer.cli import main
-from observer.sidecar import Sidecar, check_health
-from observer.sidecar._config import SidecarConfig
+from observer.sidecar import Sidecar, SidecarConfig, check_health
 from tests.helpers import PG_HOST, PG_PORT, PG_USER, require
 from tests.helpers.pgcluster import PgCluster, available, free_port
 from tests.helpers.scrape import Samples, reaches, scrape, value, wait_for

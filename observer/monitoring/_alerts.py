@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from observer.monitoring import rules
+from observer.monitoring import _rules
 from observer.monitoring.config import MonitoringConfig
 
 Severity = Literal["critical", "warning", "info"]
@@ -73,9 +73,13 @@ COUNT = '{{ $value | printf "%.0f" }}'
 
 def pool_alerts(config: MonitoringConfig) -> list[Alert]:
     """Alerts on the connection pools, per (job, instance, pool)."""
+    return [*_capacity_alerts(config), *_latency_alerts(config), *_churn_alerts(config)]
+
+
+def _capacity_alerts(config: MonitoringConfig) -> list[Alert]:
+    """The pool is (nearly) out of connections, or requests already fail for want of one."""
     c = config
-    sel = c.selector()
-    util = rules.utilization(c)
+    util = _rules.utilization(c)
     return [
         Alert(
             "SQLAlchemyPoolExhausted",
@@ -101,9 +105,9 @@ def pool_alerts(config: MonitoringConfig) -> list[Alert]:
             "SQLAlchemyPoolCheckoutTimeouts",
             _increase(
                 "sqlalchemy_pool_checkout_timeouts_total",
-                sel,
+                c.selector(),
                 c.timeouts_window,
-                rules.POOL,
+                _rules.POOL,
                 0,
             ),
             c.timeouts_for,
@@ -113,9 +117,16 @@ def pool_alerts(config: MonitoringConfig) -> list[Alert]:
             "no connection became free within pool_timeout.",
             POOL_DASHBOARD,
         ),
+    ]
+
+
+def _latency_alerts(config: MonitoringConfig) -> list[Alert]:
+    """Connections are slow to get or held long: the p99s of the recording rules."""
+    c = config
+    return [
         Alert(
             "SQLAlchemyPoolSlowCheckout",
-            f"{rules.p99('sqlalchemy_pool_checkout_duration_seconds', c)} "
+            f"{_rules.p99('sqlalchemy_pool_checkout_duration_seconds', c)} "
             f"> {c.slow_checkout_seconds:g}",
             c.slow_checkout_for,
             "warning",
@@ -127,7 +138,7 @@ def pool_alerts(config: MonitoringConfig) -> list[Alert]:
         ),
         Alert(
             "SQLAlchemyPoolLongConnectionHold",
-            f"{rules.p99('sqlalchemy_pool_connection_hold_seconds', c)} > {c.long_hold_seconds:g}",
+            f"{_rules.p99('sqlalchemy_pool_connection_hold_seconds', c)} > {c.long_hold_seconds:g}",
             c.long_hold_for,
             "warning",
             "Connections stay checked out of a SQLAlchemy pool for a long time.",
@@ -136,13 +147,20 @@ def pool_alerts(config: MonitoringConfig) -> list[Alert]:
             "code holds connections across slow work.",
             POOL_DASHBOARD,
         ),
+    ]
+
+
+def _churn_alerts(config: MonitoringConfig) -> list[Alert]:
+    """Connections lost to the garbage collector or invalidated by the server or network."""
+    c = config
+    return [
         Alert(
             "SQLAlchemyPoolConnectionsReclaimed",
             _increase(
                 "sqlalchemy_pool_connections_reclaimed_total",
-                sel,
+                c.selector(),
                 c.reclaimed_window,
-                rules.POOL,
+                _rules.POOL,
                 0,
             ),
             c.reclaimed_for,
@@ -158,7 +176,7 @@ def pool_alerts(config: MonitoringConfig) -> list[Alert]:
                 "sqlalchemy_pool_connections_closed_total",
                 c.selector('reason="invalidated"'),
                 c.invalidations_window,
-                rules.POOL,
+                _rules.POOL,
                 c.invalidations_threshold,
             ),
             c.invalidations_for,

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from observer.monitoring.config import MonitoringConfig
-from observer.monitoring.dashboard_parts import RATE, board, new_layout
-from observer.monitoring.panels import (
+from observer.monitoring._dashboard_parts import RATE, board, new_layout
+from observer.monitoring._panels import (
     Json,
     m,
     row,
@@ -12,15 +11,31 @@ from observer.monitoring.panels import (
     targets,
     timeseries,
 )
+from observer.monitoring.config import MonitoringConfig
+
+_HOLD = m("sqlalchemy_route_connection_hold_seconds_total", pool=False)
+_WAIT = m("sqlalchemy_route_checkout_wait_seconds_total", pool=False)
+_CHECKOUTS = m("sqlalchemy_route_checkouts_total", pool=False)
 
 
 def routes(config: MonitoringConfig) -> Json:
     """Routes: which routes hold connections (culprits) and which wait for them (victims)."""
-    hold = m("sqlalchemy_route_connection_hold_seconds_total", pool=False)
-    wait = m("sqlalchemy_route_checkout_wait_seconds_total", pool=False)
-    checkouts = m("sqlalchemy_route_checkouts_total", pool=False)
     layout = new_layout()
-    layout.add(
+    layout.add(*_culprits_row())
+    layout.add(*_victims_row())
+    layout.add(*_traffic_row())
+    return board(
+        config,
+        "pool-observer-routes",
+        "pool-observer / Routes: culprits and victims",
+        "Which routes hold the pool's connections and which routes wait for them.",
+        layout,
+    )
+
+
+def _culprits_row() -> tuple[Json, ...]:
+    """Connections held by each route, against the pools' capacity, and per checkout."""
+    return (
         row("Culprits: who holds the connections"),
         timeseries(
             "Connections held, by route (top 10)",
@@ -29,7 +44,7 @@ def routes(config: MonitoringConfig) -> Json:
             "'none' is work outside any request, 'unmatched' paths no route matched.",
             "short",
             [
-                target(f"topk(10, sum by (route) (rate({hold}{RATE})))", "{{route}}"),
+                target(f"topk(10, sum by (route) (rate({_HOLD}{RATE})))", "{{route}}"),
                 target(
                     f"sum({m('sqlalchemy_pool_max_connections', pool=False)} > 0)",
                     "capacity",
@@ -45,19 +60,25 @@ def routes(config: MonitoringConfig) -> Json:
             "s",
             targets(
                 (
-                    f"topk(10, sum by (route) (rate({hold}{RATE})) "
-                    f"/ sum by (route) (rate({checkouts}{RATE})))",
+                    f"topk(10, sum by (route) (rate({_HOLD}{RATE})) "
+                    f"/ sum by (route) (rate({_CHECKOUTS}{RATE})))",
                     "{{route}}",
                 )
             ),
         ),
+    )
+
+
+def _victims_row() -> tuple[Json, ...]:
+    """Time each route spends waiting for a connection, in all and per checkout."""
+    return (
         row("Victims: who waits for a connection"),
         timeseries(
             "Requests waiting, by route (top 10)",
             "Seconds spent waiting for a connection per second by each route = the average "
             "number of its callers waiting.",
             "short",
-            targets((f"topk(10, sum by (route) (rate({wait}{RATE})))", "{{route}}")),
+            targets((f"topk(10, sum by (route) (rate({_WAIT}{RATE})))", "{{route}}")),
             stack=True,
         ),
         timeseries(
@@ -66,18 +87,24 @@ def routes(config: MonitoringConfig) -> Json:
             "s",
             targets(
                 (
-                    f"topk(10, sum by (route) (rate({wait}{RATE})) "
-                    f"/ sum by (route) (rate({checkouts}{RATE})))",
+                    f"topk(10, sum by (route) (rate({_WAIT}{RATE})) "
+                    f"/ sum by (route) (rate({_CHECKOUTS}{RATE})))",
                     "{{route}}",
                 )
             ),
         ),
+    )
+
+
+def _traffic_row() -> tuple[Json, ...]:
+    """Checkouts and session leaks by route."""
+    return (
         row("Traffic and leaks"),
         timeseries(
             "Checkouts by route (top 10)",
             "Connection checkouts per second by route.",
             "cps",
-            targets((f"topk(10, sum by (route) (rate({checkouts}{RATE})))", "{{route}}")),
+            targets((f"topk(10, sum by (route) (rate({_CHECKOUTS}{RATE})))", "{{route}}")),
         ),
         timeseries(
             "Session leaks by route (top 10)",
@@ -91,11 +118,4 @@ def routes(config: MonitoringConfig) -> Json:
                 )
             ),
         ),
-    )
-    return board(
-        config,
-        "pool-observer-routes",
-        "pool-observer / Routes: culprits and victims",
-        "Which routes hold the pool's connections and which routes wait for them.",
-        layout,
     )

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from observer.monitoring.config import MonitoringConfig
-from observer.monitoring.panels import (
+from observer.monitoring._panels import (
     Json,
     Layout,
     alert_list,
@@ -13,6 +12,7 @@ from observer.monitoring.panels import (
     query_variable,
     targets,
 )
+from observer.monitoring.config import MonitoringConfig
 
 RATE = "[$__rate_interval]"
 BY_POOL = "instance, pool"

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from observer.monitoring.config import MonitoringConfig
-from observer.monitoring.dashboard_parts import RATE, board, new_layout, quantiles
-from observer.monitoring.panels import (
+from observer.monitoring._dashboard_parts import RATE, board, new_layout, quantiles
+from observer.monitoring._panels import (
     Json,
     heatmap,
     m,
@@ -13,27 +12,43 @@ from observer.monitoring.panels import (
     targets,
     timeseries,
 )
+from observer.monitoring.config import MonitoringConfig
+
+_OPENED = m("sqlalchemy_orm_sessions_open", pool=False)
+_LEAKS = m("sqlalchemy_orm_session_leaks_total", pool=False)
 
 
 def sessions(config: MonitoringConfig) -> Json:
     """Sessions and leaks: open sessions with their floor, leaks by reason and route."""
-    opened = m("sqlalchemy_orm_sessions_open", pool=False)
-    leaks = m("sqlalchemy_orm_session_leaks_total", pool=False)
     layout = new_layout()
-    layout.add(
+    layout.add(*_sessions_row(config))
+    layout.add(*_leaks_row())
+    layout.add(*_lifetime_row())
+    return board(
+        config,
+        "pool-observer-sessions",
+        "pool-observer / Sessions and leaks",
+        "SQLAlchemy ORM sessions: open sessions, their floor, leaks by reason and route.",
+        layout,
+    )
+
+
+def _sessions_row(config: MonitoringConfig) -> tuple[Json, ...]:
+    """Open, opened and leaked sessions now, and the floor of open sessions over time."""
+    return (
         row("Sessions"),
         stat(
             "Open sessions",
             "ORM sessions holding a transaction (and so possibly a connection) right now.",
             "short",
-            f"sum({opened})",
+            f"sum({_OPENED})",
         ),
         stat(
             "Session leaks",
             "Sessions per second reported as leaked (left open at the end of a request, "
             "garbage-collected while open, or open too long).",
             "cps",
-            f"sum(rate({leaks}{RATE}))",
+            f"sum(rate({_LEAKS}{RATE}))",
             steps=[("green", None), ("red", 0.001)],
         ),
         stat(
@@ -55,14 +70,20 @@ def sessions(config: MonitoringConfig) -> Json:
             "go; a floor that keeps rising is a leak (SQLAlchemySessionLeakSuspected).",
             "short",
             targets(
-                (f"sum by (instance) ({opened})", "{{instance}} open"),
+                (f"sum by (instance) ({_OPENED})", "{{instance}} open"),
                 (
-                    f"min by (instance) (min_over_time({opened}[{config.leak_floor_window}]))",
+                    f"min by (instance) (min_over_time({_OPENED}[{config.leak_floor_window}]))",
                     f"{{{{instance}}}} floor ({config.leak_floor_window} minimum)",
                 ),
             ),
             width=24,
         ),
+    )
+
+
+def _leaks_row() -> tuple[Json, ...]:
+    """Leaked sessions by reason and by route."""
+    return (
         row("Leaks"),
         timeseries(
             "Leaks by reason",
@@ -70,7 +91,7 @@ def sessions(config: MonitoringConfig) -> Json:
             "while open; too_old: open longer than the threshold.",
             "cps",
             targets(
-                (f"sum by (instance, reason) (rate({leaks}{RATE}))", "{{instance}} {{reason}}")
+                (f"sum by (instance, reason) (rate({_LEAKS}{RATE}))", "{{instance}} {{reason}}")
             ),
             stack=True,
         ),
@@ -79,9 +100,15 @@ def sessions(config: MonitoringConfig) -> Json:
             "Which routes leak sessions. The leak log events carry the code location that "
             "opened each session ('origin').",
             "cps",
-            targets((f"topk(10, sum by (route) (rate({leaks}{RATE})))", "{{route}}")),
+            targets((f"topk(10, sum by (route) (rate({_LEAKS}{RATE})))", "{{route}}")),
             stack=True,
         ),
+    )
+
+
+def _lifetime_row() -> tuple[Json, ...]:
+    """How long sessions stay open, and the gap between opened and closed."""
+    return (
         row("Session lifetime"),
         heatmap(
             "Session duration",
@@ -125,11 +152,4 @@ def sessions(config: MonitoringConfig) -> Json:
                 )
             ),
         ),
-    )
-    return board(
-        config,
-        "pool-observer-sessions",
-        "pool-observer / Sessions and leaks",
-        "SQLAlchemy ORM sessions: open sessions, their floor, leaks by reason and route.",
-        layout,
     )

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from observer.monitoring.config import MonitoringConfig
-from observer.monitoring.dashboard_parts import BY_POOL, RATE, board, new_layout, quantiles
-from observer.monitoring.panels import (
+from observer.monitoring._dashboard_parts import BY_POOL, RATE, board, new_layout, quantiles
+from observer.monitoring._panels import (
     Json,
     Layout,
     annotation,
@@ -16,22 +15,43 @@ from observer.monitoring.panels import (
     targets,
     timeseries,
 )
+from observer.monitoring.config import MonitoringConfig
+
+_OUT = m("sqlalchemy_pool_checked_out_connections")
+_CAP = f"({m('sqlalchemy_pool_max_connections')} > 0)"
+_LEGEND = "{{instance}} {{pool}}"
 
 
 def pools(config: MonitoringConfig) -> Json:
     """Pool overview: saturation, waits, hold time, errors, alerts and the server's view."""
-    out = m("sqlalchemy_pool_checked_out_connections")
-    cap = f"({m('sqlalchemy_pool_max_connections')} > 0)"
-    legend = "{{instance}} {{pool}}"
     layout = new_layout()
-    layout.add(
+    layout.add(*_saturation_row(config))
+    layout.add(*_wait_and_hold_row())
+    layout.add(*_errors_row())
+    layout.add(*_churn_panels())
+    _server_row(layout, config)
+    return board(
+        config,
+        "pool-observer-pools",
+        "pool-observer / Connection pools",
+        "SQLAlchemy connection pools: saturation, waits, hold time, errors.",
+        layout,
+        pool=True,
+        server=True,
+        annotations=migration_annotations(config),
+    )
+
+
+def _saturation_row(config: MonitoringConfig) -> tuple[Json, ...]:
+    """How full the pools are and who waits: stats, then connections against capacity."""
+    return (
         row("Saturation"),
         stat(
             "Busiest pool utilisation",
             "Highest share of a pool's connections checked out (per worker in multiprocess "
             "mode). Unbounded pools (max_overflow=-1) have no capacity and are left out.",
             "percentunit",
-            f"max(max by (job, instance, pool) ({out} / {cap}))",
+            f"max(max by (job, instance, pool) ({_OUT} / {_CAP}))",
             steps=[("green", None), ("orange", config.saturation_ratio), ("red", 1)],
         ),
         stat(
@@ -61,20 +81,20 @@ def pools(config: MonitoringConfig) -> Json:
             "pool_size + max_overflow as dashed capacity lines.",
             "short",
             targets(
-                (f"sum by ({BY_POOL}) ({out})", f"{legend} checked out"),
+                (f"sum by ({BY_POOL}) ({_OUT})", f"{_LEGEND} checked out"),
                 (
                     f"sum by ({BY_POOL}) ({m('sqlalchemy_pool_checked_in_connections')})",
-                    f"{legend} idle",
+                    f"{_LEGEND} idle",
                 ),
                 (
                     f"sum by ({BY_POOL}) ({m('sqlalchemy_pool_overflow_connections')})",
-                    f"{legend} overflow",
+                    f"{_LEGEND} overflow",
                 ),
                 (
                     f"sum by ({BY_POOL}) ({m('sqlalchemy_pool_size')})",
-                    f"{legend} pool_size capacity",
+                    f"{_LEGEND} pool_size capacity",
                 ),
-                (f"sum by ({BY_POOL}) ({cap})", f"{legend} max capacity"),
+                (f"sum by ({BY_POOL}) ({_CAP})", f"{_LEGEND} max capacity"),
             ),
             capacity=True,
         ),
@@ -83,8 +103,14 @@ def pools(config: MonitoringConfig) -> Json:
             "Callers waiting for a connection. Any sustained wait means the pool is too small "
             "or connections are held too long (see the Routes dashboard for who holds them).",
             "short",
-            targets((f"sum by ({BY_POOL}) ({m('sqlalchemy_pool_waiting_requests')})", legend)),
+            targets((f"sum by ({BY_POOL}) ({m('sqlalchemy_pool_waiting_requests')})", _LEGEND)),
         ),
+    )
+
+
+def _wait_and_hold_row() -> tuple[Json, ...]:
+    """How long a connection takes to get, to open, and how long it is kept."""
+    return (
         row("Checkout wait and hold time"),
         heatmap(
             "Checkout wait",
@@ -111,6 +137,12 @@ def pools(config: MonitoringConfig) -> Json:
             "s",
             quantiles("sqlalchemy_pool_connect_duration_seconds", BY_POOL),
         ),
+    )
+
+
+def _errors_row() -> tuple[Json, ...]:
+    """Checkouts that failed and connections closed or lost."""
+    return (
         row("Errors and churn"),
         timeseries(
             "Checkout timeouts",
@@ -120,7 +152,7 @@ def pools(config: MonitoringConfig) -> Json:
                 (
                     f"sum by ({BY_POOL}) "
                     f"(rate({m('sqlalchemy_pool_checkout_timeouts_total')}{RATE}))",
-                    legend,
+                    _LEGEND,
                 )
             ),
             width=8,
@@ -134,7 +166,7 @@ def pools(config: MonitoringConfig) -> Json:
                 (
                     f"sum by ({BY_POOL}, reason) "
                     f"(rate({m('sqlalchemy_pool_connections_closed_total')}{RATE}))",
-                    f"{legend} {{{{reason}}}}",
+                    f"{_LEGEND} {{{{reason}}}}",
                 )
             ),
             width=8,
@@ -149,11 +181,17 @@ def pools(config: MonitoringConfig) -> Json:
                 (
                     f"sum by ({BY_POOL}) "
                     f"(rate({m('sqlalchemy_pool_connections_reclaimed_total')}{RATE}))",
-                    legend,
+                    _LEGEND,
                 )
             ),
             width=8,
         ),
+    )
+
+
+def _churn_panels() -> tuple[Json, ...]:
+    """The rest of the errors-and-churn row: new connections, engines, the observer's hooks."""
+    return (
         timeseries(
             "Checkouts and new connections",
             "Checkouts and newly opened connections per second. New connections should be "
@@ -162,12 +200,12 @@ def pools(config: MonitoringConfig) -> Json:
             targets(
                 (
                     f"sum by ({BY_POOL}) (rate({m('sqlalchemy_pool_checkouts_total')}{RATE}))",
-                    f"{legend} checkouts",
+                    f"{_LEGEND} checkouts",
                 ),
                 (
                     f"sum by ({BY_POOL}) "
                     f"(rate({m('sqlalchemy_pool_connections_opened_total')}{RATE}))",
-                    f"{legend} opened",
+                    f"{_LEGEND} opened",
                 ),
             ),
             width=8,
@@ -201,17 +239,6 @@ def pools(config: MonitoringConfig) -> Json:
             ),
             width=8,
         ),
-    )
-    _server_row(layout, config)
-    return board(
-        config,
-        "pool-observer-pools",
-        "pool-observer / Connection pools",
-        "SQLAlchemy connection pools: saturation, waits, hold time, errors.",
-        layout,
-        pool=True,
-        server=True,
-        annotations=migration_annotations(config),
     )
 
 

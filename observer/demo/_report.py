@@ -7,7 +7,7 @@ from typing import Any, TextIO
 
 from prometheus_client import CollectorRegistry
 
-from observer.demo.load import LoadResult
+from observer.demo._load import LoadResult
 
 
 def _samples(registry: CollectorRegistry, name: str) -> dict[tuple[tuple[str, str], ...], float]:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from observer.monitoring._panels import Json
+from observer.monitoring._pools_dashboard import pools
+from observer.monitoring._routes_dashboard import routes
+from observer.monitoring._sessions_dashboard import sessions
 from observer.monitoring.config import MonitoringConfig
-from observer.monitoring.panels import Json
-from observer.monitoring.pools_dashboard import pools
-from observer.monitoring.routes_dashboard import routes
-from observer.monitoring.sessions_dashboard import sessions
 
 
 def all_dashboards(config: MonitoringConfig) -> dict[str, Json]:

@@ -1,0 +1,237 @@
+"""The demo's run: serve the demo app, send it load, report what the observer found."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import uvicorn
+    from prometheus_client import CollectorRegistry
+
+    from observer import Observer
+
+
+def serve_workers(
+    url: str, *, host: str, port: int, workers: int, requests: int, concurrency: int, rounds: int
+) -> int:
+    """The demo app on several uvicorn workers (each instrumented, see app_from_env), with the
+    load sent from this process once the server answers."""
+    import threading
+
+    import uvicorn
+
+    os.environ["OBSERVER_DEMO_DATABASE_URL"] = url
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        print(
+            "observer demo: PROMETHEUS_MULTIPROC_DIR is not set; each worker's /metrics will "
+            "show only that worker",
+            file=sys.stderr,
+        )
+    base_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    threading.Thread(
+        target=lambda: asyncio.run(_load_rounds(base_url, requests, concurrency, rounds)),
+        name="demo-load",
+        daemon=True,
+    ).start()
+    uvicorn.run(
+        "observer.demo.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+    )
+    return 0
+
+
+async def _load_rounds(base_url: str, requests: int, concurrency: int, rounds: int) -> None:
+    import httpx
+
+    from observer.demo._load import drive
+
+    for _ in range(600):  # wait up to a minute for the workers to answer
+        try:
+            async with httpx.AsyncClient(base_url=base_url, timeout=1.0) as http:
+                await http.get("/metrics")
+            break
+        except httpx.HTTPError:
+            await asyncio.sleep(0.1)
+    done = 0
+    while rounds == 0 or done < rounds:
+        result = await drive(base_url, requests=requests, concurrency=concurrency, progress=False)
+        done += 1
+        print(
+            f"observer demo: load round {done}: {result.requests} requests in "
+            f"{result.seconds:.1f} s; see {base_url}/metrics",
+            flush=True,
+        )
+
+
+@contextlib.contextmanager
+def _collected_logs(events: Counter[str], keep: bool) -> Iterator[None]:
+    """Count the library's log events during the load (printed in the summary, not one by one)."""
+    import structlog
+
+    old = structlog.get_config()
+
+    def collect(logger: Any, name: str, event_dict: Any) -> Any:
+        events[event_dict.get("event", "?")] += 1
+        if not keep:
+            raise structlog.DropEvent
+        return event_dict
+
+    structlog.configure(processors=[collect, *old["processors"]])
+    pool_log = logging.getLogger("sqlalchemy.pool")
+    level = pool_log.level
+    # The demo leaks on purpose: SQLAlchemy's own warning about each connection the garbage
+    # collector reclaims would drown the summary, which reports them already.
+    pool_log.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The garbage collector is trying")
+            yield
+    finally:
+        pool_log.setLevel(level)
+        structlog.configure(**old)
+
+
+def _scratch_database(url: str | None) -> tuple[str, str, str | None]:
+    """(URL, how the summary names the database, scratch directory to remove or None)."""
+    if url is not None:
+        return url, url.split("://", 1)[0], None
+    scratch = tempfile.mkdtemp(prefix="pool-observer-demo-")
+    url = f"sqlite+aiosqlite:///{scratch}/demo.db"
+    return url, "an embedded SQLite file (give --database-url for PostgreSQL)", scratch
+
+
+async def main(
+    url: str | None,
+    *,
+    requests: int,
+    concurrency: int,
+    serve: bool,
+    host: str,
+    port: int,
+    progress: bool,
+    rounds: int = 1,
+) -> int:
+    """The demo app on one uvicorn server in this loop, instrumented, under load; the summary."""
+    import uvicorn
+    from prometheus_client import CollectorRegistry
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    import observer
+    from observer.demo.app import create_app
+
+    url, database, scratch = _scratch_database(url)
+    engine = create_async_engine(url, pool_size=5, max_overflow=5, pool_timeout=1.0)
+    app = create_app(engine)
+    registry = CollectorRegistry()
+    obs = observer.instrument(
+        app,
+        engine,
+        registry=registry,
+        leak_threshold_seconds=2.0,
+        sweep_interval_seconds=0.25,
+        application_name="pool-observer-demo",
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    )
+    try:
+        return await _load_and_report(
+            server,
+            obs,
+            registry,
+            database=database,
+            host=host,
+            requests=requests,
+            concurrency=concurrency,
+            progress=progress,
+            serve=serve,
+            rounds=rounds,
+        )
+    finally:
+        obs.close()
+        await engine.dispose()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+async def _started(server: uvicorn.Server, serving: asyncio.Task[None], host: str) -> str | None:
+    """The server's base URL once it listens; None (said on stderr) if it stopped instead."""
+    while not server.started:
+        if serving.done():
+            await serving
+            print("observer demo: the server did not start", file=sys.stderr)
+            return None
+        await asyncio.sleep(0.05)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    return f"http://{host}:{bound}"
+
+
+async def _load_and_report(
+    server: uvicorn.Server,
+    obs: Observer,
+    registry: CollectorRegistry,
+    *,
+    database: str,
+    host: str,
+    requests: int,
+    concurrency: int,
+    progress: bool,
+    serve: bool,
+    rounds: int,
+) -> int:
+    """Start serving, send the load with the library's log events counted, print the summary,
+    then stop or (``serve``) keep serving; the exit code."""
+    from observer.demo._load import drive
+    from observer.demo._report import write_report
+
+    events: Counter[str] = Counter()
+    with _collected_logs(events, keep=False):
+        serving = asyncio.create_task(server.serve())
+        base_url = await _started(server, serving, host)
+        if base_url is None:
+            return 1
+        print(f"pool-observer demo: an instrumented FastAPI app on {base_url}, {database}")
+        print(
+            f"  sending {requests} requests ({concurrency} at a time): healthy ones, and some "
+            "that leak sessions, hold connections or create engines per request"
+        )
+        load = await drive(base_url, requests=requests, concurrency=concurrency, progress=progress)
+        gc.collect()  # sessions dropped without close are found when they are collected
+        await asyncio.sleep(0.6)  # the sweeper counts them
+    write_report(
+        sys.stdout,
+        load=load,
+        snapshot=obs.snapshot(),
+        registry=registry,
+        events=events,
+        base_url=base_url,
+        database=database,
+        serving=serve,
+    )
+    if serve:
+        print(f"\nServing {base_url} (metrics at {base_url}/metrics); Ctrl-C to stop.")
+        if rounds == 0:
+            background = asyncio.create_task(_load_rounds(base_url, requests, concurrency, rounds))
+        await serving
+        if rounds == 0:
+            background.cancel()
+    else:
+        server.should_exit = True
+        await serving
+    return 0
