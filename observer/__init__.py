@@ -5,6 +5,7 @@ from __future__ import annotations
 from observer._instrument import instrument
 from observer._logs import RedactSecrets, configure_logging
 from observer._observer import Observer
+from observer._types import Snapshot
 from observer._version import __version__
 from observer.asgi._middleware import ObserverMiddleware
 from observer.settings import ConfigurationError, Settings
@@ -15,6 +16,7 @@ __all__ = [
     "ObserverMiddleware",
     "RedactSecrets",
     "Settings",
+    "Snapshot",
     "__version__",
     "configure_logging",
     "instrument",

@@ -3,23 +3,41 @@
 from __future__ import annotations
 
 import weakref
-from typing import Any, Unpack
+from typing import TYPE_CHECKING, Protocol, Unpack
 
 from prometheus_client import REGISTRY, CollectorRegistry
+from sqlalchemy.engine import Engine
 
 from observer._observer import Observer, sync_engine_of
+from observer.asgi._middleware import ObserverMiddleware, RequestObserver
 from observer.settings import ConfigurationError, Options, Settings
 
-_by_app: weakref.WeakKeyDictionary[Any, Observer] = weakref.WeakKeyDictionary()
+if TYPE_CHECKING:
+    # OpenTelemetry is an optional extra; sqlalchemy.ext.asyncio needs greenlet (the asyncio
+    # extra) to import: both are for the type checker only.
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+
+class MiddlewareHost(Protocol):
+    """What :func:`instrument` needs of the app: Starlette's (and FastAPI's) ``add_middleware``."""
+
+    def add_middleware(
+        self, middleware_class: type[ObserverMiddleware], /, *, observer: RequestObserver
+    ) -> None: ...
+
+
+_by_app: weakref.WeakKeyDictionary[MiddlewareHost, Observer] = weakref.WeakKeyDictionary()
 _by_registry: weakref.WeakKeyDictionary[CollectorRegistry, Observer] = weakref.WeakKeyDictionary()
 
 
 def instrument(
-    app: Any,
-    *engines: Any,
+    app: MiddlewareHost,
+    *engines: Engine | AsyncEngine,
     registry: CollectorRegistry | None = None,
-    tracer_provider: Any = None,
-    meter_provider: Any = None,
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
     **options: Unpack[Options],
 ) -> Observer:
     """Watch ``engines`` and their sessions, add the middleware to ``app`` and serve
@@ -61,10 +79,8 @@ def instrument(
     return observer
 
 
-def _add_middleware(app: Any, observer: Observer) -> None:
-    from observer.asgi._middleware import ObserverMiddleware
-
-    add = getattr(app, "add_middleware", None)
+def _add_middleware(app: MiddlewareHost, observer: Observer) -> None:
+    add = getattr(app, "add_middleware", None)  # checked: the app may not be what it claims
     if add is None:
         raise ConfigurationError(
             f"instrument() needs a Starlette or FastAPI app (got {type(app).__name__}); for any "

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import weakref
 from time import perf_counter
-from typing import Any, Unpack
+from typing import TYPE_CHECKING, Unpack
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.pool import Pool
 
+from observer import _otel as tracing
 from observer._asgi_types import ASGIApp, Scope
 from observer._hooks import Hooks
 from observer._logs import RateLimiter, emit
 from observer._sweeper import Sweeper
+from observer._types import LeakSnapshot, PoolSnapshot, SessionSnapshot, Snapshot
+from observer.asgi._middleware import ObserverMiddleware
 from observer.asgi._requests import Requests
 from observer.attribution._route_metrics import RouteMetrics
 from observer.attribution._scope import RequestScope, in_request, route_of
@@ -33,6 +35,13 @@ from observer.pool._tracker import PoolState, PoolTracker
 from observer.sessions import _origin as origins
 from observer.sessions._tracker import SessionTracker
 from observer.settings import ConfigurationError, Options, Settings
+
+if TYPE_CHECKING:
+    # OpenTelemetry is an optional extra; sqlalchemy.ext.asyncio needs greenlet (the asyncio
+    # extra) to import: both are for the type checker only.
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 
 def default_pool_name(url: URL) -> str:
@@ -79,13 +88,11 @@ class Observer:
         self,
         *,
         registry: CollectorRegistry | None = None,
-        tracer_provider: Any = None,
-        meter_provider: Any = None,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
         **options: Unpack[Options],
     ) -> None:
         self.settings = Settings.from_options(dict(options))
-        from observer import _otel as tracing
-
         # OpenTelemetry: resolved before anything is registered, so a missing extra fails first
         self._tracer_provider = tracer_provider
         provider = tracing.meter_provider_or_none(meter_provider)
@@ -131,7 +138,7 @@ class Observer:
             limiter=self.limiter,
         )
         self._trackers: dict[int, PoolTracker] = {}
-        self._query_spans: dict[int, Any] = {}  # id(sync engine) -> tracing.QuerySpans
+        self._query_spans: dict[int, tracing.QuerySpans] = {}  # by id(sync engine)
         self.otel = None if provider is None else tracing.OtelMetrics(provider, self._pool_states)
         self.requests = Requests(self.settings, self.routes, self.sessions, self.hooks)
         self._lock = threading.RLock()
@@ -147,7 +154,7 @@ class Observer:
 
     # -- engines ----------------------------------------------------------------------------
 
-    def watch(self, engine: Any, *, name: str | None = None) -> None:
+    def watch(self, engine: Engine | AsyncEngine, *, name: str | None = None) -> None:
         """Watch ``engine`` (an ``Engine`` or ``AsyncEngine``): its pool and its sessions.
 
         Watching an engine again is harmless. ``name`` is the ``pool`` label; by default the
@@ -198,7 +205,7 @@ class Observer:
                 self._sweeper.start()
                 self._started = True
 
-    def unwatch(self, engine: Any) -> None:
+    def unwatch(self, engine: Engine | AsyncEngine) -> None:
         """Stop watching ``engine``: every listener and wrapper added for it is removed."""
         sync = sync_engine_of(engine)
         with self._lock:
@@ -212,8 +219,6 @@ class Observer:
                 spans.remove()
 
     def _wire_otel(self, tracker: PoolTracker, engine: Engine) -> None:
-        from observer import _otel as tracing
-
         tracing_on = self.settings.tracing
         if self.otel is not None:
             tracker.otel = self.otel.pool(tracker.name)
@@ -332,8 +337,6 @@ class Observer:
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
         """``app`` wrapped in the observer's ASGI middleware (for any ASGI app)."""
-        from observer.asgi._middleware import ObserverMiddleware
-
         return ObserverMiddleware(app, observer=self)
 
     def metrics_endpoint(self) -> MetricsEndpoint:
@@ -342,29 +345,40 @@ class Observer:
 
     # -- inspection ---------------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> Snapshot:
         """Pools and open sessions right now, as plain data (for a health or debug endpoint)."""
         self.flush()
         now = perf_counter()
         return {
-            "pools": [
-                {"name": name, **dataclasses.asdict(state)} for name, state in self._pool_states()
-            ],
+            "pools": [_pool_snapshot(name, state) for name, state in self._pool_states()],
             "live_pools": self.live_pools.count(),
             "sessions": [
-                {
-                    "age_seconds": round(now - record.started, 3),
-                    "route": record.route,
-                    "request_id": record.scope.request_id if record.scope else None,
-                    "origin": str(record.origin) if record.origin else None,
-                    "leak": record.reported,
-                }
+                SessionSnapshot(
+                    age_seconds=round(now - record.started, 3),
+                    route=record.route,
+                    request_id=record.scope.request_id if record.scope else None,
+                    origin=str(record.origin) if record.origin else None,
+                    leak=record.reported,
+                )
                 for record in sorted(self.sessions.open.values(), key=lambda r: r.started)
             ],
             "leaks": [
-                {"reason": reason, "route": route, "origin": origin, "count": count}
+                LeakSnapshot(reason=reason, route=route, origin=origin, count=count)
                 for (reason, route, origin), count in sorted(
                     self.sessions.leak_origins.items(), key=lambda item: -item[1]
                 )
             ],
         }
+
+
+def _pool_snapshot(name: str, state: PoolState) -> PoolSnapshot:
+    """``name`` and every field of ``state`` (tests/core pins that the keys are the same)."""
+    return PoolSnapshot(
+        name=name,
+        size=state.size,
+        max_connections=state.max_connections,
+        checked_out=state.checked_out,
+        checked_in=state.checked_in,
+        overflow=state.overflow,
+        waiting=state.waiting,
+    )

@@ -7,15 +7,18 @@ never sets a global provider or an exporter.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from observer.metrics._families import CONNECT_BUCKETS, HOLD_BUCKETS, WAIT_BUCKETS
-from observer.pool._tracker import PoolState
 from observer.settings import ConfigurationError
+
+if TYPE_CHECKING:  # the ``otel`` extra is optional: its types are for the type checker only
+    from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
+    from opentelemetry.trace import TracerProvider
 
 POOL_NAME = "db.client.connection.pool.name"
 STATE = "db.client.connection.state"
@@ -24,6 +27,26 @@ _UNCONFIGURED = {
     ("opentelemetry.metrics._internal", "NoOpMeterProvider"),
     ("opentelemetry.metrics", "NoOpMeterProvider"),
 }
+
+
+class PoolNumbers(Protocol):
+    """A pool's numbers at one moment, as the instruments read them (the pool tracker's
+    ``PoolState``; a Protocol, because the pool layer sits above this one)."""
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def max_connections(self) -> int: ...
+
+    @property
+    def checked_out(self) -> int: ...
+
+    @property
+    def checked_in(self) -> int: ...
+
+    @property
+    def waiting(self) -> int: ...
 
 
 def _require_otel(*, instrumentation: bool = False) -> None:
@@ -40,7 +63,7 @@ def _require_otel(*, instrumentation: bool = False) -> None:
         ) from None
 
 
-def meter_provider_or_none(meter_provider: Any) -> Any:
+def meter_provider_or_none(meter_provider: MeterProvider | None) -> MeterProvider | None:
     """``meter_provider``, else the global one if the app configured it, else ``None``."""
     if meter_provider is not None:
         _require_otel()
@@ -122,7 +145,7 @@ class SpanEventsOnly:
         pass
 
 
-def _span_event(name: str, attributes: dict[str, Any]) -> None:
+def _span_event(name: str, attributes: Mapping[str, str | float]) -> None:
     from opentelemetry import trace
 
     span = trace.get_current_span()
@@ -139,7 +162,9 @@ class OtelMetrics:
     """
 
     def __init__(
-        self, meter_provider: Any, states: Callable[[], Sequence[tuple[str, PoolState]]]
+        self,
+        meter_provider: MeterProvider,
+        states: Callable[[], Sequence[tuple[str, PoolNumbers]]],
     ) -> None:
         from observer._version import __version__
 
@@ -198,7 +223,7 @@ class OtelMetrics:
     def pool(self, name: str) -> PoolInstruments:
         return PoolInstruments(self, name)
 
-    def _observe(self, value: Callable[[PoolState], int | None]) -> Iterable[Any]:
+    def _observe(self, value: Callable[[PoolNumbers], int | None]) -> Iterable[Observation]:
         from opentelemetry.metrics import Observation
 
         for name, state in self._states():
@@ -206,20 +231,20 @@ class OtelMetrics:
             if number is not None:
                 yield Observation(number, {POOL_NAME: name})
 
-    def _count(self, options: Any) -> Iterable[Any]:
+    def _count(self, options: CallbackOptions) -> Iterable[Observation]:
         from opentelemetry.metrics import Observation
 
         for name, state in self._states():
             yield Observation(state.checked_in, {POOL_NAME: name, STATE: "idle"})
             yield Observation(state.checked_out, {POOL_NAME: name, STATE: "used"})
 
-    def _max(self, options: Any) -> Iterable[Any]:
+    def _max(self, options: CallbackOptions) -> Iterable[Observation]:
         return self._observe(lambda s: s.max_connections if s.max_connections >= 0 else None)
 
-    def _idle_max(self, options: Any) -> Iterable[Any]:
+    def _idle_max(self, options: CallbackOptions) -> Iterable[Observation]:
         return self._observe(lambda s: s.size if s.size > 0 else None)
 
-    def _pending(self, options: Any) -> Iterable[Any]:
+    def _pending(self, options: CallbackOptions) -> Iterable[Observation]:
         return self._observe(lambda s: s.waiting)
 
 
@@ -234,7 +259,7 @@ class QuerySpans:
     pool state instead.
     """
 
-    def __init__(self, engine: Engine, tracer_provider: Any) -> None:
+    def __init__(self, engine: Engine, tracer_provider: TracerProvider | None) -> None:
         _require_otel()
         from opentelemetry import trace
         from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer

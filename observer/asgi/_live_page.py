@@ -7,12 +7,10 @@ only where /metrics would be acceptable too.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from observer._asgi_types import Receive, Scope, Send
-
-if TYPE_CHECKING:
-    from observer._observer import Observer
+from observer._types import Snapshot
 
 SNAPSHOT_SUFFIX = "/snapshot.json"
 
@@ -96,10 +94,11 @@ setInterval(refresh, 2000);
 
 
 class LivePage:
-    """``GET path``: the page; ``GET path/snapshot.json``: :meth:`Observer.snapshot` as JSON."""
+    """``GET path``: the page; ``GET path/snapshot.json``: ``snapshot()`` as JSON (the
+    observer's :meth:`~observer.Observer.snapshot`)."""
 
-    def __init__(self, observer: Observer, path: str) -> None:
-        self.observer = observer
+    def __init__(self, snapshot: Callable[[], Snapshot], path: str) -> None:
+        self.snapshot = snapshot
         self.path = path.rstrip("/") or "/"
         self.snapshot_path = self.path.rstrip("/") + SNAPSHOT_SUFFIX
 
@@ -108,7 +107,7 @@ class LivePage:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("path") == self.snapshot_path:
-            body = json.dumps(self.observer.snapshot()).encode()
+            body = json.dumps(self.snapshot()).encode()
             content_type = b"application/json"
         else:  # the page fetches the snapshot next to itself, also behind a proxy's root_path
             url = str(scope.get("root_path", "")) + self.snapshot_path

@@ -3,14 +3,40 @@
 from __future__ import annotations
 
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from observer._asgi_types import ASGIApp, Message, Receive, Scope, Send
+from observer._hooks import Hooks
+from observer._types import Snapshot
 from observer.asgi._live_page import LivePage
+from observer.asgi._requests import Requests
 from observer.attribution._scope import ENDED, REQUEST, ROOT_PATH, RequestScope, current_http
+from observer.settings import Settings
 
-if TYPE_CHECKING:
-    from observer._observer import Observer
+
+class RequestObserver(Protocol):
+    """What the middleware needs from the observer (:class:`observer.Observer` is one)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def hooks(self) -> Hooks: ...
+
+    @property
+    def requests(self) -> Requests: ...
+
+    def begin_request(self, scope: Scope) -> RequestScope:
+        """The attribution scope of a new HTTP request."""
+        ...
+
+    def metrics_endpoint(self) -> ASGIApp:
+        """The ASGI app serving the metrics (at the ``metrics_path`` option)."""
+        ...
+
+    def snapshot(self) -> Snapshot:
+        """Pools and open sessions right now (for the live page)."""
+        ...
 
 
 class ObserverMiddleware:
@@ -23,13 +49,13 @@ class ObserverMiddleware:
     they are.
     """
 
-    def __init__(self, app: ASGIApp, *, observer: Observer) -> None:
+    def __init__(self, app: ASGIApp, *, observer: RequestObserver) -> None:
         self.app = app
         self.observer = observer
         self.metrics_path = observer.settings.metrics_path
         self.metrics = observer.metrics_endpoint()
         live_path = observer.settings.live_page_path
-        self.live_page = LivePage(observer, live_path) if live_path else None
+        self.live_page = LivePage(observer.snapshot, live_path) if live_path else None
         self.server_timing = observer.settings.server_timing
         # With request logs on, every request needs its scope from the start (status, duration,
         # id); otherwise it is created when the request first uses the pool (request_now).
@@ -79,7 +105,9 @@ class _Sender:
 
     __slots__ = ("http", "observer", "send", "server_timing")
 
-    def __init__(self, send: Send, http: Scope, observer: Observer, server_timing: bool) -> None:
+    def __init__(
+        self, send: Send, http: Scope, observer: RequestObserver, server_timing: bool
+    ) -> None:
         self.send = send
         self.http = http
         self.observer = observer
@@ -103,7 +131,9 @@ class _Sender:
             await self.send(message)
 
 
-def _with_server_timing(message: Message, request: RequestScope, observer: Observer) -> Message:
+def _with_server_timing(
+    message: Message, request: RequestScope, observer: RequestObserver
+) -> Message:
     """``message`` (a response start) with the request's DB wait and hold so far, in ms."""
     try:
         wait = request.wait_seconds * 1000

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, TextIO
+from typing import TextIO
 
 from prometheus_client import CollectorRegistry
 
+from observer import Snapshot
 from observer.demo._load import LoadResult
 
 
@@ -31,7 +32,7 @@ def write_report(
     out: TextIO,
     *,
     load: LoadResult,
-    snapshot: dict[str, Any],
+    snapshot: Snapshot,
     registry: CollectorRegistry,
     events: Counter[str],
     base_url: str,

@@ -135,3 +135,137 @@ async def test_live_page_is_off_unless_enabled(
             assert (await client.get("/observer/snapshot.json")).status_code == 404
     finally:
         obs.close()
+
+
+async def _get(app: Any, path: str, root_path: str = "") -> tuple[int, dict[str, str], bytes]:
+    """One GET through ``app`` as a bare ASGI call: status, headers and body."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:  # pragma: no cover - the page reads no body
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": path, "root_path": root_path}
+    await app(scope, receive, send)
+    start, body = sent
+    headers = {key.decode(): value.decode() for key, value in start["headers"]}
+    return start["status"], headers, body["body"]
+
+
+async def test_live_page_serves_the_snapshot_callable_it_is_given() -> None:
+    """The page needs no Observer: it serves what its snapshot callable returns, as JSON next
+    to the page, and the page fetches it there (behind a proxy's root_path too)."""
+    import json
+
+    from observer._types import Snapshot
+    from observer.asgi._live_page import LivePage
+
+    snapshot: Snapshot = {
+        "pools": [
+            {
+                "name": "main",
+                "size": 5,
+                "max_connections": 15,
+                "checked_out": 2,
+                "checked_in": 3,
+                "overflow": 0,
+                "waiting": 1,
+            }
+        ],
+        "live_pools": 1,
+        "sessions": [],
+        "leaks": [{"reason": "too_old", "route": "/r", "origin": "unknown", "count": 4}],
+    }
+    calls: list[int] = []
+
+    def take() -> Snapshot:
+        calls.append(1)
+        return snapshot
+
+    page = LivePage(take, "/observer/")
+    status, headers, body = await _get(page, "/observer/snapshot.json")
+    assert (status, headers["content-type"], headers["cache-control"]) == (
+        200,
+        "application/json",
+        "no-store",
+    )
+    assert json.loads(body) == snapshot
+    assert calls == [1]
+    status, headers, body = await _get(page, "/observer", root_path="/api")
+    assert (status, headers["content-type"]) == (200, "text/html; charset=utf-8")
+    assert b'const SNAPSHOT = "/api/observer/snapshot.json";' in body
+    assert calls == [1]  # the page itself reads nothing
+    assert [page.handles(p) for p in ("/observer", "/observer/", "/observer/x", "/")] == [
+        True,
+        True,
+        False,
+        False,
+    ]
+
+
+TEST_SNAPSHOT_JSON = "test_snapshot_json_has_the_snapshot_keys_and_values"
+
+
+def _origin_of(marker: str, function: str) -> str:
+    """The origin the observer shows for the line of this file ending with ``marker``
+    (relative to the working directory, as the observer shows it)."""
+    lines = Path(__file__).read_text().splitlines()
+    line = next(n for n, text in enumerate(lines, 1) if text.endswith(marker))
+    here = os.path.relpath(__file__)
+    return f"{__file__ if here.startswith('..') else here}:{line} in {function}"
+
+
+async def test_snapshot_json_has_the_snapshot_keys_and_values(
+    make_engine: Any, registry: CollectorRegistry
+) -> None:
+    """Through the middleware, ``snapshot.json`` is ``Observer.snapshot()``: each pool's
+    numbers, each open session (age, route, request id, origin, leak) and the leaks so far."""
+    import httpx
+
+    engine = make_engine(pool_size=2, max_overflow=1)
+    app = FastAPI()
+    obs = observer.instrument(
+        app,
+        engine,
+        registry=registry,
+        live_page_path="/observer",
+        leak_threshold_seconds=0.2,
+        sweep_interval_seconds=0.05,
+    )
+    try:
+        pool = obs.pool_names[0]
+        async with AsyncSession(engine) as session:
+            await session.execute(text("SELECT 1"))  # snapshot: opened here
+            await asyncio.sleep(0.4)  # past the threshold: the sweeper counts a too_old leak
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+                response = await client.get("/observer/snapshot.json")
+    finally:
+        obs.close()
+    snap = response.json()
+    assert sorted(snap) == ["leaks", "live_pools", "pools", "sessions"]
+    assert snap["pools"] == [
+        {
+            "name": pool,
+            "size": 2,
+            "max_connections": 3,
+            "checked_out": 1,
+            "checked_in": 0,
+            "overflow": 0,
+            "waiting": 0,
+        }
+    ]
+    assert snap["live_pools"] == 1
+    [open_session] = snap["sessions"]
+    age = open_session.pop("age_seconds")
+    origin = _origin_of("# snapshot: opened here", TEST_SNAPSHOT_JSON)
+    assert open_session == {
+        "route": "none",
+        "request_id": None,
+        "origin": origin,
+        "leak": "too_old",
+    }
+    assert 0.2 <= age < 30
+    assert snap["leaks"] == [{"reason": "too_old", "route": "none", "origin": origin, "count": 1}]

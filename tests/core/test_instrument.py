@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +24,7 @@ from tests.helpers import sample
 
 pytestmark = pytest.mark.postgres
 
-# DESIGN.md section 3: the names dashboards, alerts and users depend on.
+# The metric names dashboards, alerts and users depend on (the contract).
 CONTRACT = [
     "sqlalchemy_pool_size",
     "sqlalchemy_pool_max_connections",
@@ -200,3 +204,91 @@ async def test_observer_middleware_wraps_any_asgi_app(
     assert (await get(app, "/anything")).status_code == 204
     metrics = await get(app, "/metrics")
     assert 'sqlalchemy_route_checkouts_total{route="unmatched"} 1.0' in metrics.text
+
+
+# A user's code against the public API: the first block type-checks, each line of the second
+# is one error (the line numbers are asserted below).
+USER_CODE = """\
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.trace import TracerProvider
+from sqlalchemy import create_engine
+from sqlalchemy.ext.asyncio import create_async_engine
+
+import observer
+
+app = FastAPI()
+engine = create_async_engine("postgresql+asyncpg://app@db/app")
+obs = observer.instrument(app, engine, create_engine("sqlite://"), meter_provider=MeterProvider())
+obs.watch(engine, name="main")
+obs.unwatch(engine)
+snap: observer.Snapshot = obs.snapshot()
+in_use: int = sum(pool["checked_out"] for pool in snap["pools"])
+ages: list[float] = [session["age_seconds"] for session in snap["sessions"]]
+wrapped = obs.middleware(app)
+traced = observer.Observer(tracer_provider=TracerProvider(), tracing=True)
+
+
+async def plain(scope: Any, receive: Any, send: Any) -> None: ...
+
+
+obs.watch("postgresql://app@db/app")
+observer.instrument(plain, engine)
+snap["pools"][0]["in_use"]
+observer.Observer(tracer_provider=MeterProvider())
+"""
+
+
+def test_the_public_signatures_type_check_a_users_code(tmp_path: Path) -> None:
+    """mypy --strict accepts the documented uses (an AsyncEngine and an Engine, a FastAPI app,
+    OpenTelemetry providers, the typed snapshot) and rejects a URL for an engine, a plain ASGI
+    function for instrument(), a key the snapshot does not have, and a provider of the wrong
+    kind."""
+    (tmp_path / "user.py").write_text(USER_CODE)
+    repo = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "mypy", "--strict", "--no-incremental"),
+            *("--cache-dir", os.devnull, "--no-error-summary", "--hide-error-context", "user.py"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "MYPYPATH": str(repo)},
+    )
+    # "user.py:28: error: Argument 1 to ... [arg-type]" -> ("user.py:28", "arg-type")
+    errors = [
+        (line.split(": error: ")[0], line.rsplit("[", 1)[-1].rstrip("]"))
+        for line in result.stdout.splitlines()
+    ]
+    assert (errors, result.stderr) == (
+        [
+            ("user.py:28", "arg-type"),
+            ("user.py:29", "arg-type"),
+            ("user.py:30", "typeddict-item"),
+            ("user.py:31", "arg-type"),
+        ],
+        "",
+    ), result.stdout
+
+
+def test_a_pool_snapshot_has_every_field_of_the_pool_state() -> None:
+    """The snapshot's pool items are the pool's name then every PoolState field, in order (the
+    TypedDict is written out, so a new PoolState field must be added to it)."""
+    from observer._types import PoolSnapshot
+    from observer.pool._tracker import PoolState
+
+    fields = [field.name for field in dataclasses.fields(PoolState)]
+    assert list(PoolSnapshot.__annotations__) == ["name", *fields]
+
+
+def test_snapshot_is_exported_with_its_keys() -> None:
+    """``observer.Snapshot`` is public and names the four parts of ``Observer.snapshot()``."""
+    assert "Snapshot" in observer.__all__
+    assert list(observer.Snapshot.__annotations__) == ["pools", "live_pools", "sessions", "leaks"]
+    assert observer.Snapshot.__required_keys__ == {"pools", "live_pools", "sessions", "leaks"}
