@@ -16,7 +16,7 @@ See docs/alembic.md.
 from __future__ import annotations
 
 from observer.alembic._migrations import run_migrations
-from observer.alembic._revisions import CodeRevisions, SchemaState
 from observer.alembic._schema_drift import SchemaWatcher, watch_schema
+from observer.server._revisions import CodeRevisions, SchemaState
 
 __all__ = ["CodeRevisions", "SchemaState", "SchemaWatcher", "run_migrations", "watch_schema"]

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from observer._logs import logger
-from observer.alembic._revisions import (
+from observer.server._revisions import (
     DEFAULT_VERSION_TABLE,
     CodeRevisions,
     SchemaState,

@@ -14,7 +14,6 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from observer.alembic._revisions import DEFAULT_VERSION_TABLE, CodeRevisions
 from observer.doctor._engine import check_engine
 from observer.doctor._pool_checks import (
     DEFAULT_MAX_OVERFLOW,
@@ -24,6 +23,7 @@ from observer.doctor._pool_checks import (
     PoolSettings,
 )
 from observer.doctor._report import EXIT_UNUSABLE, Report, render_text
+from observer.server._revisions import DEFAULT_VERSION_TABLE, CodeRevisions
 
 DATABASE_URL_ENV = "OBSERVER_DATABASE_URL"
 

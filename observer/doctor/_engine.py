@@ -5,12 +5,6 @@ from __future__ import annotations
 from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from observer.alembic._revisions import (
-    DEFAULT_VERSION_TABLE,
-    CodeRevisions,
-    read_revisions,
-    read_revisions_sync,
-)
 from observer.doctor._pool_checks import (
     DEFAULT_REQUEST_TIMEOUT,
     Deployment,
@@ -18,6 +12,12 @@ from observer.doctor._pool_checks import (
     pool_settings_of,
 )
 from observer.doctor._report import Report, build_report
+from observer.server._revisions import (
+    DEFAULT_VERSION_TABLE,
+    CodeRevisions,
+    read_revisions,
+    read_revisions_sync,
+)
 from observer.server._view import (
     application_name_from_env,
     read_activity,

@@ -7,9 +7,9 @@ from typing import Any, TextIO
 
 from sqlalchemy.engine import URL
 
-from observer.alembic._revisions import SchemaState, check_schema
 from observer.doctor._pool_checks import Deployment, PoolSettings, check_activity, check_settings
 from observer.server._findings import SEVERITY_RANK, Finding
+from observer.server._revisions import SchemaState, check_schema
 from observer.server._view import STATES, Activity, ServerSettings
 
 EXIT_OK, EXIT_FINDINGS, EXIT_UNUSABLE = 0, 1, 2

@@ -1,1 +1,1 @@
-"""What the PostgreSQL server reports (settings, pg_stat_activity), shared by doctor and sidecar."""
+"""What PostgreSQL reports (settings, pg_stat_activity, the Alembic revision), shared by the tools."""
