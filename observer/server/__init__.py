@@ -1,1 +1,1 @@
-"""What PostgreSQL reports (settings, pg_stat_activity, the Alembic revision), shared by the tools."""
+"""What PostgreSQL reports (settings, activity, the Alembic revision), shared by the tools."""
