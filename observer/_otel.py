@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from observer._compat.otel import engine_tracer_listeners
 from observer.metrics._families import CONNECT_BUCKETS, HOLD_BUCKETS, WAIT_BUCKETS
 from observer.pool._tracker import PoolState
 from observer.settings import ConfigurationError
@@ -249,7 +250,7 @@ class QuerySpans:
             .get_meter("pool_observer")
             .create_up_down_counter("db.client.connections.usage")
         )
-        registry: list[Any] = EngineTracer._remove_event_listener_params
+        registry = engine_tracer_listeners(EngineTracer)
         before = list(registry)
         EngineTracer(tracer, engine, usage)  # type: ignore[no-untyped-call]
         self._listeners = [entry for entry in registry if entry not in before]

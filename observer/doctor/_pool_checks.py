@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy.pool import Pool
 
+from observer._compat.sqlalchemy import max_overflow, pool_pre_ping, pool_recycle, pool_timeout
 from observer.server._findings import Finding
 from observer.server._view import Activity, ServerSettings
 
@@ -99,36 +100,34 @@ class Deployment:
         return self.workers * self.replicas
 
 
-def _attr(pool: Pool, name: str, default: Any) -> Any:
-    # Private attributes of SQLAlchemy's pools (pool/base.py, pool/impl.py): read defensively.
-    try:
-        return getattr(pool, name, default)
-    except Exception:
-        return default
-
-
 def pool_settings_of(pool: Pool) -> PoolSettings:
     """Read a live pool's configuration (QueuePool, AsyncAdaptedQueuePool, NullPool, ...)."""
-    size_method = _attr(pool, "size", None)
+    overflow = max_overflow(pool)
+    size_method = _size_method(pool)
     pool_size: int | None
-    max_overflow = 0
-    if callable(size_method) and hasattr(pool, "_max_overflow"):
+    if size_method is not None and overflow is not None:  # QueuePool and its subclasses
         pool_size = int(size_method())
-        max_overflow = int(_attr(pool, "_max_overflow", 0))
-    elif type(pool).__name__ in {"StaticPool", "AssertionPool"}:
-        pool_size = 1
-    else:  # NullPool opens one connection per checkout; SingletonThreadPool one per thread
-        pool_size = None
-    recycle = float(_attr(pool, "_recycle", -1))
-    timeout = _attr(pool, "_timeout", None)
+    else:
+        overflow = 0
+        # NullPool opens one connection per checkout; SingletonThreadPool one per thread
+        pool_size = 1 if type(pool).__name__ in {"StaticPool", "AssertionPool"} else None
     return PoolSettings(
         pool_class=type(pool).__name__,
         pool_size=pool_size,
-        max_overflow=max_overflow,
-        pool_recycle=recycle if recycle > 0 else None,
-        pool_timeout=float(timeout) if isinstance(timeout, int | float) and timeout > 0 else None,
-        pool_pre_ping=bool(_attr(pool, "_pre_ping", False)),
+        max_overflow=overflow,
+        pool_recycle=pool_recycle(pool),
+        pool_timeout=pool_timeout(pool),
+        pool_pre_ping=pool_pre_ping(pool),
     )
+
+
+def _size_method(pool: Pool) -> Callable[[], int] | None:
+    """QueuePool's ``size()``, read defensively (a subclass may break it)."""
+    try:
+        method = getattr(pool, "size", None)
+    except Exception:
+        return None
+    return method if callable(method) else None
 
 
 def _s(seconds: float | None) -> str:

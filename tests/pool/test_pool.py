@@ -450,17 +450,6 @@ async def test_watching_sends_no_statement_through_the_execution_event_path(
     assert Engine._has_events is False
 
 
-async def test_the_pool_of_a_connection_record_is_found(make_engine: Any) -> None:
-    """observer.pool._live.pool_of reads SQLAlchemy's private record slot: pinned here, so a
-    SQLAlchemy release that moves it fails this test instead of silently losing live pools."""
-    from observer.pool._live import pool_of
-
-    engine = make_engine()
-    async with engine.connect() as conn:
-        raw = await conn.get_raw_connection()
-        assert pool_of(raw._connection_record) is engine.sync_engine.pool
-
-
 async def test_an_async_engine_has_no_reset_listener_and_a_sync_engine_has_one(
     make_engine: Any, make_observer: Any, pg_sync_url: str
 ) -> None:
