@@ -455,11 +455,11 @@ async def test_an_async_engine_has_no_reset_listener_and_a_sync_engine_has_one(
 ) -> None:
     """A reset listener costs every checkin ~1 us. Only a sync engine needs one (the garbage
     collector returns a sync connection through reset and checkin); an async one is detached
-    from inside SQLAlchemy's _finalize_fairy, which observer.pool._tracker recognises on the stack.
-    Pinned: a SQLAlchemy release without that function fails here, not silently."""
-    from observer.pool._tracker import _FINALIZE_FAIRY
+    from inside SQLAlchemy's _finalize_fairy, which observer._compat.sqlalchemy recognises on the
+    stack. Pinned: a SQLAlchemy release without that function fails here, not silently."""
+    from observer._compat.sqlalchemy import GC_FINALIZER_FOUND
 
-    assert _FINALIZE_FAIRY is not None
+    assert GC_FINALIZER_FOUND is True
     obs = make_observer()
     engine = make_engine()
     sync = create_engine(pg_sync_url)
