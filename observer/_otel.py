@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from observer._compat.otel import engine_tracer_listeners
 from observer.metrics._families import CONNECT_BUCKETS, HOLD_BUCKETS, WAIT_BUCKETS
 from observer.settings import ConfigurationError
 
@@ -274,7 +275,7 @@ class QuerySpans:
             .get_meter("pool_observer")
             .create_up_down_counter("db.client.connections.usage")
         )
-        registry: list[Any] = EngineTracer._remove_event_listener_params
+        registry = engine_tracer_listeners(EngineTracer)
         before = list(registry)
         EngineTracer(tracer, engine, usage)  # type: ignore[no-untyped-call]
         self._listeners = [entry for entry in registry if entry not in before]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy.pool import Pool
 
+from observer._compat.sqlalchemy import max_overflow, pool_pre_ping, pool_recycle, pool_timeout
 from observer.server._findings import Finding
 from observer.server._view import Activity, ServerSettings
 
@@ -99,36 +100,34 @@ class Deployment:
         return self.workers * self.replicas
 
 
-def _attr(pool: Pool, name: str, default: Any) -> Any:
-    # Private attributes of SQLAlchemy's pools (pool/base.py, pool/impl.py): read defensively.
-    try:
-        return getattr(pool, name, default)
-    except Exception:
-        return default
-
-
 def pool_settings_of(pool: Pool) -> PoolSettings:
     """Read a live pool's configuration (QueuePool, AsyncAdaptedQueuePool, NullPool, ...)."""
-    size_method = _attr(pool, "size", None)
+    overflow = max_overflow(pool)
+    size_method = _size_method(pool)
     pool_size: int | None
-    max_overflow = 0
-    if callable(size_method) and hasattr(pool, "_max_overflow"):
+    if size_method is not None and overflow is not None:  # QueuePool and its subclasses
         pool_size = int(size_method())
-        max_overflow = int(_attr(pool, "_max_overflow", 0))
-    elif type(pool).__name__ in {"StaticPool", "AssertionPool"}:
-        pool_size = 1
-    else:  # NullPool opens one connection per checkout; SingletonThreadPool one per thread
-        pool_size = None
-    recycle = float(_attr(pool, "_recycle", -1))
-    timeout = _attr(pool, "_timeout", None)
+    else:
+        overflow = 0
+        # NullPool opens one connection per checkout; SingletonThreadPool one per thread
+        pool_size = 1 if type(pool).__name__ in {"StaticPool", "AssertionPool"} else None
     return PoolSettings(
         pool_class=type(pool).__name__,
         pool_size=pool_size,
-        max_overflow=max_overflow,
-        pool_recycle=recycle if recycle > 0 else None,
-        pool_timeout=float(timeout) if isinstance(timeout, int | float) and timeout > 0 else None,
-        pool_pre_ping=bool(_attr(pool, "_pre_ping", False)),
+        max_overflow=overflow,
+        pool_recycle=pool_recycle(pool),
+        pool_timeout=pool_timeout(pool),
+        pool_pre_ping=pool_pre_ping(pool),
     )
+
+
+def _size_method(pool: Pool) -> Callable[[], int] | None:
+    """QueuePool's ``size()``, read defensively (a subclass may break it)."""
+    try:
+        method = getattr(pool, "size", None)
+    except Exception:
+        return None
+    return method if callable(method) else None
 
 
 def _s(seconds: float | None) -> str:
@@ -141,141 +140,173 @@ def check_settings(
     pool: PoolSettings, deployment: Deployment, server: ServerSettings
 ) -> list[Finding]:
     """Findings about the configuration: what will break, and when."""
-    findings: list[Finding] = []
+    found = (check(pool, deployment, server) for check in _SETTINGS_CHECKS)
+    return [finding for finding in found if finding is not None]
 
+
+def _recycle_vs_idle_session_timeout(
+    pool: PoolSettings, deployment: Deployment, server: ServerSettings
+) -> Finding | None:
     idle = server.idle_session_timeout
-    if idle and (pool.pool_recycle is None or pool.pool_recycle >= idle):
-        suggest = max(1, math.floor(idle * 0.9))
-        consequence = (
-            "pool_pre_ping replaces them at checkout, at the price of a reconnect"
-            if pool.pool_pre_ping
-            else "the next checkout gets a dead connection and its request fails"
-        )
-        findings.append(
-            Finding(
-                "pool_recycle_vs_idle_session_timeout",
-                "warning" if pool.pool_pre_ping else "error",
-                f"the server closes sessions idle for {_s(idle)} (idle_session_timeout) but "
-                f"pool_recycle is {_s(pool.pool_recycle)}: connections resting in the pool "
-                f"longer than that are closed under it; {consequence}",
-                f"set pool_recycle={suggest} (below idle_session_timeout) and "
-                "pool_pre_ping=True, or raise idle_session_timeout for the app's role",
-            )
-        )
+    if not idle or (pool.pool_recycle is not None and pool.pool_recycle < idle):
+        return None
+    suggest = max(1, math.floor(idle * 0.9))
+    consequence = (
+        "pool_pre_ping replaces them at checkout, at the price of a reconnect"
+        if pool.pool_pre_ping
+        else "the next checkout gets a dead connection and its request fails"
+    )
+    return Finding(
+        "pool_recycle_vs_idle_session_timeout",
+        "warning" if pool.pool_pre_ping else "error",
+        f"the server closes sessions idle for {_s(idle)} (idle_session_timeout) but "
+        f"pool_recycle is {_s(pool.pool_recycle)}: connections resting in the pool "
+        f"longer than that are closed under it; {consequence}",
+        f"set pool_recycle={suggest} (below idle_session_timeout) and "
+        "pool_pre_ping=True, or raise idle_session_timeout for the app's role",
+    )
 
+
+def _recycle_vs_network_idle_timeout(
+    pool: PoolSettings, deployment: Deployment, server: ServerSettings
+) -> Finding | None:
     network = deployment.network_idle_timeout
     keepalive = server.tcp_keepalives_idle or OS_KEEPALIVE_IDLE
     if (
-        network
-        and keepalive >= network
-        and (pool.pool_recycle is None or pool.pool_recycle >= network)
+        not network
+        or keepalive < network
+        or (pool.pool_recycle is not None and pool.pool_recycle < network)
     ):
-        suggest = max(1, math.floor(network * 0.9))
-        findings.append(
-            Finding(
-                "pool_recycle_vs_network_idle_timeout",
-                "warning" if pool.pool_pre_ping else "error",
-                f"something between app and database drops connections idle for {_s(network)} "
-                f"but pool_recycle is {_s(pool.pool_recycle)} and the server's TCP keepalives "
-                f"start after {_s(keepalive)} (tcp_keepalives_idle): a connection resting in "
-                "the pool is dropped silently, and the next checkout hangs or fails",
-                f"set pool_recycle={suggest} and pool_pre_ping=True, or tcp_keepalives_idle "
-                f"below {_s(network)} on the server",
-            )
-        )
+        return None
+    suggest = max(1, math.floor(network * 0.9))
+    return Finding(
+        "pool_recycle_vs_network_idle_timeout",
+        "warning" if pool.pool_pre_ping else "error",
+        f"something between app and database drops connections idle for {_s(network)} "
+        f"but pool_recycle is {_s(pool.pool_recycle)} and the server's TCP keepalives "
+        f"start after {_s(keepalive)} (tcp_keepalives_idle): a connection resting in "
+        "the pool is dropped silently, and the next checkout hangs or fails",
+        f"set pool_recycle={suggest} and pool_pre_ping=True, or tcp_keepalives_idle "
+        f"below {_s(network)} on the server",
+    )
 
+
+def _in_transaction_timeout_vs_request_timeout(
+    pool: PoolSettings, deployment: Deployment, server: ServerSettings
+) -> Finding | None:
     in_tx = server.idle_in_transaction_session_timeout
-    if in_tx and deployment.request_timeout >= in_tx:
-        findings.append(
-            Finding(
-                "idle_in_transaction_session_timeout_vs_request_timeout",
-                "warning",
-                f"the server ends sessions idle in a transaction for {_s(in_tx)} "
-                "(idle_in_transaction_session_timeout) but a request may run for "
-                f"{_s(deployment.request_timeout)}: a session kept open across a slow await "
-                "loses its connection mid-request",
-                "commit or close the session before slow awaits (sessions left open show in "
-                "sqlalchemy_orm_session_leaks_total), or keep the request timeout below "
-                "idle_in_transaction_session_timeout",
-            )
-        )
+    if not in_tx or deployment.request_timeout < in_tx:
+        return None
+    return Finding(
+        "idle_in_transaction_session_timeout_vs_request_timeout",
+        "warning",
+        f"the server ends sessions idle in a transaction for {_s(in_tx)} "
+        "(idle_in_transaction_session_timeout) but a request may run for "
+        f"{_s(deployment.request_timeout)}: a session kept open across a slow await "
+        "loses its connection mid-request",
+        "commit or close the session before slow awaits (sessions left open show in "
+        "sqlalchemy_orm_session_leaks_total), or keep the request timeout below "
+        "idle_in_transaction_session_timeout",
+    )
 
+
+def _connections_vs_server_limit(
+    pool: PoolSettings, deployment: Deployment, server: ServerSettings
+) -> Finding | None:
     available = server.available_connections
     per_process = pool.max_connections
     reserved = server.superuser_reserved_connections + server.reserved_connections
     limit = f"max_connections {server.max_connections} - {reserved} reserved = {available}"
     if per_process is None:
-        findings.append(
-            Finding(
-                "connections_unbounded",
-                "error",
-                f"{pool.pool_class} with pool_size={pool.pool_size}, "
-                f"max_overflow={pool.max_overflow} opens as many connections as there are "
-                f"concurrent requests; the server allows {limit}",
-                f"bound the pool: pool_size + max_overflow <= "
-                f"{max(available // deployment.processes, 0)} per process "
-                f"({deployment.workers} workers x {deployment.replicas} replicas)",
-            )
+        return Finding(
+            "connections_unbounded",
+            "error",
+            f"{pool.pool_class} with pool_size={pool.pool_size}, "
+            f"max_overflow={pool.max_overflow} opens as many connections as there are "
+            f"concurrent requests; the server allows {limit}",
+            f"bound the pool: pool_size + max_overflow <= "
+            f"{max(available // deployment.processes, 0)} per process "
+            f"({deployment.workers} workers x {deployment.replicas} replicas)",
         )
-    else:
-        total = per_process * deployment.processes
-        if total > available:
-            cap = available // deployment.processes
-            fix = (
-                f"keep pool_size + max_overflow <= {cap} per process"
-                if cap >= 1
-                else "run fewer processes per database"
-            )
-            findings.append(
-                Finding(
-                    "connections_exceed_server_limit",
-                    "error",
-                    f"(pool_size {pool.pool_size} + max_overflow {pool.max_overflow}) x "
-                    f"{deployment.workers} workers x {deployment.replicas} replicas = {total} "
-                    f"connections at peak, but the server allows {limit}: at peak, new "
-                    "connections fail with 'too many clients already'",
-                    f"{fix}, put PgBouncer in front, or raise max_connections",
-                )
-            )
+    total = per_process * deployment.processes
+    if total <= available:
+        return None
+    cap = available // deployment.processes
+    fix = (
+        f"keep pool_size + max_overflow <= {cap} per process"
+        if cap >= 1
+        else ("run fewer processes per database")
+    )
+    return Finding(
+        "connections_exceed_server_limit",
+        "error",
+        f"(pool_size {pool.pool_size} + max_overflow {pool.max_overflow}) x "
+        f"{deployment.workers} workers x {deployment.replicas} replicas = {total} "
+        f"connections at peak, but the server allows {limit}: at peak, new "
+        "connections fail with 'too many clients already'",
+        f"{fix}, put PgBouncer in front, or raise max_connections",
+    )
 
-    if not pool.pool_pre_ping:
-        findings.append(
-            Finding(
-                "pool_pre_ping_off",
-                "warning",
-                "pool_pre_ping is off: a connection closed by the server or the network "
-                "(restart, failover, idle timeout, pg_terminate_backend) fails the first "
-                "request that checks it out",
-                "create the engine with pool_pre_ping=True (one round trip per checkout)",
-            )
-        )
 
-    if pool.pool_timeout is not None and pool.pool_timeout >= deployment.request_timeout:
-        suggest = max(1, math.floor(deployment.request_timeout / 3))
-        findings.append(
-            Finding(
-                "pool_timeout_vs_request_timeout",
-                "warning",
-                f"pool_timeout is {_s(pool.pool_timeout)} and requests time out after "
-                f"{_s(deployment.request_timeout)}: when the pool is exhausted, requests wait "
-                "until the client gives up instead of failing fast with 'QueuePool limit "
-                "reached'",
-                f"set pool_timeout={suggest} (well below the request timeout)",
-            )
-        )
+def _pre_ping_off(
+    pool: PoolSettings, deployment: Deployment, server: ServerSettings
+) -> Finding | None:
+    if pool.pool_pre_ping:
+        return None
+    return Finding(
+        "pool_pre_ping_off",
+        "warning",
+        "pool_pre_ping is off: a connection closed by the server or the network "
+        "(restart, failover, idle timeout, pg_terminate_backend) fails the first "
+        "request that checks it out",
+        "create the engine with pool_pre_ping=True (one round trip per checkout)",
+    )
 
-    if server.statement_timeout == 0:
-        findings.append(
-            Finding(
-                "statement_timeout_off",
-                "info",
-                "statement_timeout is off on the server: a runaway query holds its "
-                "connection (and its locks) until it ends",
-                "set statement_timeout for the app's role (ALTER ROLE ... SET "
-                "statement_timeout = '30s') or per engine (connect_args server_settings)",
-            )
-        )
-    return findings
+
+def _pool_timeout_vs_request_timeout(
+    pool: PoolSettings, deployment: Deployment, server: ServerSettings
+) -> Finding | None:
+    if pool.pool_timeout is None or pool.pool_timeout < deployment.request_timeout:
+        return None
+    suggest = max(1, math.floor(deployment.request_timeout / 3))
+    return Finding(
+        "pool_timeout_vs_request_timeout",
+        "warning",
+        f"pool_timeout is {_s(pool.pool_timeout)} and requests time out after "
+        f"{_s(deployment.request_timeout)}: when the pool is exhausted, requests wait "
+        "until the client gives up instead of failing fast with 'QueuePool limit "
+        "reached'",
+        f"set pool_timeout={suggest} (well below the request timeout)",
+    )
+
+
+def _statement_timeout_off(
+    pool: PoolSettings, deployment: Deployment, server: ServerSettings
+) -> Finding | None:
+    if server.statement_timeout != 0:
+        return None
+    return Finding(
+        "statement_timeout_off",
+        "info",
+        "statement_timeout is off on the server: a runaway query holds its "
+        "connection (and its locks) until it ends",
+        "set statement_timeout for the app's role (ALTER ROLE ... SET "
+        "statement_timeout = '30s') or per engine (connect_args server_settings)",
+    )
+
+
+# In the order the findings are reported.
+_SETTINGS_CHECKS: tuple[
+    Callable[[PoolSettings, Deployment, ServerSettings], Finding | None], ...
+] = (
+    _recycle_vs_idle_session_timeout,
+    _recycle_vs_network_idle_timeout,
+    _in_transaction_timeout_vs_request_timeout,
+    _connections_vs_server_limit,
+    _pre_ping_off,
+    _pool_timeout_vs_request_timeout,
+    _statement_timeout_off,
+)
 
 
 def check_activity(activity: Activity) -> list[Finding]:

@@ -3,7 +3,7 @@ including engines nobody passed to the observer (an engine created per request c
 
 Found through a class-level *pool* event (``connect``: a new DBAPI connection, in any pool),
 never an engine-level one: listening to any ``Engine`` connection event sets SQLAlchemy's
-``_has_events`` flag, and then every statement of every engine goes through the execution-event
+execution-event flag, and then every statement of every engine goes through the execution-event
 dispatch (measured +13-20 us a statement, bench/README.md).
 """
 
@@ -17,26 +17,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import ConnectionPoolEntry, Pool
 
+from observer._compat.sqlalchemy import listen_keeping_execution_flag, pool_dialect, pool_of_record
 from observer._hooks import Hooks
 from observer.metrics._families import Metrics
-
-
-def pool_of(record: ConnectionPoolEntry) -> Pool | None:
-    """The pool a connection record belongs to. SQLAlchemy keeps it in a private slot
-    (``_ConnectionRecord.__pool``, 1.4 to 2.1; tests/test_live_pools.py pins it)."""
-    pool = getattr(record, "_ConnectionRecord__pool", None)
-    return pool if isinstance(pool, Pool) else None
-
-
-def listen_without_execution_events(target: Any, identifier: str, fn: Callable[..., Any]) -> None:
-    """``event.listen`` for an event SQLAlchemy dispatches whatever ``_has_events`` says
-    (``engine_disposed``), putting the flag back as it was on ``target``."""
-    before = target.__dict__.get("_has_events", None)
-    event.listen(target, identifier, fn)
-    if before is not None:
-        target._has_events = before
-    elif not isinstance(target, type):
-        target.__dict__.pop("_has_events", None)  # back to the class's value
 
 
 class LivePools:
@@ -53,7 +36,7 @@ class LivePools:
 
     def attach(self) -> None:
         event.listen(Pool, "connect", self._on_connect_safely)
-        listen_without_execution_events(Engine, "engine_disposed", self._on_disposed_safely)
+        listen_keeping_execution_flag(Engine, "engine_disposed", self._on_disposed_safely)
 
     def detach(self) -> None:
         for target, identifier, fn in (
@@ -68,7 +51,7 @@ class LivePools:
         return len(self._pools)
 
     def _on_pool_connect(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-        pool = pool_of(record)
+        pool = pool_of_record(record)
         if pool is None:
             return
         key = id(pool)
@@ -89,6 +72,5 @@ class LivePools:
         dialect = engine.dialect
         for key, ref in list(self._pools.items()):
             pool = ref()
-            same_engine = getattr(pool, "_dialect", None) is dialect
-            if pool is not None and pool is not engine.pool and same_engine:
+            if pool is not None and pool is not engine.pool and pool_dialect(pool) is dialect:
                 self._pools.pop(key, None)

@@ -450,27 +450,16 @@ async def test_watching_sends_no_statement_through_the_execution_event_path(
     assert Engine._has_events is False
 
 
-async def test_the_pool_of_a_connection_record_is_found(make_engine: Any) -> None:
-    """observer.pool._live.pool_of reads SQLAlchemy's private record slot: pinned here, so a
-    SQLAlchemy release that moves it fails this test instead of silently losing live pools."""
-    from observer.pool._live import pool_of
-
-    engine = make_engine()
-    async with engine.connect() as conn:
-        raw = await conn.get_raw_connection()
-        assert pool_of(raw._connection_record) is engine.sync_engine.pool
-
-
 async def test_an_async_engine_has_no_reset_listener_and_a_sync_engine_has_one(
     make_engine: Any, make_observer: Any, pg_sync_url: str
 ) -> None:
     """A reset listener costs every checkin ~1 us. Only a sync engine needs one (the garbage
     collector returns a sync connection through reset and checkin); an async one is detached
-    from inside SQLAlchemy's _finalize_fairy, which observer.pool._tracker recognises on the stack.
-    Pinned: a SQLAlchemy release without that function fails here, not silently."""
-    from observer.pool._tracker import _FINALIZE_FAIRY
+    from inside SQLAlchemy's _finalize_fairy, which observer._compat.sqlalchemy recognises on the
+    stack. Pinned: a SQLAlchemy release without that function fails here, not silently."""
+    from observer._compat.sqlalchemy import GC_FINALIZER_FOUND
 
-    assert _FINALIZE_FAIRY is not None
+    assert GC_FINALIZER_FOUND is True
     obs = make_observer()
     engine = make_engine()
     sync = create_engine(pg_sync_url)

@@ -1,0 +1,1 @@
+"""Seams to other libraries' private names: the only modules of observer that touch them."""

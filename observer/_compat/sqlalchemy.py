@@ -1,0 +1,201 @@
+"""The one place observer reads or replaces SQLAlchemy's private names, an accessor per internal."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection
+from sqlalchemy.pool import base as pool_base
+
+Acquire = Callable[[], PoolProxiedConnection]
+Return = Callable[[ConnectionPoolEntry], None]
+
+# Each accessor names the releases it was checked on: "read" means the source of every release
+# tag from 2.0.38 (the oldest release observer supports) to 2.0.52 and 2.1.0b1 to 2.1.0b4; "run"
+# means tests/compat/test_sqlalchemy_seam.py exercises it on the installed release (2.1.9 when
+# written) and fails, naming the accessor, when a release removes or changes the internal. Each
+# also says what observer does when the internal is missing: it degrades, never raises.
+
+# A wrapper carries (owner, original) under this name, so unwrap() restores only its own.
+_MARK = "__pool_observer__"
+
+
+def _read(target: object, name: str, default: Any) -> Any:
+    """``getattr`` that also survives a property that raises (a subclass, a future release)."""
+    try:
+        return getattr(target, name, default)
+    except Exception:
+        return default
+
+
+# -- garbage collection --------------------------------------------------------------------------
+
+# SQLAlchemy returns a checked-out connection that the garbage collector reclaims from
+# pool/base.py ``_finalize_fairy``; for an async dialect it detaches the connection there (read:
+# 2.0.2 on, so every supported release; run: 2.1.9). Seeing that function on the stack of a
+# detach replaces a reset listener, which would cost every checkin about 1 us to catch a rare
+# event. Resolved once, at import.
+_FINALIZE_FAIRY = getattr(getattr(pool_base, "_finalize_fairy", None), "__code__", None)
+
+GC_FINALIZER_FOUND = _FINALIZE_FAIRY is not None
+"""Whether :func:`in_gc_finalizer` can answer. Fallback when False (a release without
+``pool.base._finalize_fairy``): the tracker listens to ``reset`` on async engines too."""
+
+
+def in_gc_finalizer() -> bool:
+    """Whether the caller runs inside SQLAlchemy's ``pool.base._finalize_fairy`` (at most 16
+    frames up). Read: 2.0.38-2.0.52, 2.1.0b1-b4; run: 2.1.9. Missing: always False (see
+    :data:`GC_FINALIZER_FOUND`)."""
+    frame = sys._getframe(1)
+    for _ in range(16):
+        if frame.f_code is _FINALIZE_FAIRY:
+            return True
+        back = frame.f_back
+        if back is None:
+            return False
+        frame = back
+    return False
+
+
+def _no_gc_flag(record: ConnectionPoolEntry) -> bool:
+    return False
+
+
+_NEEDS_GC = getattr(pool_base._ConnectionRecord, "needs_gc", None)
+
+record_needs_gc: Callable[[ConnectionPoolEntry], bool] = (
+    _NEEDS_GC.fget if isinstance(_NEEDS_GC, property) and _NEEDS_GC.fget else _no_gc_flag
+)
+"""Whether a connection record's checkout was reclaimed by the garbage collector (its fairy is
+gone while the record is still checked out): ``_ConnectionRecord.needs_gc``, a property that
+only exists in newer releases (run: present in 2.1.9; read: absent from 2.0.38-2.0.52 and
+2.1.0b1-b4). Resolved once, at import, to the property's getter (one call, as cheap as the
+``getattr(record, "needs_gc", False)`` it replaces: it runs in the reset listener of every sync
+checkin). Missing: always False, so on those releases a sync connection the garbage collector
+returns through reset and checkin is counted as an ordinary return, not as reclaimed."""
+
+NEEDS_GC_FOUND = record_needs_gc is not _no_gc_flag
+"""Whether :data:`record_needs_gc` reads the record (True) or is the constant-False fallback."""
+
+
+# -- records and pools ---------------------------------------------------------------------------
+
+
+def pool_of_record(record: ConnectionPoolEntry) -> Pool | None:
+    """The pool a connection record belongs to: the private slot ``_ConnectionRecord.__pool``
+    (stored as ``_ConnectionRecord__pool``). Read: 2.0.38-2.0.52, 2.1.0b1-b4; run: 2.1.9.
+    Missing: None, and pools are no longer found by the live-pools count."""
+    pool = getattr(record, "_ConnectionRecord__pool", None)
+    return pool if isinstance(pool, Pool) else None
+
+
+def pool_dialect(pool: Pool) -> Any:
+    """The dialect a pool was created for (``Pool._dialect``, shared by the pools an engine's
+    ``dispose()`` swaps in). Read: 2.0.38-2.0.52, 2.1.0b1-b4; run: 2.1.9. Missing: None, so a
+    disposed pool is forgotten by the live-pools count only when it is garbage-collected."""
+    return _read(pool, "_dialect", None)
+
+
+def static_pool_record(pool: Pool) -> ConnectionPoolEntry | None:
+    """StaticPool's one connection record if it was created, without creating it: the value
+    the memoized property ``StaticPool.connection`` caches in the instance dict. Read:
+    2.0.38-2.0.52, 2.1.0b1-b4; run: 2.1.9. Missing: None (the pool reads as not connected)."""
+    record = pool.__dict__.get("connection")
+    return record if isinstance(record, ConnectionPoolEntry) else None
+
+
+def max_overflow(pool: Pool) -> int | None:
+    """``QueuePool._max_overflow`` (-1: unbounded; ``pool_size=0`` also sets -1). Read:
+    2.0.38-2.0.52, 2.1.0b1-b4; run: 2.1.9. Missing (or not a QueuePool): None; the callers
+    then use 0."""
+    value = _read(pool, "_max_overflow", None)
+    return value if isinstance(value, int) else None
+
+
+def pool_recycle(pool: Pool) -> float | None:
+    """``Pool._recycle`` in seconds, None when off (SQLAlchemy keeps -1). Read: 2.0.38-2.0.52,
+    2.1.0b1-b4; run: 2.1.9. Missing or unreadable: None (reported as off)."""
+    value = _read(pool, "_recycle", -1)
+    return float(value) if isinstance(value, int | float) and value > 0 else None
+
+
+def pool_timeout(pool: Pool) -> float | None:
+    """``QueuePool._timeout``: seconds a checkout waits for a connection. Read: 2.0.38-2.0.52,
+    2.1.0b1-b4; run: 2.1.9. Missing (NullPool, StaticPool have none) or unreadable: None."""
+    value = _read(pool, "_timeout", None)
+    return float(value) if isinstance(value, int | float) and value > 0 else None
+
+
+def pool_pre_ping(pool: Pool) -> bool:
+    """``Pool._pre_ping``. Read: 2.0.38-2.0.52, 2.1.0b1-b4; run: 2.1.9. Missing or unreadable:
+    False (reported as off)."""
+    return bool(_read(pool, "_pre_ping", False))
+
+
+# -- listening without the execution-event flag --------------------------------------------------
+
+
+def listen_keeping_execution_flag(target: Any, identifier: str, fn: Callable[..., Any]) -> None:
+    """``event.listen`` that puts ``_has_events`` back as it was on ``target`` (an ``Engine`` or
+    the ``Engine`` class): any connection-event listener sets it, and then every statement goes
+    through the execution-event dispatch (+13-20 us a statement, bench/README.md). For events
+    SQLAlchemy dispatches whatever the flag says (``engine_disposed``, the pool events), or that
+    may go unheard without it (``handle_error``: see ``PoolTracker.attach``). Read:
+    2.0.38-2.0.52, 2.1.0b1-b4 (class attribute ``Engine._has_events``, set by
+    ``ConnectionEvents._listen``); run: 2.1.9. Missing (renamed): the listener is added and the
+    new flag stays set: statements get slower, nothing breaks."""
+    before = target.__dict__.get("_has_events", None)
+    event.listen(target, identifier, fn)
+    if before is not None:
+        target._has_events = before
+    elif not isinstance(target, type):
+        target.__dict__.pop("_has_events", None)  # back to the class's value
+
+
+# -- the acquire and return seams ----------------------------------------------------------------
+
+
+def can_wrap_return(pool: Pool) -> bool:
+    """Whether the pool has ``Pool._return_conn``, which every checkin calls right after
+    dispatching the checkin event (wrapping it is 0.3-0.8 us a cycle cheaper than a checkin
+    listener, bench/README.md). Read: 2.0.38-2.0.52, 2.1.0b1-b4; run: 2.1.9. Missing: False,
+    and the tracker listens to ``checkin`` instead."""
+    return callable(getattr(pool, "_return_conn", None))
+
+
+def wrap_acquire(pool: Pool, owner: object, make: Callable[[Acquire], Acquire]) -> None:
+    """Replace ``pool.connect`` (what ``Engine.raw_connection`` calls: SQLAlchemy has no
+    "checkout started" event, and a checkout that times out fires none) on this pool instance
+    with ``make(original)``. Public method, replaced on the instance; read: 2.0.38-2.0.52,
+    2.1.0b1-b4; run: 2.1.9."""
+    original = pool.connect
+    wrapper = make(original)
+    setattr(wrapper, _MARK, (owner, original))
+    pool.connect = wrapper  # type: ignore[method-assign]
+
+
+def wrap_return(pool: Pool, owner: object, make: Callable[[Return], Return]) -> None:
+    """Replace ``pool._return_conn`` on this pool instance with ``make(original)``; only when
+    :func:`can_wrap_return` said so. Read: 2.0.38-2.0.52, 2.1.0b1-b4; run: 2.1.9."""
+    original: Return = pool._return_conn
+    wrapper = make(original)
+    setattr(wrapper, _MARK, (owner, original))
+    pool._return_conn = wrapper  # type: ignore[method-assign,assignment]
+
+
+def unwrap(pool: Pool, owner: object) -> None:
+    """Undo :func:`wrap_acquire` and :func:`wrap_return` by ``owner`` on ``pool`` (a wrapper
+    someone else put on top of ours is left alone)."""
+    for name in ("connect", "_return_conn"):
+        wrapper = pool.__dict__.get(name)
+        marker = getattr(wrapper, _MARK, None)
+        if marker is None or marker[0] is not owner:
+            continue
+        original = marker[1]
+        if getattr(original, "__self__", None) is pool:
+            delattr(pool, name)  # back to the class's method
+        else:
+            setattr(pool, name, original)

@@ -1,0 +1,89 @@
+"""What the parts of a pool tracker share: its attributes, the keys it keeps on connection
+records, the checkout stamp, the hot path's sum slots and the OpenTelemetry port it calls."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from observer.attribution._scope import RequestScope
+from observer.metrics._batching import HistogramSlots
+from observer.metrics._families import HOLD_BUCKETS, WAIT_BUCKETS
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from observer._hooks import Hooks
+    from observer._logs import RateLimiter
+    from observer.attribution._route_metrics import RouteMetrics
+    from observer.metrics._families import PoolMetrics
+    from observer.pool._state import PoolState
+
+# State of a checkout lives on the connection record (``record.info``), never in a map keyed by
+# ``id(dbapi_connection)``: the record is what SQLAlchemy hands every event, also after an
+# invalidation has set the DBAPI connection to ``None``.
+CHECKOUT = "pool_observer.checkout"  # (checkout time, request scope, pool id) while checked out
+GC = "pool_observer.gc"  # set by reset when the garbage collector reclaims a sync connection
+CLOSE_REASON = "pool_observer.close_reason"  # set by (soft_)invalidate, read by close
+CONNECT_STARTED = "pool_observer.connect_started"  # set by do_connect, read by connect
+IDLE_IN_OLD = "pool_observer.idle_in_old_pool"  # key of the replaced pool it went back to
+
+
+Stamp = tuple[float, RequestScope | None, int]  # checkout time, request, key of the pool
+
+# What the hot path adds to a per-thread list (observer/metrics/_batching.py) instead of calling
+# prometheus-client for every event; added to the metrics on flush (before every scrape).
+_CHECKOUTS = 0
+_NONE_CHECKOUTS, _NONE_WAIT, _NONE_HOLD = 1, 2, 3  # work outside requests: route="none"
+_WAIT = HistogramSlots(4, WAIT_BUCKETS)
+_HOLD = HistogramSlots(_WAIT.end, HOLD_BUCKETS)
+_WAIT_START, _WAIT_BOUNDS, _WAIT_SUM = _WAIT.start, _WAIT.bounds, _WAIT.sum
+_HOLD_START, _HOLD_BOUNDS, _HOLD_SUM = _HOLD.start, _HOLD.bounds, _HOLD.sum
+_SIZE = _HOLD.end
+
+
+class PoolOtel(Protocol):
+    """What a tracker reports to OpenTelemetry (observer/_otel.py): one pool's instruments, or
+    span events only."""
+
+    def waited(self, seconds: float, span_event: bool) -> None:
+        """A checkout got a connection after ``seconds``."""
+
+    def timed_out(self, seconds: float, span_event: bool) -> None:
+        """A checkout gave up after ``seconds``."""
+
+    def used(self, seconds: float, span_event: bool) -> None:
+        """A connection came back after being held ``seconds``."""
+
+    def created(self, seconds: float) -> None:
+        """A new connection took ``seconds`` to open."""
+
+
+class TrackerParts:
+    """The attributes :class:`~observer.pool._tracker.PoolTracker` sets in its ``__init__``,
+    declared once for the parts of it defined in other modules (one instance, no delegation:
+    the hot path pays no extra attribute hop)."""
+
+    engine: Engine
+    name: str
+    held: dict[int, Stamp]
+    otel: PoolOtel | None
+    exemplars: bool
+    span_events: bool
+    _m: PoolMetrics
+    _hooks: Hooks
+    _routes: RouteMetrics
+    _application_name: str | None
+    _limiter: RateLimiter
+    _slow_checkout: float
+    _lock: threading.Lock
+    _batched: bool
+    _slot: Callable[[], list[float]]
+    _idle_in_old: dict[int, int]
+    _listens_to_reset: bool
+    _checkin_failed: Callable[[Exception], None]
+
+    def state(self) -> PoolState:
+        """The pool's numbers now (defined by the tracker)."""
+        raise NotImplementedError
