@@ -8,7 +8,7 @@ never sets a global provider or an exporter.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
