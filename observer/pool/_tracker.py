@@ -26,8 +26,16 @@ from sqlalchemy.pool import base as pool_base
 from observer._hooks import Hooks
 from observer._logs import RateLimiter, current_span_context, emit, remember_span
 from observer.attribution._route_metrics import RouteMetrics
-from observer.attribution._scope import RequestScope, request_now
-from observer.metrics._batching import HistogramSlots, ThreadSums, can_batch
+from observer.attribution._scope import NO_ROUTE, RequestScope, request_now
+from observer.metrics._batching import (
+    LOCK,
+    MOVE,
+    HistogramSlots,
+    Sink,
+    ThreadSums,
+    Unflushed,
+    can_batch,
+)
 from observer.metrics._families import HOLD_BUCKETS, WAIT_BUCKETS, Metrics
 
 CHECKOUT = "pool_observer.checkout"  # (checkout time, request scope, pool id) while checked out
@@ -42,7 +50,7 @@ Stamp = tuple[float, RequestScope | None, int]  # checkout time, request, key of
 _pool_keys = itertools.count(1)
 
 # What the hot path adds to a per-thread list (observer/metrics/_batching.py) instead of calling
-# prometheus-client for every event; added to the metrics on flush (before every scrape).
+# prometheus-client for every event; moved into the metrics on flush, added to them by a scrape.
 _CHECKOUTS = 0
 _NONE_CHECKOUTS, _NONE_WAIT, _NONE_HOLD = 1, 2, 3  # work outside requests: route="none"
 _WAIT = HistogramSlots(4, WAIT_BUCKETS)
@@ -113,9 +121,10 @@ class PoolTracker:
         self._waiters: list[None] = []
         self._sums = ThreadSums(_SIZE)
         self._slot = self._sums.slot
-        # Batched only in a single process, where every read of the registry flushes first;
-        # in multiprocess mode another process reads the files at any time (and a worker can
-        # die between two flushes), so every event goes to prometheus-client at once.
+        # Batched only in a single process, where every read of the registry adds the sums not
+        # moved yet (metrics/_collectors.py); in multiprocess mode another process reads the
+        # files at any time (and a worker can die between two flushes), so every event goes to
+        # prometheus-client at once.
         m = self._m
         self._batched = (
             not metrics.multiprocess
@@ -196,14 +205,23 @@ class PoolTracker:
         return len(self._waiters)
 
     def flush(self) -> None:
-        """Add what the hot path summed per thread since the last flush to the metrics."""
-        delta = self._sums.take()
-        m = self._m
-        if delta[_CHECKOUTS]:
-            m.checkouts.inc(delta[_CHECKOUTS])
-        _WAIT.flush(m.checkout_duration, delta)
-        _HOLD.flush(m.hold, delta)
-        self._routes.count_outside(delta[_NONE_CHECKOUTS], delta[_NONE_WAIT], delta[_NONE_HOLD])
+        """Move what the hot path summed per thread since the last flush into the metrics."""
+        with LOCK:
+            self._put(self._sums.take(), MOVE)
+
+    def unflushed(self, view: Unflushed) -> None:
+        """Add to a scrape's ``view`` what :meth:`flush` would move now (the caller holds LOCK)."""
+        self._put(self._sums.pending(), view)
+
+    def _put(self, delta: list[float], sink: Sink) -> None:
+        metrics, m, pool = self._metrics, self._m, (self.name,)
+        sink.count(metrics.checkouts, pool, m.checkouts, delta[_CHECKOUTS])
+        sink.histogram(metrics.checkout_duration, pool, m.checkout_duration, _WAIT, delta)
+        sink.histogram(metrics.hold, pool, m.hold, _HOLD, delta)
+        none, outside = (NO_ROUTE,), self._routes.children(NO_ROUTE)  # work outside requests
+        sink.count(metrics.route_checkouts, none, outside.checkouts, delta[_NONE_CHECKOUTS])
+        sink.count(metrics.route_wait, none, outside.wait, delta[_NONE_WAIT])
+        sink.count(metrics.route_hold, none, outside.hold, delta[_NONE_HOLD])
 
     def detach(self) -> None:
         """Remove every listener and wrapper this tracker added."""
