@@ -20,6 +20,8 @@ from typing import Any, Protocol
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
+from observer._compat import prometheus as compat
+
 INF = float("inf")
 _le: Callable[[float], str] = floatToGoString  # how prometheus-client writes a bucket's bound
 
@@ -93,30 +95,32 @@ class HistogramSlots:
         sums[self.sum] += value
 
     def flush(self, child: Any, delta: Sequence[float]) -> None:
-        """Add the counts of ``delta`` to a prometheus-client histogram child."""
+        """Add the counts of ``delta`` to a prometheus-client histogram child (one that
+        :func:`can_batch` accepted)."""
         counts = delta[self.start : self.sum]
         if not any(counts):
             return
-        buckets = child._buckets
+        buckets = compat.histogram_buckets(child)
+        total = compat.histogram_sum(child)
+        assert buckets is not None  # can_batch() checked both
+        assert total is not None
         for i, n in enumerate(counts):
             if n:
                 buckets[i].inc(n)
-        child._sum.inc(delta[self.sum])
+        total.inc(delta[self.sum])
 
 
 def can_batch(child: Any, bounds: Sequence[float]) -> bool:
     """Whether ``child`` is a prometheus-client histogram whose buckets :class:`HistogramSlots`
-    can add to. It reads two private attributes (``_buckets``, ``_sum``, the same in every
-    release since 0.0.x, and in multiprocess mode); if a release changes them, the caller falls
-    back to ``observe()`` on every event."""
-    buckets = getattr(child, "_buckets", None)
-    upper = getattr(child, "_upper_bounds", None)
+    can add to, through the accessors of ``observer/_compat/prometheus.py``; if a release
+    changes the internals they read, the caller falls back to ``observe()`` on every event."""
+    buckets = compat.histogram_buckets(child)
+    upper = compat.histogram_upper_bounds(child)
     return (
-        isinstance(buckets, list)
+        buckets is not None
         and len(buckets) == len(bounds) + 1
-        and list(upper or ()) == [*bounds, INF]
-        and all(callable(getattr(b, "inc", None)) for b in buckets)
-        and callable(getattr(getattr(child, "_sum", None), "inc", None))
+        and upper == [*bounds, INF]
+        and compat.histogram_sum(child) is not None
     )
 
 
