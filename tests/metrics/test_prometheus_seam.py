@@ -20,9 +20,11 @@ BOUNDS = (0.1, 0.5, 2.5)
 
 
 def pinned(condition: bool, accessor: str, what: str) -> None:
-    """Fail naming the accessor and the release when an internal changed."""
+    """Fail naming the accessor (of observer/_compat/prometheus.py unless dotted) and the
+    release when an internal changed."""
+    where = accessor if "." in accessor else f"observer._compat.prometheus.{accessor}"
     assert condition, (
-        f"observer._compat.prometheus.{accessor}: prometheus-client {RELEASE} changed {what}; "
+        f"{where}: prometheus-client {RELEASE} changed {what}; "
         "update the accessor (meanwhile can_batch() is false and every event is observed)"
     )
 
@@ -92,7 +94,11 @@ def test_bucket_labels_are_formatted_as_the_slots_expect(histogram: Any) -> None
 def test_can_batch_holds_on_this_release(histogram: Any) -> None:
     """Every accessor answers for a real histogram child, so the hot path batches."""
     _, child, _ = histogram
-    pinned(can_batch(child, BOUNDS), "can_batch", "a histogram child's internals")
+    pinned(
+        can_batch(child, BOUNDS),
+        "observer.metrics._batching.can_batch",
+        "a histogram child's internals (see the accessors' own tests)",
+    )
 
 
 def test_without_the_internals_nothing_is_batched_and_counts_stay_exact(
