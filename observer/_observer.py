@@ -21,10 +21,12 @@ from observer.asgi._middleware import ObserverMiddleware
 from observer.asgi._requests import Requests
 from observer.attribution._route_metrics import RouteMetrics
 from observer.attribution._scope import RequestScope, in_request, route_of
+from observer.metrics._batching import Unflushed
 from observer.metrics._collectors import (
-    FlushCollector,
+    BatchedCollector,
     RouteHeldCollector,
     StateCollector,
+    batched_families,
     gauge_values,
 )
 from observer.metrics._exposition import MetricsEndpoint
@@ -109,14 +111,9 @@ class Observer:
                 token=self.settings.metrics_token,
                 share_port=self.multiprocess,  # every worker serves the same aggregate
             )
-        flush = FlushCollector(self.flush)
-        if not self.multiprocess:
-            self.registry.register(flush)
         try:
             self.metrics = Metrics(self.registry, multiprocess=self.multiprocess)
         except ValueError as exc:
-            if not self.multiprocess:
-                self.registry.unregister(flush)
             if self.metrics_server is not None:
                 self.metrics_server.close()
             raise ConfigurationError(
@@ -124,6 +121,13 @@ class Observer:
                 "observer.instrument(), which reuses it, or give each Observer its own "
                 f"registry=CollectorRegistry() ({exc})"
             ) from None
+        if not self.multiprocess:  # (multiprocess mode batches nothing: see pool/_tracker.py)
+            # The families the hot path sums per thread are read through one collector that adds
+            # the sums no flush has moved yet: exact in a full or a filtered scrape.
+            families = batched_families(self.metrics)
+            for family in families:
+                self.registry.unregister(family)
+            self.registry.register(BatchedCollector(families, self._unflushed))
         self.hooks = Hooks(self.metrics.hook_errors)
         self.limiter = RateLimiter()
         self.routes = RouteMetrics(self.metrics, max_routes=self.settings.max_routes)
@@ -255,14 +259,24 @@ class Observer:
     # -- periodic work ------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Count the work deferred out of hooks (garbage-collection events, closes, errors),
-        then add what the hot path summed per thread (checkouts, waits, holds, sessions,
-        finished requests) to the metrics. Every read of the registry does this first."""
+        """Run the work deferred out of hooks (closes, garbage-collection events, errors), then
+        move what the hot path summed per thread (checkouts, waits, holds, sessions, finished
+        requests) into prometheus-client. The sweeper does this every tick; a scrape does not
+        (it reads the sums without moving them), so deferred work shows in the metrics at most
+        one ``sweep_interval_seconds`` late, in a full and a filtered scrape alike."""
         self.hooks.drain()
         for tracker in list(self._trackers.values()):
             tracker.flush()
         self.sessions.flush()
         self.routes.flush()
+
+    def _unflushed(self, view: Unflushed) -> None:
+        """Add to ``view`` what the hot path summed and no flush has moved yet (a scrape; the
+        caller holds the batching lock). Same sources in the same order as :meth:`flush`."""
+        for tracker in list(self._trackers.values()):
+            tracker.unflushed(view)
+        self.sessions.unflushed(view)
+        self.routes.unflushed(view)
 
     def _tick(self) -> None:
         try:

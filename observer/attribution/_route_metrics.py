@@ -8,7 +8,7 @@ from typing import NamedTuple
 from prometheus_client import Counter
 
 from observer.attribution._scope import NO_ROUTE, RequestScope
-from observer.metrics._batching import ThreadSums
+from observer.metrics._batching import LOCK, MOVE, Sink, ThreadSums, Unflushed
 from observer.metrics._families import Metrics
 
 OTHER_ROUTE = "other"
@@ -34,7 +34,7 @@ class RouteMetrics:
         self._max_routes = max_routes
         self._lock = threading.Lock()
         self._children: dict[str, _Children] = {}
-        # Finished requests' totals are summed per thread and added to the counters on flush
+        # Finished requests' totals are summed per thread and moved into the counters on flush
         # (single process only: see observer/pool/_tracker.py).
         self._batched = not metrics.multiprocess
         self._none = self.children(NO_ROUTE)
@@ -77,17 +77,22 @@ class RouteMetrics:
             children.hold.inc(hold)
 
     def flush(self) -> None:
-        """Add the finished requests' totals summed since the last flush to the counters."""
-        for children in list(self._children.values()):
-            requests, checkouts, wait, hold = children.sums.take()
-            if requests:
-                children.requests.inc(requests)
-            if checkouts:
-                children.checkouts.inc(checkouts)
-            if wait:
-                children.wait.inc(wait)
-            if hold:
-                children.hold.inc(hold)
+        """Move the finished requests' totals summed since the last flush into the counters."""
+        with LOCK:
+            for label, children in list(self._children.items()):
+                self._put(label, children, children.sums.take(), MOVE)
+
+    def unflushed(self, view: Unflushed) -> None:
+        """Add to a scrape's ``view`` what :meth:`flush` would move now (the caller holds LOCK)."""
+        for label, children in list(self._children.items()):
+            self._put(label, children, children.sums.pending(), view)
+
+    def _put(self, label: str, children: _Children, delta: list[float], sink: Sink) -> None:
+        m, route = self._metrics, (label,)
+        sink.count(m.route_requests, route, children.requests, delta[_REQUESTS])
+        sink.count(m.route_checkouts, route, children.checkouts, delta[_CHECKOUTS])
+        sink.count(m.route_wait, route, children.wait, delta[_WAIT])
+        sink.count(m.route_hold, route, children.hold, delta[_HOLD])
 
     def count_request(self, route: str) -> None:
         """A request that never used the pool finished: one more request on its route."""

@@ -1,16 +1,21 @@
-"""Scrape-time collectors (single process): pool gauges read from the pools themselves.
+"""Scrape-time collectors (single process): values computed when read, and reading changes nothing.
 
 Gauges kept by inc/dec drift (a connection the garbage collector reclaims fires no checkin),
-so the numbers are read from the pool at scrape time: exact, and free on the hot path.
+so the pool gauges are read from the pool at scrape time: exact, and free on the hot path. The
+counters the hot path sums per thread are read as prometheus-client's values plus the sums not
+moved yet (:class:`BatchedCollector`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
+from observer.metrics._batching import LOCK, Unflushed
 from observer.metrics._families import (
     LIVE_POOLS,
     LIVE_POOLS_HELP,
@@ -19,8 +24,11 @@ from observer.metrics._families import (
     ROUTE_HELD_HELP,
     SESSIONS_OPEN,
     SESSIONS_OPEN_HELP,
+    Metrics,
 )
-from observer.pool._tracker import PoolState
+
+if TYPE_CHECKING:  # the pool layer is above this one: its state type is only named here
+    from observer.pool._state import PoolState
 
 _FIELDS = {
     "sqlalchemy_pool_size": "size",
@@ -37,19 +45,52 @@ def gauge_values(state: PoolState) -> dict[str, int]:
     return {name: getattr(state, field) for name, field in _FIELDS.items()}
 
 
-class FlushCollector(Collector):
-    """Registered first, so that work deferred out of hooks is counted before a scrape reads
-    the counters."""
+class BatchedCollector(Collector):
+    """The families the hot path sums per thread, read as what prometheus-client holds plus what
+    no flush has moved yet (:class:`~observer.metrics._batching.Unflushed`).
 
-    def __init__(self, flush: Callable[[], None]) -> None:
-        self._flush = flush
+    Reading moves nothing and runs nothing, so a scrape filtered by name (``?name[]=``, which
+    calls only the collectors of the names asked for) shows what a full one shows, whatever the
+    order the collectors were registered in. Work deferred out of hooks (closes, connections
+    and sessions the garbage collector reclaimed, hook errors) is counted when it runs: on the
+    sweeper's next tick (``sweep_interval_seconds``), ``Observer.flush()`` or ``snapshot()``.
+    """
 
-    def describe(self) -> Iterable[GaugeMetricFamily]:
-        return []
+    def __init__(
+        self, families: Sequence[MetricWrapperBase], unflushed: Callable[[Unflushed], None]
+    ) -> None:
+        self._families = tuple(families)
+        self._unflushed = unflushed
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        self._flush()
-        return []
+    def describe(self) -> Iterable[Metric]:
+        for family in self._families:
+            yield from family.describe()
+
+    def collect(self) -> Iterable[Metric]:
+        view = Unflushed()
+        with LOCK:  # no flush moves sums between reading prometheus-client and the threads
+            collected = [(family, list(family.collect())) for family in self._families]
+            self._unflushed(view)
+        for family, metrics in collected:
+            for metric in metrics:
+                metric.samples = view.add_to(family, metric.samples)
+                yield metric
+
+
+def batched_families(metrics: Metrics) -> list[MetricWrapperBase]:
+    """The families the hot path sums per thread (pool, session and route counters)."""
+    return [
+        metrics.checkouts,
+        metrics.checkout_duration,
+        metrics.hold,
+        metrics.sessions_opened,
+        metrics.sessions_closed,
+        metrics.session_duration,
+        metrics.route_checkouts,
+        metrics.route_wait,
+        metrics.route_hold,
+        metrics.route_requests,
+    ]
 
 
 class StateCollector(Collector):

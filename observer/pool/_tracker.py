@@ -23,7 +23,8 @@ from observer._compat.sqlalchemy import (
 from observer._hooks import Hooks
 from observer._logs import RateLimiter
 from observer.attribution._route_metrics import RouteMetrics
-from observer.metrics._batching import ThreadSums, can_batch
+from observer.attribution._scope import NO_ROUTE
+from observer.metrics._batching import LOCK, MOVE, Sink, ThreadSums, Unflushed, can_batch
 from observer.metrics._families import HOLD_BUCKETS, WAIT_BUCKETS, Metrics
 from observer.pool._acquire import acquire_wrapper, return_wrapper
 from observer.pool._base import (
@@ -75,9 +76,10 @@ class PoolTracker(PoolEvents):
         self._waiters: list[None] = []
         self._sums = ThreadSums(_SIZE)
         self._slot = self._sums.slot
-        # Batched only in a single process, where every read of the registry flushes first;
-        # in multiprocess mode another process reads the files at any time (and a worker can
-        # die between two flushes), so every event goes to prometheus-client at once.
+        # Batched only in a single process, where every read of the registry adds the sums not
+        # moved yet (metrics/_collectors.py); in multiprocess mode another process reads the
+        # files at any time (and a worker can die between two flushes), so every event goes to
+        # prometheus-client at once.
         m = self._m
         self._batched = (
             not metrics.multiprocess
@@ -153,14 +155,23 @@ class PoolTracker(PoolEvents):
         return len(self._waiters)
 
     def flush(self) -> None:
-        """Add what the hot path summed per thread since the last flush to the metrics."""
-        delta = self._sums.take()
-        m = self._m
-        if delta[_CHECKOUTS]:
-            m.checkouts.inc(delta[_CHECKOUTS])
-        _WAIT.flush(m.checkout_duration, delta)
-        _HOLD.flush(m.hold, delta)
-        self._routes.count_outside(delta[_NONE_CHECKOUTS], delta[_NONE_WAIT], delta[_NONE_HOLD])
+        """Move what the hot path summed per thread since the last flush into the metrics."""
+        with LOCK:
+            self._put(self._sums.take(), MOVE)
+
+    def unflushed(self, view: Unflushed) -> None:
+        """Add to a scrape's ``view`` what :meth:`flush` would move now (the caller holds LOCK)."""
+        self._put(self._sums.pending(), view)
+
+    def _put(self, delta: list[float], sink: Sink) -> None:
+        metrics, m, pool = self._metrics, self._m, (self.name,)
+        sink.count(metrics.checkouts, pool, m.checkouts, delta[_CHECKOUTS])
+        sink.histogram(metrics.checkout_duration, pool, m.checkout_duration, _WAIT, delta)
+        sink.histogram(metrics.hold, pool, m.hold, _HOLD, delta)
+        none, outside = (NO_ROUTE,), self._routes.children(NO_ROUTE)  # work outside requests
+        sink.count(metrics.route_checkouts, none, outside.checkouts, delta[_NONE_CHECKOUTS])
+        sink.count(metrics.route_wait, none, outside.wait, delta[_NONE_WAIT])
+        sink.count(metrics.route_hold, none, outside.hold, delta[_NONE_HOLD])
 
     def detach(self) -> None:
         """Remove every listener and wrapper this tracker added."""

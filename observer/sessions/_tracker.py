@@ -21,13 +21,21 @@ from observer._hooks import Hooks
 from observer._logs import RateLimiter, emit, remember_span
 from observer.attribution._route_metrics import RouteMetrics
 from observer.attribution._scope import RequestScope, request_now, route_of
-from observer.metrics._batching import HistogramSlots, ThreadSums, can_batch
+from observer.metrics._batching import (
+    LOCK,
+    MOVE,
+    HistogramSlots,
+    Sink,
+    ThreadSums,
+    Unflushed,
+    can_batch,
+)
 from observer.metrics._families import HOLD_BUCKETS, Metrics
 from observer.sessions import _origin as origins
 
 MAX_LEAK_ORIGINS = 100  # distinct (reason, route, origin) kept for snapshot(); counters go on
 
-# Summed per thread on the hot path, added to the metrics on flush (observer/metrics/_batching.py).
+# Summed per thread on the hot path, moved into the metrics on flush (metrics/_batching.py).
 _OPENED, _CLOSED = 0, 1
 _DURATION = HistogramSlots(2, HOLD_BUCKETS)
 _DURATION_START, _DURATION_BOUNDS, _DURATION_SUM = _DURATION.start, _DURATION.bounds, _DURATION.sum
@@ -90,20 +98,25 @@ class SessionTracker:
         self._attached = False
         self._sums = ThreadSums(_DURATION.end)
         self._slot = self._sums.slot
-        # as in the pool tracker: batched only where every read of the registry flushes first
+        # as in the pool tracker: batched only where every read of the registry adds the sums
         self._batched = not metrics.multiprocess and can_batch(
             metrics.session_duration, HOLD_BUCKETS
         )
 
     def flush(self) -> None:
-        """Add the sessions opened and closed since the last flush to the metrics."""
-        delta = self._sums.take()
+        """Move the sessions opened and closed since the last flush into the metrics."""
+        with LOCK:
+            self._put(self._sums.take(), MOVE)
+
+    def unflushed(self, view: Unflushed) -> None:
+        """Add to a scrape's ``view`` what :meth:`flush` would move now (the caller holds LOCK)."""
+        self._put(self._sums.pending(), view)
+
+    def _put(self, delta: list[float], sink: Sink) -> None:
         m = self._m
-        if delta[_OPENED]:
-            m.sessions_opened.inc(delta[_OPENED])
-        if delta[_CLOSED]:
-            m.sessions_closed.inc(delta[_CLOSED])
-        _DURATION.flush(m.session_duration, delta)
+        sink.count(m.sessions_opened, (), m.sessions_opened, delta[_OPENED])
+        sink.count(m.sessions_closed, (), m.sessions_closed, delta[_CLOSED])
+        sink.histogram(m.session_duration, (), m.session_duration, _DURATION, delta)
 
     def add_engine(self, engine: Engine) -> None:
         self._engines.add(id(engine))

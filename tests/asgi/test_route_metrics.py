@@ -16,7 +16,7 @@ def test_route_labels_are_capped_and_the_rest_is_other(registry: CollectorRegist
     for n in range(10):
         routes.finish(RequestScope(route=f"/r{n}", checkouts=1))
     routes.finish(RequestScope(route="/r1", checkouts=1))
-    routes.flush()  # finished requests are summed per thread until the registry is read
+    routes.flush()  # finished requests are summed per thread until a flush moves them
     counts = {
         f"/r{n}": sample(registry, "sqlalchemy_route_checkouts_total", route=f"/r{n}")
         for n in range(10)
@@ -38,9 +38,9 @@ def test_work_outside_requests_counts_under_none(registry: CollectorRegistry) ->
 def test_finished_requests_are_counted_once_on_flush_or_at_once_in_multiprocess_mode(
     registry: CollectorRegistry,
 ) -> None:
-    """A single process sums finished requests per thread and counts them on flush (every
-    scrape flushes first), exactly once; multiprocess mode counts them at once, since another
-    process reads the values at any time."""
+    """A single process sums finished requests per thread and counts them on flush (a scrape
+    of the Observer's registry adds what no flush has moved yet), exactly once; multiprocess
+    mode counts them at once, since another process reads the values at any time."""
     batched = RouteMetrics(Metrics(registry, multiprocess=False), max_routes=3)
     batched.finish(RequestScope(route="/a", checkouts=2, wait_seconds=0.5, hold_seconds=1.0))
     assert sample(registry, "sqlalchemy_route_requests_total", route="/a") == 0.0

@@ -190,9 +190,15 @@ def test_backends_terminated(chaos_url: str, tmp_path: Path) -> None:
 
     def settle(server: Server) -> dict[str, float]:
         figures = harness.settle(server, harness.pool_label(chaos_url))
-        live = asyncio.run(backends(chaos_url, "pool-observer"))
-        assert figures["opened"] - figures["closed"] == live == figures["checked_in"]
-        return figures
+        deadline = time.monotonic() + 10
+        while True:  # closes are counted by deferred work: within a sweep (0.1 s), not at once
+            live = asyncio.run(backends(chaos_url, "pool-observer"))
+            if figures["opened"] - figures["closed"] == live == figures["checked_in"]:
+                return figures
+            if time.monotonic() > deadline:
+                raise AssertionError(f"opened - closed == {live} live == checked_in: {figures}")
+            time.sleep(0.1)
+            figures = harness.settle(server, harness.pool_label(chaos_url))
 
     result = run_arms(scenario, chaos_url, tmp_path, settle=settle)
     assert result["phases"]["busy"] != {"200": 4}

@@ -61,7 +61,14 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | Non
 
 
 def hook_errors(registry: CollectorRegistry) -> float:
-    """All errors swallowed by observer hooks, whichever hook."""
+    """All errors swallowed by observer hooks, whichever hook. Hooks defer counting an error
+    (a scrape does not run deferred work, the sweeper does), so the observers of ``registry``
+    are flushed first: an error the sweeper has not counted yet still shows."""
+    from observer._observer import live_observers
+
+    for obs in live_observers():
+        if obs.registry is registry:
+            obs.flush()
     total = 0.0
     for metric in registry.collect():
         if metric.name == "observer_hook_errors":

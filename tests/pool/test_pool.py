@@ -40,7 +40,8 @@ async def test_concurrent_holders_are_counted_exactly_then_return_to_zero(
     """N tasks holding connections show checked_out == N, overflow and waiters beyond the pool;
     once they are done checked_out is 0 and checked_in holds the pooled connections."""
     engine = make_engine(pool_size=3, max_overflow=2, pool_timeout=10)
-    make_observer().watch(engine, name=POOL)
+    obs = make_observer()
+    obs.watch(engine, name=POOL)
     release = asyncio.Event()
     five_in = asyncio.Event()
     started = 0
@@ -80,6 +81,7 @@ async def test_concurrent_holders_are_counted_exactly_then_return_to_zero(
     assert sample(registry, "sqlalchemy_pool_checkout_duration_seconds_count", pool=POOL) == 7.0
     assert sample(registry, "sqlalchemy_pool_connections_opened_total", pool=POOL) == 5.0
     assert sample(registry, "sqlalchemy_pool_connect_duration_seconds_count", pool=POOL) == 5.0
+    obs.flush()  # the sweeper's tick: runs the work deferred out of hooks
     # the two overflow connections were closed when they came back to a full pool
     assert (
         sample(registry, "sqlalchemy_pool_connections_closed_total", pool=POOL, reason="closed")
@@ -115,7 +117,8 @@ async def test_cancelled_query_leaves_exact_gauges_and_the_cancellation_unchange
     """A task cancelled mid-query (a client disconnect) gets CancelledError; the connection is
     invalidated and nothing stays checked out."""
     engine = make_engine(pool_size=2, max_overflow=0)
-    make_observer().watch(engine, name=POOL)
+    obs = make_observer()
+    obs.watch(engine, name=POOL)
 
     async def slow() -> None:
         async with engine.connect() as conn:
@@ -129,6 +132,7 @@ async def test_cancelled_query_leaves_exact_gauges_and_the_cancellation_unchange
     assert [type(r) for r in results] == [asyncio.CancelledError, asyncio.CancelledError]
     assert gauges(registry)["out"] == 0.0
     assert gauges(registry)["waiting"] == 0.0
+    obs.flush()  # the sweeper's tick: runs the work deferred out of hooks
     closed = "sqlalchemy_pool_connections_closed_total"
     assert sample(registry, closed, pool=POOL, reason="invalidated") == 2.0
     assert sample(registry, "sqlalchemy_pool_connection_hold_seconds_count", pool=POOL) == 2.0
@@ -144,7 +148,8 @@ async def test_backend_terminated_by_the_server_is_an_invalidation_with_exact_ga
     connection is counted invalidated, and the gauges come back to exact values."""
     engine = make_engine(pool_size=2, max_overflow=0)
     admin = make_engine(poolclass=NullPool)
-    make_observer().watch(engine, name=POOL)
+    obs = make_observer()
+    obs.watch(engine, name=POOL)
     async with engine.connect() as conn:
         pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar()
         async with admin.connect() as other:
@@ -154,6 +159,7 @@ async def test_backend_terminated_by_the_server_is_an_invalidation_with_exact_ga
         # SQLAlchemy invalidates a disconnected connection and checks it in at once
         assert gauges(registry)["out"] == 0.0
     assert gauges(registry)["out"] == 0.0
+    obs.flush()  # the sweeper's tick: runs the work deferred out of hooks
     closed = "sqlalchemy_pool_connections_closed_total"
     assert sample(registry, closed, pool=POOL, reason="invalidated") == 1.0
     assert hook_errors(registry) == 0.0
@@ -200,13 +206,15 @@ async def test_connection_never_returned_is_reclaimed_and_counted(
     (reset, detach, close_detached, no checkin); counted as reclaimed and closed by GC, and
     checked_out is exact (an inc/dec gauge would stay at 1 for ever)."""
     engine = make_engine(pool_size=2, max_overflow=0)
-    make_observer().watch(engine, name=POOL)
+    obs = make_observer()
+    obs.watch(engine, name=POOL)
     conn = await engine.connect()
     await conn.execute(text("SELECT 1"))
     assert gauges(registry)["out"] == 1.0
     del conn
     gc.collect()
     assert gauges(registry)["out"] == 0.0
+    obs.flush()  # the sweeper's tick: runs the work deferred out of hooks
     assert sample(registry, "sqlalchemy_pool_connections_reclaimed_total", pool=POOL) == 1.0
     closed = "sqlalchemy_pool_connections_closed_total"
     assert sample(registry, closed, pool=POOL, reason="garbage_collected") == 1.0
@@ -233,6 +241,7 @@ def test_sync_engine_is_watched_too_and_gc_of_a_sync_connection_is_reclaimed(
         gc.collect()
         assert gauges(registry)["out"] == 0.0
         assert gauges(registry)["in"] == 1.0
+        obs.flush()  # the sweeper's tick: runs the work deferred out of hooks
         assert sample(registry, "sqlalchemy_pool_checkouts_total", pool=POOL) == 2.0
         assert sample(registry, "sqlalchemy_pool_connections_reclaimed_total", pool=POOL) == 1.0
         assert sample(registry, "sqlalchemy_pool_connection_hold_seconds_count", pool=POOL) == 2.0
@@ -267,7 +276,8 @@ async def test_null_pool_counts_connections_in_use_and_closes_each(
     """NullPool has no size and no limit; connections in use are counted, each is closed on
     return."""
     engine = make_engine(poolclass=NullPool)
-    make_observer().watch(engine, name=POOL)
+    obs = make_observer()
+    obs.watch(engine, name=POOL)
     async with engine.connect() as conn:
         await conn.execute(text("SELECT 1"))
         assert gauges(registry) == {
@@ -279,6 +289,7 @@ async def test_null_pool_counts_connections_in_use_and_closes_each(
             "waiting": 0.0,
         }
     assert gauges(registry)["out"] == 0.0
+    obs.flush()  # the sweeper's tick: runs the work deferred out of hooks
     closed = "sqlalchemy_pool_connections_closed_total"
     assert sample(registry, closed, pool=POOL, reason="closed") == 1.0
     assert sample(registry, "sqlalchemy_pool_connections_opened_total", pool=POOL) == 1.0
@@ -305,7 +316,8 @@ async def test_soft_invalidation_and_detach_are_close_reasons(
     """A soft-invalidated connection is closed at its next checkout with that reason; a
     detached one leaves the pool as 'detached'."""
     engine = make_engine(pool_size=2, max_overflow=0)
-    make_observer().watch(engine, name=POOL)
+    obs = make_observer()
+    obs.watch(engine, name=POOL)
     async with engine.connect() as conn:
         raw = await conn.get_raw_connection()
         raw.invalidate(soft=True)
@@ -313,6 +325,7 @@ async def test_soft_invalidation_and_detach_are_close_reasons(
         await conn.execute(text("SELECT 1"))
         raw = await conn.get_raw_connection()
         raw.detach()
+    obs.flush()  # the sweeper's tick: runs the work deferred out of hooks
     closed = "sqlalchemy_pool_connections_closed_total"
     assert sample(registry, closed, pool=POOL, reason="soft_invalidated") == 1.0
     assert sample(registry, closed, pool=POOL, reason="detached") == 1.0
@@ -339,6 +352,7 @@ async def test_a_raising_hook_is_counted_and_the_app_goes_on(
         for _ in range(3):  # a checkin listener that raised would leak the one slot
             async with engine.connect() as conn:
                 assert (await conn.execute(text("SELECT 1"))).scalar() == 1
+        obs.flush()  # the sweeper's tick: runs the work deferred out of hooks
         assert sample(registry, "observer_hook_errors_total", hook="checkin") == 3.0
     assert gauges(registry)["out"] == 0.0
     errors = [e for e in logs if e["event"] == "observer.hook_error"]

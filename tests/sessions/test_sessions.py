@@ -60,13 +60,15 @@ async def test_session_dropped_without_close_is_a_garbage_collected_leak(
     """A session dropped while it holds a transaction counts one garbage_collected leak,
     logged with the app line that began it; the open gauge and the pool come back to 0."""
     engine = make_engine(pool_size=2)
-    make_observer().watch(engine, name="app")
+    obs = make_observer()
+    obs.watch(engine, name="app")
     with capture_logs() as logs:
         session = AsyncSession(engine)
         await session.execute(text("SELECT 1"))  # the origin
         line = _line_of('await session.execute(text("SELECT 1"))  # the origin')
         del session
         gc.collect()
+        obs.flush()  # the sweeper's tick: runs the work deferred out of hooks
         assert sample(registry, "sqlalchemy_orm_sessions_open") == 0.0
     leaks = "sqlalchemy_orm_session_leaks_total"
     assert sample(registry, leaks, reason="garbage_collected", route="none") == 1.0
