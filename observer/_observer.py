@@ -213,10 +213,13 @@ class Observer:
         """Stop watching ``engine``: every listener and wrapper added for it is removed."""
         sync = sync_engine_of(engine)
         with self._lock:
-            tracker = self._trackers.pop(id(sync), None)
+            tracker = self._trackers.get(id(sync))
             if tracker is None:
                 return
+            # detach() flushes the tracker's sums first: a scrape in between still sees them
+            # (through the tracker's unflushed view), so no counter ever appears to go back.
             tracker.detach()
+            del self._trackers[id(sync)]
             self.sessions.remove_engine(sync)
             spans = self._query_spans.pop(id(sync), None)
             if spans is not None:
