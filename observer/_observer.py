@@ -216,9 +216,7 @@ class Observer:
             tracker = self._trackers.get(id(sync))
             if tracker is None:
                 return
-            # detach() flushes the tracker's sums first: a scrape in between still sees them
-            # (through the tracker's unflushed view), so no counter ever appears to go back.
-            tracker.detach()
+            tracker.detach()  # flushes first: a scrape meanwhile still reads its unflushed sums
             del self._trackers[id(sync)]
             self.sessions.remove_engine(sync)
             spans = self._query_spans.pop(id(sync), None)
