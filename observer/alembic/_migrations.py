@@ -187,11 +187,10 @@ def _run_recorded(
         job=options.pushgateway_job,
         grouping_key={"database": database} if database else {},
     )
+    metrics = metrics_for(registry)  # registered first: the history is read by family name
     publisher.load_history()
     per_migration = bool(migration_context.opts.get("transaction_per_migration"))
-    recorder = MigrationRecorder(
-        metrics_for(registry), publisher, options, per_migration=per_migration
-    )
+    recorder = MigrationRecorder(metrics, publisher, options, per_migration=per_migration)
     session = _prepare(connection, options)
     # The step generator the command (upgrade, downgrade, ...) gave Alembic: wrapped, it tells
     # when each revision starts and ends, with no change to what the revision runs.

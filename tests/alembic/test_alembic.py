@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -32,30 +32,12 @@ from observer.cli import main
 from observer.doctor import check_sync_engine
 from observer.server._view import read_activity
 from observer.settings import ConfigurationError
-from tests.helpers import PG_HOST, PG_PORT, PG_USER, sample, throwaway_database
-from tests.helpers.alembic_project import config, make_project
+from tests.helpers import PG_HOST, PG_PORT, PG_USER, sample
+from tests.helpers.alembic_project import config, events, make_project, migrate, raw, url
 
 pytestmark = pytest.mark.postgres
 
 LOCK_TIMEOUT = 1.0
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    """A database of its own for one test (migrations create and drop tables)."""
-    with throwaway_database("observer_alembic") as name:
-        yield name
-
-
-def url(database: str, driver: str = "asyncpg") -> str:
-    """The SQLAlchemy URL of ``database``."""
-    return f"postgresql+{driver}://{PG_USER}@{PG_HOST}:{PG_PORT}/{database}"
-
-
-@pytest.fixture
-def project(tmp_path: Path, database: str) -> Path:
-    """`alembic init -t async` project on the test's database; the path of its alembic.ini."""
-    return make_project(tmp_path, url(database))
 
 
 @pytest.fixture
@@ -64,21 +46,6 @@ async def app_engine(database: str) -> AsyncIterator[AsyncEngine]:
     engine = create_async_engine(url(database), pool_size=5, max_overflow=0)
     yield engine
     await engine.dispose()
-
-
-async def raw(database: str) -> asyncpg.Connection:
-    """A plain asyncpg connection (the 'other session' of the lock tests)."""
-    return await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database=database)
-
-
-async def migrate(cfg: Any, verb: str, target: str) -> None:
-    """`alembic <verb> <target>` in process (env.py runs its own event loop: a thread)."""
-    await asyncio.to_thread(getattr(command, verb), cfg, target)
-
-
-def events(logs: list[dict[str, Any]], prefix: str = "alembic.") -> list[dict[str, Any]]:
-    """The captured log events whose name starts with ``prefix``."""
-    return [entry for entry in logs if entry["event"].startswith(prefix)]
 
 
 @dataclass

@@ -6,6 +6,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -139,6 +140,32 @@ def _write_revisions(directory: Path) -> None:
                 downgrade="\n".join(f"    {line}" for line in downgrade),
             )
         )
+
+
+def url(database: str, driver: str = "asyncpg") -> str:
+    """The SQLAlchemy URL of ``database`` on the test server."""
+    from tests.helpers import PG_HOST, PG_PORT, PG_USER
+
+    return f"postgresql+{driver}://{PG_USER}@{PG_HOST}:{PG_PORT}/{database}"
+
+
+async def raw(database: str) -> Any:
+    """A plain asyncpg connection (the 'other session' of the lock tests)."""
+    import asyncpg
+
+    from tests.helpers import PG_HOST, PG_PORT, PG_USER
+
+    return await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database=database)
+
+
+async def migrate(cfg: Config, verb: str, target: str) -> None:
+    """`alembic <verb> <target>` in process (env.py runs its own event loop: a thread)."""
+    await asyncio.to_thread(getattr(command, verb), cfg, target)
+
+
+def events(logs: list[dict[str, Any]], prefix: str = "alembic.") -> list[dict[str, Any]]:
+    """The captured log events whose name starts with ``prefix``."""
+    return [entry for entry in logs if entry["event"].startswith(prefix)]
 
 
 def config(ini: Path, **attributes: object) -> Config:
