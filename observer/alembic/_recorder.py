@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -73,7 +73,6 @@ class Attempt:
     direction: str | None
     wait: LockWait | None
     error: str
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class MigrationRecorder:
