@@ -30,7 +30,14 @@ PRODUCTS: dict[str, tuple[set[str], set[str]]] = {
         set(),
     ),
     "observer.alembic": (
-        {"CodeRevisions", "SchemaState", "SchemaWatcher", "run_migrations", "watch_schema"},
+        {
+            "CodeRevisions",
+            "MigrationError",
+            "SchemaState",
+            "SchemaWatcher",
+            "run_migrations",
+            "watch_schema",
+        },
         set(),
     ),
     "observer.monitoring": ({"add_arguments", "run"}, {"config"}),

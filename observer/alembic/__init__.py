@@ -4,7 +4,7 @@ In ``env.py``, after ``context.configure(connection=connection, ...)``::
 
     import observer.alembic
 
-    observer.alembic.run_migrations(connection, lock_timeout=5)
+    observer.alembic.run_migrations(connection)
 
 At the app's startup::
 
@@ -16,7 +16,15 @@ See docs/alembic.md.
 from __future__ import annotations
 
 from observer.alembic._migrations import run_migrations
+from observer.alembic._retry import MigrationError
 from observer.alembic._schema_drift import SchemaWatcher, watch_schema
 from observer.server._revisions import CodeRevisions, SchemaState
 
-__all__ = ["CodeRevisions", "SchemaState", "SchemaWatcher", "run_migrations", "watch_schema"]
+__all__ = [
+    "CodeRevisions",
+    "MigrationError",
+    "SchemaState",
+    "SchemaWatcher",
+    "run_migrations",
+    "watch_schema",
+]

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import push_to_gateway, write_to_textfile
+from prometheus_client.metrics_core import Metric
 
-from observer._logs import logger
+from observer.alembic._history import Families, merge, read_pushgateway, read_textfile
+from observer.alembic._log import log
 
 DIRECTIONS = ("upgrade", "downgrade")
 OUTCOMES = ("success", "failed", "lock_timeout", "statement_timeout")
@@ -33,8 +36,15 @@ class MigrationMetrics:
         )
         self.total = Counter(
             "alembic_migrations",
-            "Alembic revisions applied, by direction and outcome "
+            "Alembic revisions run to their last attempt, by direction and final outcome "
             "(success, failed, lock_timeout, statement_timeout).",
+            ["direction", "outcome"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "alembic_migration_retries",
+            "Attempts at an Alembic revision that gave up on a lock (lock_timeout) and were "
+            "tried again, by direction and the attempt's outcome.",
             ["direction", "outcome"],
             registry=r,
         )
@@ -64,11 +74,16 @@ class MigrationMetrics:
             for outcome in OUTCOMES:
                 self.total.labels(direction, outcome)
                 self.duration.labels(direction, outcome)
+            self.retries.labels(direction, "lock_timeout")
+
+    def retried(self, *, direction: str, outcome: str) -> None:
+        """Count one attempt that gave up and is tried again."""
+        self.retries.labels(direction, outcome).inc()
 
     def record(
         self, *, revision: str, direction: str, outcome: str, finished_at: float, duration: float
     ) -> None:
-        """Count one revision applied (or not)."""
+        """Count one revision applied (or not, after its last attempt)."""
         self.total.labels(direction, outcome).inc()
         self.duration.labels(direction, outcome).observe(duration)
         self.last_timestamp.labels(revision, direction, outcome).set(finished_at)
@@ -88,8 +103,20 @@ def metrics_for(registry: CollectorRegistry) -> MigrationMetrics:
     return metrics
 
 
+class _Merged:
+    """A collector: the registry's families with a sink's earlier runs added (``_history``)."""
+
+    def __init__(self, registry: CollectorRegistry, previous: Families) -> None:
+        self.registry = registry
+        self.previous = previous
+
+    def collect(self) -> list[Metric]:
+        return merge(self.registry.collect(), self.previous)
+
+
 class Publisher:
-    """Writes a registry to a node_exporter textfile and/or pushes it to a Pushgateway.
+    """Writes a registry to a node_exporter textfile and/or pushes it to a Pushgateway, each
+    with what earlier runs left there added (read once, by :meth:`load_history`).
 
     A failure is logged once per sink and never fails the migration.
     """
@@ -111,23 +138,65 @@ class Publisher:
         self.grouping_key = grouping_key
         self.timeout = timeout
         self.failed: set[str] = set()
+        self.outputs: dict[str, CollectorRegistry] = {}
+
+    def load_history(self) -> None:
+        """Read what earlier runs published to each sink; from now on it is added in."""
+        names = [family.name for family in self.registry.collect()]
+        sinks: dict[str, tuple[str | None, Callable[[], Families]]] = {
+            "textfile": (self.textfile, lambda: read_textfile(str(self.textfile), names)),
+            "pushgateway": (
+                self.pushgateway,
+                lambda: read_pushgateway(
+                    str(self.pushgateway), self.job, self.grouping_key, names, self.timeout
+                ),
+            ),
+        }
+        for sink, (target, read) in sinks.items():
+            if not target:
+                continue
+            try:
+                previous = read()
+            except Exception as exc:
+                previous = {}
+                log(
+                    "warning",
+                    "alembic.metrics_history_unavailable",
+                    sink=sink,
+                    target=self._target(sink),
+                    error=f"{type(exc).__name__}: {exc}",
+                    reason="this run's counts replace the earlier runs' (increase() sees a "
+                    "counter reset)",
+                )
+            output = CollectorRegistry(auto_describe=False)
+            output.register(_Merged(self.registry, previous))
+            self.outputs[sink] = output
 
     def publish(self) -> None:
-        """Publish the registry's current values to every configured sink."""
+        """Publish the registry's current values (plus history) to every configured sink."""
         if self.textfile:
             # write_to_textfile writes a temporary file and renames it: the collector never
             # reads half a file.
-            self._guard("textfile", write_to_textfile, self.textfile, self.registry)
+            self._guard(
+                "textfile",
+                write_to_textfile,
+                self.textfile,
+                self.outputs.get("textfile", self.registry),
+            )
         if self.pushgateway:
+            # PUT of the whole group: it already holds the earlier runs' counts, added in.
             self._guard(
                 "pushgateway",
                 push_to_gateway,
                 self.pushgateway,
                 job=self.job,
-                registry=self.registry,
+                registry=self.outputs.get("pushgateway", self.registry),
                 grouping_key=self.grouping_key,
                 timeout=self.timeout,
             )
+
+    def _target(self, sink: str) -> str | None:
+        return self.textfile if sink == "textfile" else _without_password(self.pushgateway)
 
     def _guard(self, sink: str, fn: Any, *args: Any, **kwargs: Any) -> None:
         try:
@@ -135,12 +204,11 @@ class Publisher:
         except Exception as exc:
             if sink not in self.failed:
                 self.failed.add(sink)
-                logger.warning(
+                log(
+                    "warning",
                     "alembic.metrics_not_published",
                     sink=sink,
-                    target=self.textfile
-                    if sink == "textfile"
-                    else _without_password(self.pushgateway),
+                    target=self._target(sink),
                     error=f"{type(exc).__name__}: {exc}",
                     hint="the migration goes on; check the path or URL "
                     "(OBSERVER_ALEMBIC_TEXTFILE, OBSERVER_ALEMBIC_PUSHGATEWAY)",

@@ -1,30 +1,39 @@
-"""Run Alembic migrations from env.py with lock_timeout set, recording every revision applied."""
+"""Run Alembic migrations from env.py: short lock waits, retried, each revision recorded."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from observer._logs import logger
+from observer.alembic._blockers import BlockerWatch, poll_interval
+from observer.alembic._log import log
 from observer.alembic._metrics import Publisher, metrics_for
-from observer.alembic._options import MigrationOptions
-from observer.alembic._recorder import MigrationRecorder
+from observer.alembic._options import ENV, MigrationOptions
+from observer.alembic._recorder import MigrationRecorder, classify
+from observer.alembic._retry import Backoff, MigrationError
 from observer.settings import ConfigurationError
 
 
-def _database(connection: Connection) -> str:
-    return connection.engine.url.database or ""
+@dataclass
+class _Session:
+    """The migration connection's backend pid and the settings to put back afterwards."""
+
+    pid: int | None
+    previous: dict[str, str]
 
 
-def _apply_timeouts(connection: Connection, options: MigrationOptions) -> dict[str, str]:
-    """SET the timeouts for the session; returns the previous values, to restore afterwards.
+def _prepare(connection: Connection, options: MigrationOptions) -> _Session:
+    """SET the timeouts for the session; note the backend's pid and the previous values.
 
     Session-level (not SET LOCAL): it holds across Alembic's transactions, whether one for the
-    whole run, one per migration (transaction_per_migration) or none (autocommit_block).
+    whole run, one per migration (transaction_per_migration) or none (autocommit_block), and
+    across retries.
     """
     wanted = {
         name: seconds
@@ -34,9 +43,10 @@ def _apply_timeouts(connection: Connection, options: MigrationOptions) -> dict[s
         )
         if seconds
     }
-    if not wanted:
-        return {}
+    if connection.dialect.name != "postgresql":
+        return _Session(None, {})
     ours = not connection.in_transaction()
+    pid = connection.execute(text("SELECT pg_backend_pid()")).scalar()
     previous: dict[str, str] = {}
     for name, seconds in wanted.items():
         previous[name] = str(connection.execute(text(f"SHOW {name}")).scalar())
@@ -46,7 +56,7 @@ def _apply_timeouts(connection: Connection, options: MigrationOptions) -> dict[s
         )
     if ours:  # a SET inside a transaction that is rolled back is undone: commit it now
         connection.commit()
-    return previous
+    return _Session(int(pid) if pid is not None else None, previous)
 
 
 def _restore_timeouts(connection: Connection, previous: dict[str, str]) -> None:
@@ -62,8 +72,11 @@ def _restore_timeouts(connection: Connection, previous: dict[str, str]) -> None:
         if ours:
             connection.commit()
     except Exception as exc:  # never hide the migration's own outcome
-        logger.warning(
-            "alembic.timeouts_not_restored", settings=sorted(previous), error=type(exc).__name__
+        log(
+            "warning",
+            "alembic.timeouts_not_restored",
+            settings=sorted(previous),
+            error=type(exc).__name__,
         )
 
 
@@ -72,28 +85,38 @@ def run_migrations(
     *,
     lock_timeout: float | None = None,
     statement_timeout: float | None = None,
+    max_attempts: int | None = None,
+    retry_for: float | None = None,
     textfile: str | None = None,
     pushgateway: str | None = None,
     registry: CollectorRegistry | None = None,
     context: Any = None,
     run_args: Mapping[str, Any] | None = None,
 ) -> None:
-    """Run the migrations Alembic was asked for, with ``lock_timeout`` set; record each revision.
+    """Run the migrations Alembic was asked for with short lock waits, retried; record each.
 
     Call it in ``env.py`` after ``context.configure(connection=connection, ...)``, in place of
     ``with context.begin_transaction(): context.run_migrations()``. It sets ``lock_timeout``
-    (default 5 s) and, if asked, ``statement_timeout`` on the migration's connection for the
-    session, runs the migrations exactly as Alembic would, then restores both settings. Each
-    revision step is logged (``alembic.migration.started`` / ``.finished``, or
-    ``.lock_timeout``, ``.statement_timeout``, ``.failed``) and counted in the
-    ``alembic_migration_*`` metrics, which are written to ``textfile`` (node_exporter's textfile
-    collector) and/or pushed to ``pushgateway`` when given. Timeouts of 0 leave the server's
-    setting alone. Every option also reads ``OBSERVER_ALEMBIC_<OPTION>``.
+    (default 1 s) and, if asked, ``statement_timeout`` on the migration's connection for the
+    session, and runs the migrations as Alembic would. A revision that gives up on a lock is
+    run again from the start of its transaction after a pause (exponential backoff with
+    jitter), up to ``max_attempts`` (10) within ``retry_for`` seconds (60); meanwhile a second
+    connection notes who blocks it, and each attempt that gives up logs one line naming the
+    table and the blocking backend. Each revision step is logged
+    (``alembic.migration.started`` / ``.finished``, ``.lock_timeout``, ``.statement_timeout``,
+    ``.failed``) and counted in the ``alembic_migration_*`` metrics, which are written to
+    ``textfile`` (node_exporter's textfile collector) and/or pushed to ``pushgateway``, added
+    to what earlier runs left there. The settings are restored at the end.
+
+    Every option also reads ``OBSERVER_ALEMBIC_<OPTION>``, which wins over the keyword (an
+    operator tunes a deploy without a code change; a replaced keyword is logged as
+    ``alembic.option_overridden``). Timeouts of 0 leave the server's setting alone.
 
     ``registry`` defaults to a fresh one per run (the process is short); pass the app's
     registry when migrations run inside the app. ``context`` defaults to ``alembic.context``;
     ``run_args`` go to ``context.run_migrations(**run_args)`` (the multidb template's
-    ``engine_name``). A failed migration's exception propagates unchanged.
+    ``engine_name``). A failed migration raises :class:`MigrationError` (an Alembic
+    ``CommandError``: ``alembic`` prints one ``FAILED:`` line), the original as its cause.
     """
     if context is None:
         from alembic import context as alembic_context
@@ -102,9 +125,21 @@ def run_migrations(
     options = MigrationOptions.resolve(
         lock_timeout=lock_timeout,
         statement_timeout=statement_timeout,
+        max_attempts=max_attempts,
+        retry_for=retry_for,
         textfile=textfile,
         pushgateway=pushgateway,
     )
+    for name, keyword, environment in options.overridden:
+        log(
+            "warning",
+            "alembic.option_overridden",
+            option=name,
+            keyword=keyword,
+            environment=environment,
+            variable=ENV[name],
+            reason="the environment wins over env.py's keyword",
+        )
     try:
         migration_context = context.get_context()
     except (NameError, AttributeError):  # alembic.context: a proxy, set while env.py runs
@@ -144,7 +179,7 @@ def _run_recorded(
     run_args: Mapping[str, Any],
 ) -> None:
     """Run the migrations on ``connection`` with the timeouts set, recording each step."""
-    database = _database(connection)
+    database = connection.engine.url.database or ""
     publisher = Publisher(
         registry,
         textfile=options.textfile,
@@ -152,29 +187,84 @@ def _run_recorded(
         job=options.pushgateway_job,
         grouping_key={"database": database} if database else {},
     )
-    recorder = MigrationRecorder(metrics_for(registry), publisher, options)
+    metrics = metrics_for(registry)  # registered first: the history is read by family name
+    publisher.load_history()
     per_migration = bool(migration_context.opts.get("transaction_per_migration"))
-    transactional = bool(migration_context.impl.transactional_ddl)
-    previous = _apply_timeouts(connection, options)
+    recorder = MigrationRecorder(metrics, publisher, options, per_migration=per_migration)
+    session = _prepare(connection, options)
     # The step generator the command (upgrade, downgrade, ...) gave Alembic: wrapped, it tells
     # when each revision starts and ends, with no change to what the revision runs.
     steps_fn = getattr(migration_context, "_migrations_fn", None)
     if steps_fn is not None:
         migration_context._migrations_fn = recorder.wrap(steps_fn)
     else:  # a future Alembic without it: run anyway, with the timeouts, unrecorded
-        logger.warning(
+        log(
+            "warning",
             "alembic.revisions_not_recorded",
             reason="this Alembic version does not expose the migration steps to pool-observer",
         )
+    watch = None
+    if session.pid is not None:
+        watch = BlockerWatch(
+            connection.engine.url,
+            session.pid,
+            is_async=bool(connection.engine.dialect.is_async),
+            interval=poll_interval(options.lock_timeout),
+        ).start()
     recorder.begin()
+    committed = False
     try:
-        with context.begin_transaction():
-            context.run_migrations(**run_args)
-    except BaseException as exc:
-        recorder.failed(exc, rolled_back=transactional and not per_migration)
-        raise
+        _attempts(context, migration_context, options, recorder, watch, run_args)
+        committed = True
     finally:
+        if watch is not None:
+            watch.stop()
         if steps_fn is not None:
             migration_context._migrations_fn = steps_fn
-        _restore_timeouts(connection, previous)
-        recorder.end()
+        _restore_timeouts(connection, session.previous)
+        recorder.end(committed=committed)
+
+
+def _retryable(migration_context: Any) -> bool:
+    """Whether a failed attempt left nothing half done: its transaction was rolled back whole
+    (transactional DDL, and the transaction is Alembic's, not one the caller opened)."""
+    return bool(migration_context.impl.transactional_ddl) and not getattr(
+        migration_context, "_in_external_transaction", False
+    )
+
+
+def _attempts(
+    context: Any,
+    migration_context: Any,
+    options: MigrationOptions,
+    recorder: MigrationRecorder,
+    watch: BlockerWatch | None,
+    run_args: Mapping[str, Any],
+) -> None:
+    """Attempt the run until it succeeds, fails for another reason than a lock, or the retries
+    are used up; each attempt runs what is left of the plan, each revision from its start."""
+    backoff = Backoff(options)
+    retryable = _retryable(migration_context)
+    started = time.monotonic()
+    while True:
+        if watch is not None:
+            watch.take()  # what an earlier attempt saw is not this one's
+        try:
+            with context.begin_transaction():
+                context.run_migrations(**run_args)
+            return
+        except Exception as exc:
+            outcome, _ = classify(exc)
+            elapsed = time.monotonic() - started
+            delay = None
+            if outcome == "lock_timeout" and retryable:
+                delay = backoff.delay(recorder.attempt, elapsed)
+            wait = watch.take() if watch is not None else None
+            attempt = recorder.attempt_failed(exc, wait=wait, retry_in=delay)
+            if delay is None:
+                raise MigrationError(attempt, attempts=recorder.attempt, elapsed=elapsed) from exc
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit: record, then unchanged
+            recorder.interrupted(exc)
+            raise
+        time.sleep(delay)
+        recorder.next_attempt()

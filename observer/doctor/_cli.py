@@ -14,6 +14,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from observer.doctor._alembic_config import FAIL_ON, exit_code, with_alembic
 from observer.doctor._engine import check_engine
 from observer.doctor._pool_checks import (
     DEFAULT_MAX_OVERFLOW,
@@ -101,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--alembic-version-table", default=DEFAULT_VERSION_TABLE)
     parser.add_argument("--connect-timeout", type=_seconds("--connect-timeout"), default=10)
-    parser.add_argument("--fail-on", choices=["error", "warning", "info"], default="warning")
+    parser.add_argument("--fail-on", choices=FAIL_ON, default="warning")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -176,11 +177,11 @@ async def _check(
 def run(args: argparse.Namespace) -> int:
     """Run doctor from parsed arguments; returns the exit code."""
     raw = args.database_url or os.environ.get(DATABASE_URL_ENV)
-    if not raw:
+    if not raw and not args.alembic_config:
         print(f"observer doctor: give DATABASE_URL (or set {DATABASE_URL_ENV})", file=sys.stderr)
         return EXIT_UNUSABLE
     try:
-        url = _async_url(raw)
+        url = _async_url(with_alembic(raw, args))
         pool = _pool(args)
         alembic = _alembic(args)
     except ValueError as exc:
@@ -200,9 +201,9 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_UNUSABLE
     if args.json:
         data = report.to_dict()
-        data["exit_code"] = report.exit_code(args.fail_on)
+        data["exit_code"] = exit_code(report, args.fail_on)
         json.dump(data, sys.stdout, indent=2)
         print()
     else:
         render_text(report, sys.stdout)
-    return report.exit_code(args.fail_on)
+    return exit_code(report, args.fail_on)

@@ -135,8 +135,16 @@ ALEMBIC: Final[tuple[MetricSpec, ...]] = (
         "alembic_migrations_total",
         "counter",
         _RUN,
-        "Alembic revisions applied, by direction and outcome "
+        "Alembic revisions run to their last attempt, by direction and final outcome "
         "(success, failed, lock_timeout, statement_timeout).",
+        exporter="alembic",
+    ),
+    MetricSpec(
+        "alembic_migration_retries_total",
+        "counter",
+        _RUN,
+        "Attempts at an Alembic revision that gave up on a lock (lock_timeout) and were "
+        "tried again, by direction and the attempt's outcome.",
         exporter="alembic",
     ),
     MetricSpec(

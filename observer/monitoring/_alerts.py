@@ -295,7 +295,8 @@ def observer_alerts(config: MonitoringConfig) -> list[Alert]:
 
 
 def migration_alerts(config: MonitoringConfig) -> list[Alert]:
-    """Alerts on Alembic migrations: the running code and its database disagree."""
+    """Alerts on Alembic migrations: the code and its database disagree, a migration run
+    failed or gave up on a lock, a migration runs for too long."""
     c = config
     sel = c.selector()
     by = "job, instance, database"
@@ -314,6 +315,39 @@ def migration_alerts(config: MonitoringConfig) -> list[Alert]:
             "{{ $labels.database_revision }} ({{ $labels.state }}) for "
             f"{c.schema_drift_for}, longer than a deploy takes: run the migration or roll "
             "the deploy back.",
+            POOL_DASHBOARD,
+        ),
+        Alert(
+            "SQLAlchemyAlembicMigrationFailed",
+            # The counter keeps earlier runs (textfile and Pushgateway add them in), so each
+            # failed run is one more; lock_timeout counts only runs whose retries ran out.
+            _increase(
+                "alembic_migrations_total",
+                c.selector('outcome!="success"'),
+                c.migration_failed_window,
+                f"{by}, direction, outcome",
+                0,
+            ),
+            c.migration_failed_for,
+            "warning",
+            "An Alembic migration run failed or gave up waiting for a lock.",
+            f"{COUNT} Alembic migration run(s) on database {{{{ $labels.database }}}} "
+            "(job {{ $labels.job }}) ended {{ $labels.outcome }} "
+            f"({{{{ $labels.direction }}}}) in the last {c.migration_failed_window}: the "
+            "deploy's schema change is not applied; read the run's alembic.migration.* lines "
+            "(they name the blocker of a lock timeout).",
+            POOL_DASHBOARD,
+        ),
+        Alert(
+            "SQLAlchemyAlembicMigrationRunningLong",
+            f"max by ({by}) (alembic_migration_running{sel}) > 0",
+            c.migration_running_for,
+            "warning",
+            "An Alembic migration has been running for a long time.",
+            "An Alembic migration on database {{ $labels.database }} (job {{ $labels.job }}) "
+            f"has been running for more than "
+            f"{c.migration_running_for}: a long backfill or index build, a wait that is not a "
+            "lock wait, or a run killed before it could publish its end.",
             POOL_DASHBOARD,
         ),
     ]

@@ -81,6 +81,11 @@ class MonitoringConfig:
     idle_in_transaction_for: str = "5m"
     # Longer than a deploy takes: old and new code overlap with the database while it rolls.
     schema_drift_for: str = "15m"
+    # A migration run that ended failed or timed out: the alert stays this long after it.
+    migration_failed_window: str = "1h"
+    migration_failed_for: str = "1m"
+    # Longer than a migration should hold a deploy (a backfill belongs in a batch job).
+    migration_running_for: str = "30m"
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,37 +25,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 from structlog.testing import capture_logs
 
-from observer.alembic import CodeRevisions, SchemaWatcher, watch_schema
+from observer.alembic import CodeRevisions, MigrationError, SchemaWatcher, watch_schema
 from observer.alembic._options import MigrationOptions
 from observer.alembic._recorder import classify
 from observer.cli import main
 from observer.doctor import check_sync_engine
 from observer.server._view import read_activity
 from observer.settings import ConfigurationError
-from tests.helpers import PG_HOST, PG_PORT, PG_USER, sample, throwaway_database
-from tests.helpers.alembic_project import config, make_project
+from tests.helpers import PG_HOST, PG_PORT, PG_USER, sample
+from tests.helpers.alembic_project import config, events, make_project, migrate, raw, url
 
 pytestmark = pytest.mark.postgres
 
 LOCK_TIMEOUT = 1.0
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    """A database of its own for one test (migrations create and drop tables)."""
-    with throwaway_database("observer_alembic") as name:
-        yield name
-
-
-def url(database: str, driver: str = "asyncpg") -> str:
-    """The SQLAlchemy URL of ``database``."""
-    return f"postgresql+{driver}://{PG_USER}@{PG_HOST}:{PG_PORT}/{database}"
-
-
-@pytest.fixture
-def project(tmp_path: Path, database: str) -> Path:
-    """`alembic init -t async` project on the test's database; the path of its alembic.ini."""
-    return make_project(tmp_path, url(database))
 
 
 @pytest.fixture
@@ -64,21 +46,6 @@ async def app_engine(database: str) -> AsyncIterator[AsyncEngine]:
     engine = create_async_engine(url(database), pool_size=5, max_overflow=0)
     yield engine
     await engine.dispose()
-
-
-async def raw(database: str) -> asyncpg.Connection:
-    """A plain asyncpg connection (the 'other session' of the lock tests)."""
-    return await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database=database)
-
-
-async def migrate(cfg: Any, verb: str, target: str) -> None:
-    """`alembic <verb> <target>` in process (env.py runs its own event loop: a thread)."""
-    await asyncio.to_thread(getattr(command, verb), cfg, target)
-
-
-def events(logs: list[dict[str, Any]], prefix: str = "alembic.") -> list[dict[str, Any]]:
-    """The captured log events whose name starts with ``prefix``."""
-    return [entry for entry in logs if entry["event"].startswith(prefix)]
 
 
 @dataclass
@@ -129,18 +96,28 @@ async def watch_lock_waits(database: str, done: asyncio.Event) -> int:
     return most
 
 
-async def test_migration_gives_up_on_a_held_lock_and_the_app_keeps_flowing(
+async def test_a_migration_that_gives_up_names_the_blocker_and_raises_one_line(
     project: Path, database: str, app_engine: AsyncEngine
 ) -> None:
-    """ALTER TABLE behind a session holding a conflicting lock stops after lock_timeout with a
-    logged lock_timeout outcome; app queries on the table wait at most about lock_timeout, the
-    server view shows the lock waits, and the database stays at its revision."""
+    """ALTER TABLE behind a session holding a conflicting lock gives up after lock_timeout at
+    each of its 2 attempts: each attempt logs one lock_timeout line naming the table and the
+    blocking backend (pid, application_name, state, transaction age, query without literals),
+    app queries on the table wait at most about lock_timeout, the server view shows the lock
+    waits, and the run raises a one-line MigrationError; the database stays at its revision."""
     registry = CollectorRegistry()
-    cfg = config(project, registry=registry, observer_options={"lock_timeout": LOCK_TIMEOUT})
+    options = {"lock_timeout": LOCK_TIMEOUT, "max_attempts": 2}
+    cfg = config(project, registry=registry, observer_options=options)
     await migrate(cfg, "upgrade", "0001")
-    blocker = await raw(database)
+    blocker = await asyncpg.connect(
+        host=PG_HOST,
+        port=PG_PORT,
+        user=PG_USER,
+        database=database,
+        server_settings={"application_name": "nightly-report"},
+    )
+    blocker_pid = await blocker.fetchval("SELECT pg_backend_pid()")
     await blocker.execute("BEGIN")
-    await blocker.fetch("SELECT * FROM items LIMIT 1")  # ACCESS SHARE until the transaction ends
+    await blocker.fetch("SELECT * FROM items WHERE name <> 'item 7' LIMIT 1")  # ACCESS SHARE
     load = AppLoad(app_engine)
     done = asyncio.Event()
     watcher = asyncio.create_task(watch_lock_waits(database, done))
@@ -159,19 +136,39 @@ async def test_migration_gives_up_on_a_held_lock_and_the_app_keeps_flowing(
     elapsed = time.perf_counter() - started
     most_waiting = await watcher
 
-    assert isinstance(result[0], DBAPIError)
-    assert classify(result[0]) == ("lock_timeout", "55P03")
+    error = result[0]
+    assert isinstance(error, MigrationError)
+    assert isinstance(error.__cause__, DBAPIError)
+    assert classify(error) == ("lock_timeout", "55P03")
+    assert (error.outcome, error.revision, error.attempts) == ("lock_timeout", "0002", 2)
+    message = str(error)
+    assert "\n" not in message
+    assert message.startswith("revision 0002 (upgrade) gave up waiting for a lock after 2 attempts")
+    assert (
+        f"on table items, blocked by pid {blocker_pid} (application_name 'nightly-report', "
+        "idle in transaction, transaction open "
+    ) in message
+    assert message.endswith("s): SELECT * FROM items WHERE name <> ? LIMIT ?")
     gave_up = [e for e in events(logs) if e["event"] == "alembic.migration.lock_timeout"]
-    assert len(gave_up) == 1
-    assert gave_up[0]["revision"] == "0002"
-    assert gave_up[0]["direction"] == "upgrade"
-    assert gave_up[0]["outcome"] == "lock_timeout"
-    assert gave_up[0]["sqlstate"] == "55P03"
-    assert gave_up[0]["log_level"] == "warning"
-    assert "gave up waiting for a lock after 1s" in gave_up[0]["reason"]
-    assert "pg_blocking_pids" in gave_up[0]["hint"]
-    assert LOCK_TIMEOUT <= gave_up[0]["duration_seconds"] < LOCK_TIMEOUT + 1.5
-    assert elapsed < LOCK_TIMEOUT + 3  # the whole run, process-like start included
+    assert [(e["attempt"], e["will_retry"]) for e in gave_up] == [(1, True), (2, False)]
+    for line in gave_up:
+        assert (line["revision"], line["direction"], line["outcome"]) == (
+            "0002",
+            "upgrade",
+            "lock_timeout",
+        )
+        assert (line["table"], line["blocker_pid"]) == ("items", blocker_pid)
+        assert line["blocker_application_name"] == "nightly-report"
+        assert line["blocker_state"] == "idle in transaction"
+        assert line["blocker_query"] == "SELECT * FROM items WHERE name <> ? LIMIT ?"
+        assert line["blocker_xact_age_seconds"] >= LOCK_TIMEOUT - 0.1
+        assert line["blockers"] == 1
+        assert line["sqlstate"] == "55P03"
+        assert line["log_level"] == "warning"
+        assert LOCK_TIMEOUT <= line["duration_seconds"] < LOCK_TIMEOUT + 1.0
+    assert 0.5 * 0.5 <= gave_up[0]["retry_in_seconds"] <= 0.5
+    assert gave_up[1]["retry_in_seconds"] is None
+    assert elapsed < 2 * LOCK_TIMEOUT + 3  # the whole run, process-like start included
 
     # The app: plenty of queries, none failed, none waited longer than lock_timeout (plus the
     # round trip and this busy event loop's scheduling; measured here: 0.99 s).
@@ -182,11 +179,12 @@ async def test_migration_gives_up_on_a_held_lock_and_the_app_keeps_flowing(
     assert max_wait < LOCK_TIMEOUT + 0.5
     assert most_waiting >= 1  # the ALTER (and app queries queued behind it), seen by the view
 
-    assert sample(registry, "alembic_migrations_total", direction="upgrade", outcome="success") == 1
-    assert (
-        sample(registry, "alembic_migrations_total", direction="upgrade", outcome="lock_timeout")
-        == 1
-    )
+    def count(name: str, outcome: str) -> float | None:
+        return sample(registry, name, direction="upgrade", outcome=outcome)
+
+    assert count("alembic_migrations_total", "success") == 1
+    assert count("alembic_migrations_total", "lock_timeout") == 1  # the run's final outcome
+    assert count("alembic_migration_retries_total", "lock_timeout") == 1  # attempt 1, retried
     assert sample(registry, "alembic_migration_running") == 0
     conn = await raw(database)
     try:
@@ -195,35 +193,8 @@ async def test_migration_gives_up_on_a_held_lock_and_the_app_keeps_flowing(
     finally:
         await conn.close()
 
-    await migrate(cfg, "upgrade", "head")  # the blocker is gone: the retry goes through
-    assert sample(registry, "alembic_migrations_total", direction="upgrade", outcome="success") == 2
-
-
-@pytest.mark.slow
-async def test_without_lock_timeout_the_app_queues_behind_the_migration(
-    project: Path, database: str, app_engine: AsyncEngine
-) -> None:
-    """The control: with lock_timeout off, app queries wait behind the ALTER until the
-    blocking transaction ends (here after 2.5 s), far longer than the 1 s lock_timeout."""
-    cfg = config(project, observer_options={"lock_timeout": 0})
-    await migrate(cfg, "upgrade", "0001")
-    blocker = await raw(database)
-    await blocker.execute("BEGIN")
-    await blocker.fetch("SELECT * FROM items LIMIT 1")
-
-    async def release_later() -> None:
-        await asyncio.sleep(2.5)
-        await blocker.execute("ROLLBACK")
-
-    release = asyncio.create_task(release_later())
-    load = AppLoad(app_engine)
-    try:
-        await load.during(migrate(cfg, "upgrade", "head"))
-    finally:
-        await release
-        await blocker.close()
-    print(f"without lock_timeout: max app wait {max(load.waits):.3f}s")
-    assert max(load.waits) > 1.5
+    await migrate(cfg, "upgrade", "head")  # the blocker is gone: the next run goes through
+    assert count("alembic_migrations_total", "success") == 2
 
 
 async def test_upgrade_then_downgrade_records_both_with_durations(
@@ -340,8 +311,9 @@ def test_sync_template_with_a_transaction_per_migration(tmp_path: Path, database
 def test_a_failing_migration_is_recorded_and_its_error_propagates(
     tmp_path: Path, database: str
 ) -> None:
-    """A migration raising an error counts as failed, logs the error, and Alembic's exception
-    reaches the caller unchanged; the steps of the same transaction are reported rolled back."""
+    """A migration raising an error counts as failed, logs the error, and raises a one-line
+    MigrationError caused by Alembic's exception, never retried; with one transaction for the
+    run, the steps of the same transaction are reported rolled back."""
     ini = make_project(tmp_path, url(database, "psycopg"), template="generic")
     bad = tmp_path / "migrations" / "versions" / "0003_bad.py"
     bad.write_text(
@@ -351,10 +323,12 @@ def test_a_failing_migration_is_recorded_and_its_error_propagates(
         "def downgrade() -> None:\n    pass\n"
     )
     registry = CollectorRegistry()
-    cfg = config(ini, registry=registry)
-    with capture_logs() as logs, pytest.raises(Exception, match="missing") as raised:
+    cfg = config(ini, registry=registry, transaction_per_migration=False)
+    with capture_logs() as logs, pytest.raises(MigrationError, match="missing") as raised:
         command.upgrade(cfg, "head")
     assert classify(raised.value) == ("failed", "42P01")
+    assert str(raised.value).startswith("revision 0003 (upgrade) ended failed: ProgrammingError")
+    assert "\n" not in str(raised.value)
     failed = events(logs, "alembic.migration.failed")
     assert len(failed) == 1
     assert failed[0]["revision"] == "0003"
@@ -362,6 +336,8 @@ def test_a_failing_migration_is_recorded_and_its_error_propagates(
     rolled_back = events(logs, "alembic.migrations.rolled_back")
     assert rolled_back[0]["revisions"] == ["0001", "0002"]
     assert sample(registry, "alembic_migrations_total", direction="upgrade", outcome="failed") == 1
+    # 0001 and 0002 were undone with 0003: not counted as applied.
+    assert sample(registry, "alembic_migrations_total", direction="upgrade", outcome="success") == 0
     assert sample(registry, "alembic_migration_running") == 0
 
 
@@ -385,8 +361,9 @@ def test_a_statement_over_statement_timeout_is_its_own_outcome(
         transaction_per_migration=True,
         observer_options={"statement_timeout": 0.5},
     )
-    with capture_logs() as logs, pytest.raises(DBAPIError, match="statement timeout"):
+    with capture_logs() as logs, pytest.raises(MigrationError, match="statement timeout") as raised:
         command.upgrade(cfg, "head")
+    assert isinstance(raised.value.__cause__, DBAPIError)
     timed_out = events(logs, "alembic.migration.statement_timeout")
     assert [(e["revision"], e["outcome"]) for e in timed_out] == [("0003", "statement_timeout")]
     assert 0.5 <= timed_out[0]["duration_seconds"] < 2.5

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -63,10 +67,21 @@ REVISIONS = [
 ]
 
 
-def make_project(root: Path, url: str, *, template: str = "async") -> Path:
-    """`alembic init -t <template>` in ``root``, env.py calling observer.alembic, 2 revisions.
+# What docs/alembic.md tells users to add to alembic.ini to see the info lines.
+LOGGER_SECTION = """
+[logger_pool_observer]
+level = INFO
+handlers =
+qualname = pool_observer
+"""
 
-    Returns the path of alembic.ini (its sqlalchemy.url is ``url``).
+
+def make_project(root: Path, url: str, *, template: str = "async", observer: bool = True) -> Path:
+    """`alembic init -t <template>` in ``root``, env.py calling observer.alembic, 2 revisions;
+    with ``observer=False``, env.py stays the template's (plain Alembic).
+
+    Returns the path of alembic.ini (its sqlalchemy.url is ``url``; the pool_observer logger
+    at info level, as docs/alembic.md says).
     """
     ini = root / "alembic.ini"
     directory = root / "migrations"
@@ -75,10 +90,19 @@ def make_project(root: Path, url: str, *, template: str = "async") -> Path:
         "\n".join(
             f"sqlalchemy.url = {url}" if line.startswith("sqlalchemy.url") else line
             for line in ini.read_text().splitlines()
-        )
+        ).replace("keys = root,sqlalchemy,alembic", "keys = root,sqlalchemy,alembic,pool_observer")
         + "\n"
+        + LOGGER_SECTION
     )
-    env = directory / "env.py"
+    _write_revisions(directory)
+    if observer:
+        _call_observer(directory / "env.py")
+    return ini
+
+
+def _call_observer(env: Path) -> None:
+    """env.py: observer.alembic.run_migrations(connection, ...) in place of the template's
+    `with context.begin_transaction(): context.run_migrations()` (online mode)."""
     source = env.read_text()
     head, sep, tail = source.rpartition("with context.begin_transaction():")
     assert sep, "the template's online run_migrations block was not found"
@@ -95,7 +119,7 @@ def make_project(root: Path, url: str, *, template: str = "async") -> Path:
             f"{indent}    connection=connection,\n"
             f"{indent}    target_metadata=target_metadata,\n"
             f"{indent}    transaction_per_migration="
-            'config.attributes.get("transaction_per_migration", False),\n'
+            'config.attributes.get("transaction_per_migration", True),\n'
             f"{indent})",
         )
         + ENV_CALL.format(indent=indent)
@@ -103,6 +127,9 @@ def make_project(root: Path, url: str, *, template: str = "async") -> Path:
         + rest.lstrip("\n")
     )
     env.write_text(source)
+
+
+def _write_revisions(directory: Path) -> None:
     for revision, down, message, upgrade, downgrade in REVISIONS:
         (directory / "versions" / f"{revision}_{message.replace(' ', '_')}.py").write_text(
             REVISION.format(
@@ -113,7 +140,32 @@ def make_project(root: Path, url: str, *, template: str = "async") -> Path:
                 downgrade="\n".join(f"    {line}" for line in downgrade),
             )
         )
-    return ini
+
+
+def url(database: str, driver: str = "asyncpg") -> str:
+    """The SQLAlchemy URL of ``database`` on the test server."""
+    from tests.helpers import PG_HOST, PG_PORT, PG_USER
+
+    return f"postgresql+{driver}://{PG_USER}@{PG_HOST}:{PG_PORT}/{database}"
+
+
+async def raw(database: str) -> Any:
+    """A plain asyncpg connection (the 'other session' of the lock tests)."""
+    import asyncpg
+
+    from tests.helpers import PG_HOST, PG_PORT, PG_USER
+
+    return await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database=database)
+
+
+async def migrate(cfg: Config, verb: str, target: str) -> None:
+    """`alembic <verb> <target>` in process (env.py runs its own event loop: a thread)."""
+    await asyncio.to_thread(getattr(command, verb), cfg, target)
+
+
+def events(logs: list[dict[str, Any]], prefix: str = "alembic.") -> list[dict[str, Any]]:
+    """The captured log events whose name starts with ``prefix``."""
+    return [entry for entry in logs if entry["event"].startswith(prefix)]
 
 
 def config(ini: Path, **attributes: object) -> Config:
@@ -128,3 +180,105 @@ def config(ini: Path, **attributes: object) -> Config:
     cfg.set_main_option("sqlalchemy.url", parser.get("alembic", "sqlalchemy.url"))
     cfg.attributes.update(attributes)
     return cfg
+
+
+# -- the blocked-migration scenario of issue #20 (tests/alembic, docs/alembic.md's table) ------
+
+
+@dataclass
+class Stalls:
+    """What the app saw during a blocked migration."""
+
+    rate: float
+    locked_table_max: float = 0.0  # longest request on the table the migration alters
+    other_table_max: float = 0.0  # longest request on a table the migration never touches
+    requests: int = 0
+    errors: list[str] = field(default_factory=list)
+    most_checked_out: int = 0
+    migration_seconds: float = 0.0  # from `alembic upgrade head` to its end
+    migration_error: BaseException | None = None
+    released_at: float = 0.0  # seconds after the migration started that the lock was released
+
+    def row(self, arm: str) -> str:
+        """A Markdown table row for docs/alembic.md."""
+        outcome = "failed" if self.migration_error else f"done at {self.migration_seconds:.1f} s"
+        return (
+            f"| {arm} | {self.rate:g}/s | {self.locked_table_max:.2f} s | "
+            f"{self.other_table_max:.2f} s | {self.most_checked_out}/5 | {outcome} |"
+        )
+
+
+async def blocked_migration(
+    cfg: Config, database: str, *, rate: float, hold: float = 8.0, pool_size: int = 5
+) -> Stalls:
+    """`alembic upgrade head` (0001 -> 0002: ALTER TABLE items) while another session holds
+    `SELECT ... FOR UPDATE` on items for ``hold`` seconds, and the app sends ``rate`` requests
+    a second (half to items, half to pings, open loop) through a pool of ``pool_size``.
+
+    Each request's time counts from when it was due: waiting for a pool connection included.
+    """
+    import asyncpg
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from tests.helpers import PG_HOST, PG_PORT, PG_USER
+
+    url = f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{database}"
+    engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=60)
+    stalls = Stalls(rate)
+    blocker = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database=database)
+    await blocker.execute("CREATE TABLE IF NOT EXISTS pings (id int)")
+    async with engine.connect() as conn:  # open the pool's connections before the clock starts
+        await conn.execute(text("SELECT 1"))
+
+    async def request(table: str, due: float) -> None:
+        try:
+            async with engine.connect() as conn:
+                stalls.most_checked_out = max(stalls.most_checked_out, engine.pool.checkedout())
+                await conn.execute(text(f"SELECT count(*) FROM {table}"))
+        except Exception as exc:
+            stalls.errors.append(type(exc).__name__)
+        took = time.perf_counter() - due
+        if table == "items":
+            stalls.locked_table_max = max(stalls.locked_table_max, took)
+        else:
+            stalls.other_table_max = max(stalls.other_table_max, took)
+
+    tasks: list[asyncio.Task[None]] = []
+    stop = asyncio.Event()
+
+    async def traffic() -> None:
+        start, n = time.perf_counter(), 0
+        while not stop.is_set():
+            due = start + n / rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            table = "items" if n % 2 == 0 else "pings"
+            tasks.append(asyncio.create_task(request(table, due)))
+            n += 1
+
+    await blocker.execute("BEGIN")
+    await blocker.fetch("SELECT * FROM items FOR UPDATE")
+    load = asyncio.create_task(traffic())
+    await asyncio.sleep(0.5)  # the app is busy before the deploy starts
+    started = time.perf_counter()
+
+    async def release() -> None:
+        await asyncio.sleep(hold - 0.5)
+        await blocker.execute("ROLLBACK")
+        stalls.released_at = time.perf_counter() - started
+
+    releaser = asyncio.create_task(release())
+    try:
+        await asyncio.to_thread(command.upgrade, cfg, "head")
+    except Exception as exc:
+        stalls.migration_error = exc
+    stalls.migration_seconds = time.perf_counter() - started
+    await releaser
+    await asyncio.sleep(0.5)  # requests queued behind the migration finish
+    stop.set()
+    await load
+    await asyncio.gather(*tasks)
+    stalls.requests = len(tasks)
+    await blocker.close()
+    await engine.dispose()
+    return stalls

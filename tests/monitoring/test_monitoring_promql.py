@@ -105,5 +105,7 @@ def test_every_metric_used_is_exported() -> None:
         "pg_observer_lock_wait_max_seconds",
         "alembic_schema_revision_info",
         "alembic_schema_drift",
+        "alembic_migrations_total",
+        "alembic_migration_running",
     }
     assert recorded <= used
