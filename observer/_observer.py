@@ -265,10 +265,17 @@ class Observer:
         self.routes.flush()
 
     def _tick(self) -> None:
+        # Allocates nothing when there is no work: an allocation on the sweeper's thread can set
+        # off a garbage collection there, running SQLAlchemy's finalizer of a leaked async
+        # connection off the event loop (docs/reliability.md). In one process every read of the
+        # registry flushes first, so the sweeper leaves the per-thread sums to the reads.
         try:
-            self.flush()
-            self.sessions.check_age()
+            if self.hooks.pending:
+                self.hooks.drain()
+            if self.sessions.open:
+                self.sessions.check_age()
             if self.multiprocess:
+                self.flush()
                 self.push_gauges()
         except Exception as exc:
             self.hooks.failed("sweeper", exc)
