@@ -1,8 +1,9 @@
 """The observer's own threads allocate nothing when idle, so they never set off a garbage
-collection."""
+collection; a leaked async connection reclaimed on one of them anyway is counted and logged."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import threading
 import time
@@ -15,10 +16,12 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine, text
+from structlog.testing import capture_logs
 
 import observer
 from observer import Observer
 from observer._sweeper import Sweeper, observer_thread, on_observer_thread
+from tests.helpers import hook_errors, sample
 
 PACKAGE = str(Path(observer.__file__).parent)
 
@@ -144,3 +147,45 @@ def test_the_observer_threads_are_known_and_the_sweeper_stops() -> None:
     sweeper.stop()
     sweeper.stop()  # idempotent
     assert not sweeper.running
+
+
+@pytest.mark.postgres
+@pytest.mark.filterwarnings("ignore:The garbage collector is trying to clean up")
+async def test_a_leaked_async_connection_reclaimed_on_the_sweeper_is_counted_and_logged(
+    make_engine: Any, registry: CollectorRegistry
+) -> None:
+    """If a collection runs on the sweeper's thread anyway (here forced: its tick collects) and
+    reclaims a leaked async connection, SQLAlchemy's finalizer runs off the event loop there:
+    counted in observer_finalizers_off_loop_total and logged, and no hook raised."""
+    engine = make_engine(pool_size=1, max_overflow=0)
+    obs = Observer(registry=registry, sweep_interval_seconds=0.01)
+    collected = threading.Event()
+    tick = obs._tick
+
+    def collect_once() -> None:
+        if not collected.is_set():
+            gc.collect()
+            collected.set()
+        tick()
+
+    obs._sweeper._tick = collect_once
+    gc.disable()  # the test's own collection must not get there first
+    try:
+        conn = await engine.connect()
+        await conn.execute(text("SELECT 1"))
+        cycle: list[Any] = [conn]
+        cycle.append(cycle)  # only the garbage collector frees it
+        del conn, cycle
+        with capture_logs() as logs:
+            obs.watch(engine, name="pool")  # the sweeper starts with the first engine
+            await asyncio.to_thread(collected.wait, 5)
+            obs.flush()
+        gc.enable()
+        assert sample(registry, "observer_finalizers_off_loop_total", pool="pool") == 1.0
+        assert sample(registry, "sqlalchemy_pool_connections_reclaimed_total", pool="pool") == 1.0
+        assert hook_errors(registry) == 0.0
+    finally:
+        gc.enable()
+        obs.close()
+    [event] = [e for e in logs if e["event"] == "pool.finalizer_off_loop"]
+    assert (event["pool"], event["route"], event["suppressed"]) == ("pool", None, 0)
