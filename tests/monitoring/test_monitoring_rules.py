@@ -21,6 +21,7 @@ EXPECTED_ALERTS = [
     "SQLAlchemyPoolSlowCheckout",
     "SQLAlchemyPoolLongConnectionHold",
     "SQLAlchemyPoolConnectionsReclaimed",
+    "SQLAlchemyPoolDoubleHandout",
     "SQLAlchemyPoolInvalidationSpike",
     "SQLAlchemySessionLeakSuspected",
     "SQLAlchemySessionsLeaking",
