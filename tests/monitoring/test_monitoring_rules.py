@@ -43,7 +43,7 @@ def test_promtool_check_rules_passes_with_every_lint(promtool: str) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 14 rules found" in result.stdout
+    assert "SUCCESS: 15 rules found" in result.stdout
     assert "SUCCESS: 3 rules found" in result.stdout
 
 
