@@ -280,10 +280,17 @@ class Observer:
         self.routes.unflushed(view)
 
     def _tick(self) -> None:
+        # Allocates nothing when there is no work: an allocation on the sweeper's thread can set
+        # off a garbage collection there, running SQLAlchemy's finalizer of a leaked async
+        # connection off the event loop (docs/reliability.md). In one process a scrape adds the
+        # per-thread sums no flush has moved yet (BatchedCollector), so the sweeper leaves them.
         try:
-            self.flush()
-            self.sessions.check_age()
+            if self.hooks.pending:
+                self.hooks.drain()
+            if self.sessions.open:
+                self.sessions.check_age()
             if self.multiprocess:
+                self.flush()
                 self.push_gauges()
         except Exception as exc:
             self.hooks.failed("sweeper", exc)

@@ -60,6 +60,24 @@ def in_gc_finalizer() -> bool:
     return False
 
 
+def in_gc_cleanup() -> bool:
+    """Whether the caller runs inside ``pool.base._finalize_fairy`` called for the garbage
+    collector, not for an ordinary return, which runs the same function: its local
+    ``is_gc_cleanup`` (an argument since 2.1, computed from ``ref`` in 2.0). Reads the frame's
+    locals, so call it on rare paths only. Read: 2.0.38-2.0.52, 2.1.0b1-b4; run: 2.1.9.
+    Missing: always False (a double handout through that finalizer is then not seen at the
+    return; see observer/pool/_handout.py)."""
+    frame = sys._getframe(1)
+    for _ in range(16):
+        if frame.f_code is _FINALIZE_FAIRY:
+            return frame.f_locals.get("is_gc_cleanup") is True
+        back = frame.f_back
+        if back is None:
+            return False
+        frame = back
+    return False
+
+
 def _no_gc_flag(record: ConnectionPoolEntry) -> bool:
     return False
 

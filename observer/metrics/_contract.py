@@ -207,6 +207,24 @@ LIBRARY: Final[tuple[MetricSpec, ...]] = (
         multiprocess_mode="livesum",
     ),
     MetricSpec(
+        "sqlalchemy_pool_double_handouts_total",
+        "counter",
+        _POOL,
+        "Connections handed out while already checked out by someone else.",
+        doc="Counted when the pool takes back a connection another checkout still holds "
+        "(SQLAlchemy's garbage-collection finalizer of a leaked async connection, "
+        "docs/reliability.md), or when a checkout gets a connection the observer has as "
+        "checked out by another owner; the `pool.double_handout` log names both.",
+    ),
+    MetricSpec(
+        "observer_finalizers_off_loop_total",
+        "counter",
+        _POOL,
+        "Leaked async connections the garbage collector reclaimed on a pool-observer thread.",
+        doc="SQLAlchemy's finalizer then terminated the connection off the event loop; the "
+        "observer's threads allocate nothing when idle, so this stays 0 unless they are busy.",
+    ),
+    MetricSpec(
         "observer_hook_errors_total",
         "counter",
         ("hook",),
@@ -246,13 +264,6 @@ LIBRARY: Final[tuple[MetricSpec, ...]] = (
         "histogram",
         _POOL,
         "Idle gaps between queries on a checked-out connection.",
-        planned=True,
-    ),
-    MetricSpec(
-        "sqlalchemy_pool_double_handouts_total",
-        "counter",
-        _POOL,
-        "Connections handed out while already checked out by someone else.",
         planned=True,
     ),
 )

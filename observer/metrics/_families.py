@@ -97,6 +97,8 @@ class PoolMetrics:
     opened: Counter
     closed: dict[str, Counter]
     reclaimed: Counter
+    double_handouts: Counter
+    finalizers_off_loop: Counter
     checkout_duration: Histogram
     hold: Histogram
     connect_duration: Histogram
@@ -115,6 +117,8 @@ class Metrics:
         self.opened = _counter(r, "sqlalchemy_pool_connections_opened_total")
         self.closed = _counter(r, "sqlalchemy_pool_connections_closed_total")
         self.reclaimed = _counter(r, "sqlalchemy_pool_connections_reclaimed_total")
+        self.double_handouts = _counter(r, "sqlalchemy_pool_double_handouts_total")
+        self.finalizers_off_loop = _counter(r, "observer_finalizers_off_loop_total")
         self.checkout_duration = _histogram(r, "sqlalchemy_pool_checkout_duration_seconds")
         self.hold = _histogram(r, "sqlalchemy_pool_connection_hold_seconds")
         self.connect_duration = _histogram(r, "sqlalchemy_pool_connect_duration_seconds")
@@ -153,6 +157,8 @@ class Metrics:
             opened=self.opened.labels(pool),
             closed={reason: self.closed.labels(pool, reason) for reason in CLOSE_REASONS},
             reclaimed=self.reclaimed.labels(pool),
+            double_handouts=self.double_handouts.labels(pool),
+            finalizers_off_loop=self.finalizers_off_loop.labels(pool),
             checkout_duration=self.checkout_duration.labels(pool),
             hold=self.hold.labels(pool),
             connect_duration=self.connect_duration.labels(pool),
@@ -168,6 +174,8 @@ class Metrics:
             self.timeouts,
             self.opened,
             self.reclaimed,
+            self.double_handouts,
+            self.finalizers_off_loop,
             self.checkout_duration,
             self.hold,
             self.connect_duration,

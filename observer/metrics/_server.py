@@ -6,12 +6,15 @@ told otherwise, and asks for the bearer token when one is configured.
 
 from __future__ import annotations
 
+import select
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from observer._sweeper import observer_thread
 from observer.metrics._exposition import CHALLENGE, UNAUTHORIZED_BODY, authorized, render
 from observer.settings import ConfigurationError
 
@@ -46,10 +49,19 @@ class MetricsServer:
                 f"metrics_port {port} on {host} cannot be used ({exc.strerror or exc}); choose a "
                 "free port, 0 for any, or None to serve the metrics only on metrics_path"
             ) from None
+        self._wake, self._waker = socket.socketpair()  # close() writes to _waker
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="pool-observer-metrics", daemon=True
+            target=self._serve, name="pool-observer-metrics", daemon=True
         )
         self._thread.start()
+
+    def _serve(self) -> None:
+        # Blocks in select() until a scrape or close(): serve_forever() polls every 0.5 s, and
+        # its allocations could set off a garbage collection on this thread (_sweeper.py).
+        server, wake = self._server, self._wake
+        with observer_thread():
+            while wake not in select.select((server, wake), (), ())[0]:
+                server.handle_request()
 
     @property
     def port(self) -> int:
@@ -60,15 +72,21 @@ class MetricsServer:
     def close(self) -> None:
         """Stop serving and release the port. Idempotent."""
         if self._thread.is_alive():
-            self._server.shutdown()
+            self._waker.send(b"x")
             self._thread.join(timeout=5)
         self._server.server_close()
+        self._wake.close()
+        self._waker.close()
 
 
 def _handler(registry: CollectorRegistry, token: str | None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "pool-observer"
         sys_version = ""
+
+        def handle(self) -> None:
+            with observer_thread():  # a scrape's thread is one of the observer's
+                super().handle()
 
         def do_GET(self) -> None:
             self._serve(body=True)

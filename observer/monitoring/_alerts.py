@@ -151,7 +151,8 @@ def _latency_alerts(config: MonitoringConfig) -> list[Alert]:
 
 
 def _churn_alerts(config: MonitoringConfig) -> list[Alert]:
-    """Connections lost to the garbage collector or invalidated by the server or network."""
+    """Connections lost to the garbage collector (or handed out twice after it), or invalidated
+    by the server or network."""
     c = config
     return [
         Alert(
@@ -169,6 +170,23 @@ def _churn_alerts(config: MonitoringConfig) -> list[Alert]:
             f"{_where()} lost {COUNT} checked-out connections to the garbage collector in the "
             f"last {c.reclaimed_window}: code checks out connections and never closes them.",
             SESSIONS_DASHBOARD,
+        ),
+        Alert(
+            "SQLAlchemyPoolDoubleHandout",
+            _increase(
+                "sqlalchemy_pool_double_handouts_total",
+                c.selector(),
+                c.double_handouts_window,
+                _rules.POOL,
+                0,
+            ),
+            c.double_handouts_for,
+            "critical",
+            "A SQLAlchemy pool handed one connection to two requests.",
+            f"{_where()} handed out {COUNT} connections that another request still held in the "
+            f"last {c.double_handouts_window}: their statements share one database session. A "
+            "leaked connection reclaimed by the garbage collector caused it.",
+            POOL_DASHBOARD,
         ),
         Alert(
             "SQLAlchemyPoolInvalidationSpike",

@@ -67,6 +67,8 @@ class MonitoringConfig:
     leaks_for: str = "1m"
     reclaimed_window: str = "10m"
     reclaimed_for: str = "1m"
+    double_handouts_window: str = "10m"
+    double_handouts_for: str = "1m"
     live_pools_threshold: float = 5.0
     pools_created_threshold: float = 10.0
     engine_per_request_window: str = "15m"

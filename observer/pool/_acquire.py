@@ -28,9 +28,10 @@ from observer.pool._base import (
     CHECKOUT,
     GC,
     IDLE_IN_OLD,
+    Reclaimed,
     Stamp,
-    TrackerParts,
 )
+from observer.pool._handout import Handouts
 from observer.pool._state import pool_fields
 
 
@@ -86,7 +87,7 @@ def return_wrapper(
     return return_conn
 
 
-class Checkouts(TrackerParts):
+class Checkouts(Handouts):
     """The tracker's hot path: a checkout, a timed-out checkout, a return."""
 
     def _record_checkout(
@@ -94,7 +95,10 @@ class Checkouts(TrackerParts):
     ) -> None:
         scope = request_now()
         info = connection.info
-        stamp = info[CHECKOUT] = (now, scope, pool_id)  # StaticPool re-hands it: replaced
+        stamp = (now, scope, pool_id)
+        prior = info.setdefault(CHECKOUT, stamp)  # one dict operation, as the store it replaces
+        if prior is not stamp:  # another checkout's stamp is still there (or StaticPool's)
+            self._checked_out_again(info, stamp, prior)
         self.held[id(info)] = stamp
         if self._batched:
             sums = self._slot()
@@ -168,8 +172,12 @@ class Checkouts(TrackerParts):
     def _on_checkin(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         try:  # the hottest listener guards itself: one call less than Hooks.guard
             info = record.info
-            if info.pop(GC, False):
-                return  # a sync connection reclaimed by the garbage collector: see _on_reset
+            rare = info.pop(GC, False)  # every return pops it: the rare states cost no lookup
+            if rare:
+                if rare is True:
+                    return  # a sync connection reclaimed by the garbage collector: see _on_reset
+                if isinstance(rare, Reclaimed) and self._returned_again(info, rare):
+                    return  # a double handout: the holder keeps the record (_handout.py)
             stamp = info.pop(CHECKOUT, None)
             if stamp is None:
                 return  # checked out before the observer was attached

@@ -4,6 +4,7 @@ records, the checkout stamp, the hot path's sum slots and the OpenTelemetry port
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -13,6 +14,7 @@ from observer.metrics._families import HOLD_BUCKETS, WAIT_BUCKETS
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
+    from sqlalchemy.pool import ConnectionPoolEntry
 
     from observer._hooks import Hooks
     from observer._logs import RateLimiter
@@ -24,13 +26,25 @@ if TYPE_CHECKING:
 # ``id(dbapi_connection)``: the record is what SQLAlchemy hands every event, also after an
 # invalidation has set the DBAPI connection to ``None``.
 CHECKOUT = "pool_observer.checkout"  # (checkout time, request scope, pool id) while checked out
-GC = "pool_observer.gc"  # set by reset when the garbage collector reclaims a sync connection
+GC = "pool_observer.gc"  # rare states, popped by every return: see observer/pool/_handout.py
 CLOSE_REASON = "pool_observer.close_reason"  # set by (soft_)invalidate, read by close
 CONNECT_STARTED = "pool_observer.connect_started"  # set by do_connect, read by connect
 IDLE_IN_OLD = "pool_observer.idle_in_old_pool"  # key of the replaced pool it went back to
 
 
 Stamp = tuple[float, RequestScope | None, int]  # checkout time, request, key of the pool
+
+
+class Reclaimed:
+    """Mark of a connection record whose async checkout the garbage collector reclaimed: the
+    finalizer detached it and is closing the connection, possibly awaiting inside a request's
+    greenlet while another checkout takes the record (observer/pool/_handout.py)."""
+
+    __slots__ = ("stamp",)
+
+    def __init__(self, stamp: Stamp | None) -> None:
+        self.stamp = stamp
+
 
 # What the hot path adds to a per-thread list (observer/metrics/_batching.py) instead of calling
 # prometheus-client for every event; added to the metrics on flush (before every scrape).
@@ -81,9 +95,15 @@ class TrackerParts:
     _batched: bool
     _slot: Callable[[], list[float]]
     _idle_in_old: dict[int, int]
+    _queue_pools: set[int]
+    _reclaiming: weakref.WeakKeyDictionary[ConnectionPoolEntry, Reclaimed]
     _listens_to_reset: bool
     _checkin_failed: Callable[[Exception], None]
 
     def state(self) -> PoolState:
         """The pool's numbers now (defined by the tracker)."""
+        raise NotImplementedError
+
+    def _returned(self, stamp: Stamp, now: float, live: bool = False) -> None:
+        """A connection came back (defined by :class:`~observer.pool._acquire.Checkouts`)."""
         raise NotImplementedError

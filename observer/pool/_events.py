@@ -34,6 +34,8 @@ class PoolEvents(Checkouts):
                 cparams["application_name"] = name
 
     def _on_connect(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        if self._reclaiming:
+            self._reconnected(record)
         m = self._m
         m.opened.inc()
         started = record.info.pop(CONNECT_STARTED, None)
@@ -54,13 +56,15 @@ class PoolEvents(Checkouts):
         self._collected(record)
         record.info[GC] = True  # for checkin (sync) or detach (async) that follow
 
-    def _collected(self, record: ConnectionPoolEntry) -> None:
-        """The garbage collector is reclaiming a connection nobody returned. This runs inside a
-        finalizer (pool/base.py _finalize_fairy), so only lock-free work here."""
+    def _collected(self, record: ConnectionPoolEntry) -> Stamp | None:
+        """The garbage collector is reclaiming a connection nobody returned (its stamp, if it
+        had one). This runs inside a finalizer (pool/base.py _finalize_fairy), so only
+        lock-free work here."""
         info = record.info
-        stamp = info.pop(CHECKOUT, None)
+        stamp: Stamp | None = info.pop(CHECKOUT, None)
         self.held.pop(id(info), None)
         self._hooks.pending.append((self._reclaimed, stamp, perf_counter()))
+        return stamp
 
     def _reclaimed(self, stamp: Stamp | None, now: float) -> None:
         self._m.reclaimed.inc()
@@ -160,11 +164,14 @@ class PoolEvents(Checkouts):
 
     def _on_detach(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         info = record.info
-        if info.pop(GC, False):
+        if info.pop(GC, False) is True:
             reason = "garbage_collected"  # _on_reset saw it first
         elif not self._listens_to_reset and in_gc_finalizer():
             reason = "garbage_collected"
-            self._collected(record)
+            # the finalizer now awaits the close, and may return the record once more after
+            # another checkout took it: that return recognises it (_handout.py)
+            self._reclaim_started(record, self._collected(record))
+            self._finalizer_off_loop()
         else:
             reason = "detached"
             stamp = info.pop(CHECKOUT, None)

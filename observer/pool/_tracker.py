@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.pool import Pool, QueuePool
+from sqlalchemy.pool import ConnectionPoolEntry, Pool, QueuePool
 
 from observer._compat.sqlalchemy import (
     GC_FINALIZER_FOUND,
@@ -36,6 +36,7 @@ from observer.pool._base import (
     _SIZE,
     _WAIT,
     PoolOtel,
+    Reclaimed,
     Stamp,
 )
 from observer.pool._events import PoolEvents
@@ -105,6 +106,13 @@ class PoolTracker(PoolEvents):
         # key of a replaced pool -> connections returned to it and still open there: when the
         # old pool is garbage-collected they go without a close event, so we count them then.
         self._idle_in_old: dict[int, int] = {}
+        # keys of the pools that never hand one connection to two holders (QueuePool and its
+        # async subclass): a checkout there that finds another's stamp is a double handout
+        self._queue_pools: set[int] = set()
+        # async connection records the garbage collector's finalizer is returning (_handout.py)
+        self._reclaiming: weakref.WeakKeyDictionary[ConnectionPoolEntry, Reclaimed] = (
+            weakref.WeakKeyDictionary()
+        )
         self._finalizers: list[weakref.finalize[Any, Any]] = []
         self._listeners: list[tuple[Any, str, Callable[..., Any]]] = []
         self._checkout_failed = hooks.reporter("checkout")
@@ -192,6 +200,9 @@ class PoolTracker(PoolEvents):
 
     def _wrap(self, pool: Pool) -> None:
         """Wrap the pool's acquire step (and its return step, when it has one)."""
+        key = self._key(pool)
+        if isinstance(pool, QueuePool):
+            self._queue_pools.add(key)
         wrap_acquire(
             pool,
             self,
@@ -202,7 +213,7 @@ class PoolTracker(PoolEvents):
                 self._checkout_failed,
                 self._record_timeout_safely,
                 self._loop_error_safely,
-                self._key(pool),
+                key,
             ),
         )
         if self._wraps_return:

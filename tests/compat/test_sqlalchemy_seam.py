@@ -267,6 +267,32 @@ def test_record_needs_gc_tells_a_reclaimed_checkout_from_a_returned_one(make_sql
     )
 
 
+def test_in_gc_cleanup_tells_the_garbage_collectors_return_from_an_ordinary_one() -> None:
+    """An ordinary return and the garbage collector's both run pool.base._finalize_fairy; only
+    the second has is_gc_cleanup set, which in_gc_cleanup reads from the frame (a sync engine
+    returns a reclaimed connection through checkin)."""
+    engine = create_engine("sqlite://", poolclass=QueuePool)
+    returns: list[bool] = []
+
+    def on_checkin(dbapi: Any, record: ConnectionPoolEntry) -> None:
+        returns.append(seam.in_gc_cleanup())
+
+    event.listen(engine, "checkin", on_checkin)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        leaked = engine.connect()
+        cycle: list[Any] = [leaked]
+        cycle.append(cycle)
+        del leaked, cycle
+        gc.collect()
+    finally:
+        engine.dispose()
+    assert returns == [False, True], broken(
+        "in_gc_cleanup", f"checkins saw {returns} (ordinary return, then garbage collector)"
+    )
+
+
 @pytest.mark.postgres
 @pytest.mark.filterwarnings("ignore:The garbage collector is trying to clean up")
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")

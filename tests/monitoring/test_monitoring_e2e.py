@@ -245,7 +245,7 @@ def test_alerts_fire_rules_evaluate_and_every_panel_has_data(
 
         groups = prom.get("/api/v1/rules").json()["data"]["groups"]
         rules = [rule for group in groups for rule in group["rules"]]
-        assert len(rules) == 19  # 16 alerts, 3 recording rules
+        assert len(rules) == 20  # 17 alerts, 3 recording rules
         assert [(r["name"], r["health"], r.get("lastError", "")) for r in rules] == [
             (r["name"], "ok", "") for r in rules
         ]

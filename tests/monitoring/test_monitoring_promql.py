@@ -89,6 +89,7 @@ def test_every_metric_used_is_exported() -> None:
         "sqlalchemy_pool_connections_opened_total",
         "sqlalchemy_pool_connections_closed_total",
         "sqlalchemy_pool_connections_reclaimed_total",
+        "sqlalchemy_pool_double_handouts_total",
         "sqlalchemy_pools_created_total",
         "sqlalchemy_orm_sessions_opened_total",
         "sqlalchemy_orm_sessions_closed_total",

@@ -21,6 +21,7 @@ EXPECTED_ALERTS = [
     "SQLAlchemyPoolSlowCheckout",
     "SQLAlchemyPoolLongConnectionHold",
     "SQLAlchemyPoolConnectionsReclaimed",
+    "SQLAlchemyPoolDoubleHandout",
     "SQLAlchemyPoolInvalidationSpike",
     "SQLAlchemySessionLeakSuspected",
     "SQLAlchemySessionsLeaking",
@@ -44,7 +45,7 @@ def test_promtool_check_rules_passes_with_every_lint(promtool: str) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 16 rules found" in result.stdout
+    assert "SUCCESS: 17 rules found" in result.stdout
     assert "SUCCESS: 3 rules found" in result.stdout
 
 
