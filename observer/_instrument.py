@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Protocol, Unpack
 from prometheus_client import REGISTRY, CollectorRegistry
 from sqlalchemy.engine import Engine
 
-from observer._observer import Observer, sync_engine_of
+from observer._engines import sync_engine_of
+from observer._observer import Observer
 from observer.asgi._middleware import ObserverMiddleware, RequestObserver
 from observer.settings import ConfigurationError, Options, Settings
 

@@ -13,6 +13,7 @@ from sqlalchemy.pool import Pool
 
 from observer import _otel as tracing
 from observer._asgi_types import ASGIApp, Scope
+from observer._engines import sync_engine_of
 from observer._hooks import Hooks
 from observer._logs import RateLimiter, emit
 from observer._sweeper import Sweeper
@@ -52,20 +53,6 @@ def default_pool_name(url: URL) -> str:
     host = url.host or ""
     port = f":{url.port}" if url.port else ""
     return f"{backend}://{host}{port}/{url.database or ''}"
-
-
-def sync_engine_of(engine: object) -> Engine:
-    """The sync :class:`Engine` behind ``engine`` (an ``Engine`` or an ``AsyncEngine``)."""
-    if isinstance(engine, Engine):
-        return engine
-    sync = getattr(engine, "sync_engine", None)
-    if isinstance(sync, Engine):
-        return sync
-    raise ConfigurationError(
-        f"expected a SQLAlchemy Engine or AsyncEngine, got {type(engine).__name__}; pass the "
-        "object returned by create_engine() or create_async_engine() (not a session, a "
-        "sessionmaker or a URL)"
-    )
 
 
 _observers: weakref.WeakSet[Observer] = weakref.WeakSet()
