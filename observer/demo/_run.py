@@ -133,8 +133,9 @@ async def main(
         access_log=False,
         log_config=uvicorn_log_config(tally),
     )
-    try:
-        with quiet(findings, tally):
+    # Quiet until the observer is closed: its sweeper may still report a leak after the report.
+    with quiet(findings, tally):
+        try:
             return await _load_and_report(
                 uvicorn.Server(config),
                 app,
@@ -150,11 +151,11 @@ async def main(
                 serve=serve,
                 rounds=rounds,
             )
-    finally:
-        obs.close()
-        await engine.dispose()
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+        finally:
+            obs.close()
+            await engine.dispose()
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
 
 
 async def _started(server: uvicorn.Server, serving: asyncio.Task[None], host: str) -> str | None:
