@@ -75,18 +75,28 @@ def check_summary(out: str) -> None:
     assert re.search(r"^  \d+ more than the 1 watched: an engine is being created per request, "
                      r"on /stats$", out, re.M)  # fmt: skip
     fixes = out.split("How to fix it (the hints of those log events, by route)\n", 1)[1]
-    fixes = fixes.split("\n\n", 1)[0]
-    cart_fix = (
-        f"  /cart/{{cart_id}}, at {cart}\n    - the session was dropped without close(); use "
-        "'async with Session() as session' or close it in a finally block [session.leak "
-        "garbage_collected x"
+    blocks: dict[str, list[str]] = {}  # "  route, at origin" -> its "    - hint [events]" lines
+    header = ""
+    for line in fixes.split("\n\n", 1)[0].splitlines():
+        if line.startswith("    - "):
+            blocks[header].append(line)
+        else:
+            header = line
+            blocks[header] = []
+    dropped = (
+        "    - the session was dropped without close(); use 'async with Session() as session' or "
+        "close it in a finally block [session.leak garbage_collected x"
     )
-    assert cart_fix in fixes
-    assert f"  /checkout/{{cart_id}}, at {checkout}\n" in fixes
+    for route, origin in (("/cart/{cart_id}", cart), ("/checkout/{cart_id}", checkout)):
+        assert any(hint.startswith(dropped) for hint in blocks[f"  {route}, at {origin}"])
     stats = line_of("async with engine_here.connect() as conn:", "stats")
-    assert (
-        f"  /stats, at observer/demo/app.py:{stats} in stats\n    - a new connection pool " in fixes
-    )
+    engines = re.search(r"^  200 x\d+ .*/stats x(\d+)", out, re.M)  # one new pool per answer
+    assert engines is not None
+    assert blocks[f"  /stats, at observer/demo/app.py:{stats} in stats"] == [
+        "    - a new connection pool appeared while the app is serving: create the engine once "
+        "at startup and share it; an engine per request opens a new pool (and new connections) "
+        f"every time [pool.created_after_startup x{engines[1]}]"
+    ]
     base = re.search(
         r"^pool-observer demo: open the live page now: (http://\S+)/observer$", out, re.M
     )
