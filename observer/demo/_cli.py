@@ -83,15 +83,18 @@ def run(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             rounds=args.rounds,
         )
-    return asyncio.run(
-        main(
-            url,
-            requests=requests,
-            concurrency=args.concurrency,
-            serve=args.serve,
-            host=args.host,
-            port=port,
-            progress=not args.no_progress,
-            rounds=args.rounds,
+    try:
+        return asyncio.run(
+            main(
+                url,
+                requests=requests,
+                concurrency=args.concurrency,
+                serve=args.serve,
+                host=args.host,
+                port=port,
+                progress=not args.no_progress,
+                rounds=args.rounds,
+            )
         )
-    )
+    except KeyboardInterrupt:  # Ctrl-C, which --serve asks for: the server has shut down
+        return 130

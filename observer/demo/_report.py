@@ -1,14 +1,38 @@
-"""What the demo found, printed for a person: routes, leaks with origins, pools, where to look."""
+"""What the demo found, printed for a person: answers, routes, leaks, pools, fixes, next steps."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
 from prometheus_client import CollectorRegistry
 
 from observer import Snapshot
 from observer.demo._load import LoadResult
+from observer.demo._quiet import Findings
+
+Say = Callable[..., None]
+
+
+@dataclass
+class Report:
+    """Everything the report is computed from."""
+
+    load: LoadResult
+    snapshot: Snapshot
+    registry: CollectorRegistry
+    findings: Findings
+    base_url: str
+    live_page: str  # its path
+    database: str
+    pool_timeout: float  # seconds
+    answered_503: Counter[str]  # route template -> pool timeouts the app answered with 503
+    serving: bool
 
 
 def _samples(registry: CollectorRegistry, name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -28,81 +52,171 @@ def _total(registry: CollectorRegistry, name: str) -> float:
     return sum(_samples(registry, name).values())
 
 
-def write_report(
-    out: TextIO,
-    *,
-    load: LoadResult,
-    snapshot: Snapshot,
-    registry: CollectorRegistry,
-    events: Counter[str],
-    base_url: str,
-    database: str,
-    serving: bool = False,
-) -> None:
-    def p(line: str = "") -> None:
-        print(line, file=out)
+def _counts(counter: Counter[str]) -> str:
+    return ", ".join(f"{what} x{n}" for what, n in counter.most_common())
 
-    classes: Counter[str] = Counter()
-    for (_, status), n in load.statuses.items():
-        classes[f"{status // 100}xx"] += n
-    outcome = ", ".join(f"{n} {cls}" for cls, n in sorted(classes.items()))
-    failed = sum(load.failures.values())
-    p()
-    p(f"Served {load.requests} requests in {load.seconds:.1f} s on {database}: {outcome}")
-    if failed:
-        p(
-            f"  {failed} requests got no response: "
-            + ", ".join(f"{what} x{n}" for what, n in load.failures.most_common())
-        )
-    p()
-    p("Routes: who holds the pool (culprits) and who waits for it (victims)")
+
+def _answers(say: Say, r: Report) -> None:
+    """How many requests got which status, from which routes."""
+    load = r.load
+    say(f"Served {load.requests} requests in {load.seconds:.1f} s:")
+    by_status: dict[int, Counter[str]] = {}
+    for (template, status), n in load.statuses.items():
+        by_status.setdefault(status, Counter())[template] += n
+    for status, templates in sorted(by_status.items(), key=lambda item: -item[1].total()):
+        detail = _counts(templates)
+        if status == 503 and r.answered_503:
+            detail += (
+                f"; {r.answered_503.total()} of them pool timeouts (no connection free within "
+                f"pool_timeout, {r.pool_timeout:g} s)"
+            )
+        say(f"  {status} x{templates.total():<4} {detail}")
+    if load.failures:
+        say(f"  no response x{load.failures.total()}: {_counts(load.failures)}")
+
+
+def _routes(say: Say, registry: CollectorRegistry) -> None:
+    say("Routes: who holds the pool (culprits) and who waits for it (victims)")
     hold = _by(registry, "sqlalchemy_route_connection_hold_seconds_total", "route")
     wait = _by(registry, "sqlalchemy_route_checkout_wait_seconds_total", "route")
     checkouts = _by(registry, "sqlalchemy_route_checkouts_total", "route")
-    p(f"  {'route':<24} {'checkouts':>9} {'held (s)':>9} {'waited (s)':>10}")
+    say(f"  {'route':<24} {'checkouts':>9} {'held (s)':>9} {'waited (s)':>10}")
     for route in sorted(checkouts, key=lambda r: -hold.get(r, 0.0)):
         if checkouts[route] or hold.get(route) or wait.get(route):
-            p(
+            say(
                 f"  {route:<24} {checkouts[route]:>9.0f} {hold.get(route, 0.0):>9.2f}"
                 f" {wait.get(route, 0.0):>10.2f}"
             )
-    p()
+
+
+def _leaks(say: Say, snapshot: Snapshot) -> None:
     leaks = snapshot["leaks"]
-    if leaks:
-        p("Session leaks, with the line that opened each session")
-        for leak in leaks:
-            p(f"  {leak['count']:>4} x {leak['reason']:<18} {leak['route']:<22} {leak['origin']}")
-    else:
-        p("Session leaks: none found.")
-    p()
-    created = _total(registry, "sqlalchemy_pools_created_total")
-    live = snapshot["live_pools"]
-    p(
-        f"Pools: {live} alive now, {created:.0f} created since start",
-    )
-    if created > 2:
-        p("  more than one pool per engine: an engine is being created per request (see /stats)")
-    timeouts = _total(registry, "sqlalchemy_pool_checkout_timeouts_total")
-    reclaimed = _total(registry, "sqlalchemy_pool_connections_reclaimed_total")
-    for pool in snapshot["pools"]:
-        p(
+    if not leaks:
+        say("Session leaks: none found.")
+        return
+    say("Session leaks, with the line that opened each session")
+    for leak in leaks:
+        say(f"  {leak['count']:>4} x {leak['reason']:<18} {leak['route']:<22} {leak['origin']}")
+
+
+def _pools(say: Say, r: Report) -> None:
+    created = _total(r.registry, "sqlalchemy_pools_created_total")
+    watched = len(r.snapshot["pools"])
+    say(f"Pools: {r.snapshot['live_pools']} alive now, {created:.0f} created since start")
+    strays = {
+        route for route, what, _ in r.findings.problems if what == "pool.created_after_startup"
+    }
+    if created > watched and strays:
+        say(
+            f"  {created - watched:.0f} more than the {watched} watched: an engine is being "
+            f"created per request, on {', '.join(sorted(strays))}"
+        )
+    for pool in r.snapshot["pools"]:
+        say(
             f"  {pool['name']}: size {pool['size']}, max {pool['max_connections']}, "
             f"in use {pool['checked_out']}, idle {pool['checked_in']}, waiting {pool['waiting']}"
         )
-    p(
+    timeouts = _total(r.registry, "sqlalchemy_pool_checkout_timeouts_total")
+    reclaimed = _total(r.registry, "sqlalchemy_pool_connections_reclaimed_total")
+    say(
         f"  checkout timeouts: {timeouts:.0f}; "
         f"connections reclaimed by the garbage collector: {reclaimed:.0f}"
     )
-    if events:
-        p()
-        p(
-            "Log events (structlog; JSON with observer.configure_logging()): "
-            + ", ".join(f"{name} x{count}" for name, count in events.most_common())
-        )
-    p()
-    p("Where to look")
-    if serving:
-        p(f"  {base_url}/metrics   Prometheus metrics (sqlalchemy_pool_*, sqlalchemy_orm_*)")
+
+
+def _fixes(say: Say, findings: Findings) -> None:
+    """Each route a log event blamed, the app lines it named, and the events' hints."""
+    if findings.events:
+        say(f"Log events (counted here, not printed): {_counts(findings.events)}")
+    if not findings.problems:
+        return
+    say()
+    say("How to fix it (the hints of those log events, by route)")
+    by_route: dict[str, Counter[tuple[str, str]]] = {}
+    for (route, what, hint), n in findings.problems.items():
+        by_route.setdefault(route, Counter())[(what, hint)] += n
+    for route, problems in sorted(by_route.items(), key=lambda item: -item[1].total()):
+        origins = findings.origins.get(route, Counter())
+        where = f", at {', '.join(o for o, _ in origins.most_common(2))}" if origins else ""
+        say(f"  {route}{where}")
+        hints: dict[str, list[str]] = {}
+        for (what, hint), n in problems.most_common():
+            hints.setdefault(hint, []).append(f"{what} x{n}")
+        for hint, whats in hints.items():
+            say(f"    - {hint} [{'; '.join(whats)}]")
+
+
+def _monitoring(root: Path) -> tuple[list[str], int] | None:
+    """The shipped dashboards' titles and the number of alert rules, read from a clone."""
+    dashboards = sorted((root / "dashboards").glob("*.json"))
+    alerts = root / "alerts" / "pool-observer-alerts.yaml"
+    if not dashboards or not alerts.is_file():
+        return None
+    titles = [
+        str(json.loads(path.read_text()).get("title", path.stem)).split(" / ")[-1]
+        for path in dashboards
+    ]
+    return titles, len(re.findall(r"^\s*- alert:", alerts.read_text(), re.MULTILINE))
+
+
+def _near(root: Path, name: str) -> str:
+    """``root/name`` relative to the working directory when it is below it."""
+    path = root / name
+    return f"{path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}/"
+
+
+def _next_steps(say: Say, r: Report, root: Path) -> None:
+    say("What to do next")
+    say("  Instrument your own app: three lines (README.md, Quickstart)")
+    say('      pip install ".[asyncpg,fastapi]"     # from a clone of pool-observer')
+    say("      import observer")
+    say(f'      observer.instrument(app, engine, live_page_path="{r.live_page}")')
+    say(f"  The live page:  {r.base_url}{r.live_page}")
+    say(f"  The metrics:    {r.base_url}/metrics (sqlalchemy_pool_*, sqlalchemy_orm_*, ...)")
+    if not r.serving:
+        say("      both end with this run: scripts/demo --serve keeps them up")
+    shipped = _monitoring(root)
+    if shipped is None:
+        say("  Dashboards and alerts: observer render --out DIR")
+        say('      (needs pip install "pool-observer[monitoring]")')
+        return
+    titles, alerts = shipped
+    say(
+        f"  Dashboards and alerts: {len(titles)} Grafana dashboards in {_near(root, 'dashboards')} "
+        f"({', '.join(titles)}), {alerts} alert rules in {_near(root, 'alerts')}"
+    )
+
+
+def _errors(say: Say, findings: Findings) -> None:
+    """Errors logged with a traceback (none expected: pool timeouts are answered 503)."""
+    if findings.errors:
+        say(f"Errors logged, counted here instead of tracebacks: {findings.errors.total()}")
+        for summary, n in findings.errors.most_common(5):
+            say(f"  {n:>4} x {summary}")
     else:
-        p("  /metrics                  Prometheus metrics: run with --serve to keep the app up")
-    p("  dashboards/ and alerts/   Grafana dashboards and alert rules for these metrics")
+        say("Errors logged with a traceback: none.")
+
+
+def write_report(out: TextIO, report: Report, root: Path | None = None) -> None:
+    """Print the report; ``root`` is where the shipped dashboards and alerts are looked for
+    (by default the clone this package runs from, if it runs from one)."""
+
+    def say(line: str = "") -> None:
+        print(line, file=out)
+
+    if root is None:
+        root = Path(__file__).resolve().parents[2]
+    say()
+    _answers(say, report)
+    say()
+    _routes(say, report.registry)
+    say()
+    _leaks(say, report.snapshot)
+    say()
+    _pools(say, report)
+    say()
+    _fixes(say, report.findings)
+    say()
+    _errors(say, report.findings)
+    say()
+    _next_steps(say, report, root)

@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
-import logging
 import os
 import shutil
 import sys
 import tempfile
-import warnings
-from collections import Counter
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from observer.demo._quiet import ErrorTally, Findings, quiet, uvicorn_log_config
 
 if TYPE_CHECKING:
     import uvicorn
+    from fastapi import FastAPI
     from prometheus_client import CollectorRegistry
 
     from observer import Observer
+
+LIVE_PAGE = "/observer"
+POOL_TIMEOUT = 1.0  # seconds a request waits for a connection before its 503
 
 
 def serve_workers(
@@ -79,34 +80,6 @@ async def _load_rounds(base_url: str, requests: int, concurrency: int, rounds: i
         )
 
 
-@contextlib.contextmanager
-def _collected_logs(events: Counter[str], keep: bool) -> Iterator[None]:
-    """Count the library's log events during the load (printed in the summary, not one by one)."""
-    import structlog
-
-    old = structlog.get_config()
-
-    def collect(logger: Any, name: str, event_dict: Any) -> Any:
-        events[event_dict.get("event", "?")] += 1
-        if not keep:
-            raise structlog.DropEvent
-        return event_dict
-
-    structlog.configure(processors=[collect, *old["processors"]])
-    pool_log = logging.getLogger("sqlalchemy.pool")
-    level = pool_log.level
-    # The demo leaks on purpose: SQLAlchemy's own warning about each connection the garbage
-    # collector reclaims would drown the summary, which reports them already.
-    pool_log.setLevel(logging.CRITICAL)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="The garbage collector is trying")
-            yield
-    finally:
-        pool_log.setLevel(level)
-        structlog.configure(**old)
-
-
 def _scratch_database(url: str | None) -> tuple[str, str, str | None]:
     """(URL, how the summary names the database, scratch directory to remove or None)."""
     if url is not None:
@@ -127,7 +100,7 @@ async def main(
     progress: bool,
     rounds: int = 1,
 ) -> int:
-    """The demo app on one uvicorn server in this loop, instrumented, under load; the summary."""
+    """The demo app on one uvicorn server in this loop, instrumented, under load; the report."""
     import uvicorn
     from prometheus_client import CollectorRegistry
     from sqlalchemy.ext.asyncio import create_async_engine
@@ -136,7 +109,7 @@ async def main(
     from observer.demo.app import create_app
 
     url, database, scratch = _scratch_database(url)
-    engine = create_async_engine(url, pool_size=5, max_overflow=5, pool_timeout=1.0)
+    engine = create_async_engine(url, pool_size=5, max_overflow=5, pool_timeout=POOL_TIMEOUT)
     app = create_app(engine)
     registry = CollectorRegistry()
     obs = observer.instrument(
@@ -146,28 +119,43 @@ async def main(
         leak_threshold_seconds=2.0,
         sweep_interval_seconds=0.25,
         application_name="pool-observer-demo",
+        live_page_path=LIVE_PAGE,
     )
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    # Every event is counted for the report, none printed: nothing to rate-limit.
+    obs.limiter.burst = sys.maxsize
+    findings = Findings()
+    tally = ErrorTally(findings.errors)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        log_config=uvicorn_log_config(tally),
     )
-    try:
-        return await _load_and_report(
-            server,
-            obs,
-            registry,
-            database=database,
-            host=host,
-            requests=requests,
-            concurrency=concurrency,
-            progress=progress,
-            serve=serve,
-            rounds=rounds,
-        )
-    finally:
-        obs.close()
-        await engine.dispose()
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+    # Quiet until the observer is closed: its sweeper may still report a leak after the report.
+    with quiet(findings, tally):
+        try:
+            return await _load_and_report(
+                uvicorn.Server(config),
+                app,
+                obs,
+                registry,
+                findings,
+                tally,
+                database=database,
+                host=host,
+                requests=requests,
+                concurrency=concurrency,
+                progress=progress,
+                serve=serve,
+                rounds=rounds,
+            )
+        finally:
+            obs.close()
+            await engine.dispose()
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
 
 
 async def _started(server: uvicorn.Server, serving: asyncio.Task[None], host: str) -> str | None:
@@ -184,8 +172,11 @@ async def _started(server: uvicorn.Server, serving: asyncio.Task[None], host: st
 
 async def _load_and_report(
     server: uvicorn.Server,
+    app: FastAPI,
     obs: Observer,
     registry: CollectorRegistry,
+    findings: Findings,
+    tally: ErrorTally,
     *,
     database: str,
     host: str,
@@ -195,43 +186,48 @@ async def _load_and_report(
     serve: bool,
     rounds: int,
 ) -> int:
-    """Start serving, send the load with the library's log events counted, print the summary,
-    then stop or (``serve``) keep serving; the exit code."""
-    from observer.demo._load import drive
-    from observer.demo._report import write_report
+    """Start serving, print where to look, send the load, print the report, then stop or
+    (``serve``) keep serving; the exit code."""
+    from observer.demo._load import MIX, drive
+    from observer.demo._report import Report, write_report
 
-    events: Counter[str] = Counter()
-    with _collected_logs(events, keep=False):
-        serving = asyncio.create_task(server.serve())
-        base_url = await _started(server, serving, host)
-        if base_url is None:
-            return 1
-        print(f"pool-observer demo: an instrumented FastAPI app on {base_url}, {database}")
-        print(
-            f"  sending {requests} requests ({concurrency} at a time): healthy ones, and some "
-            "that leak sessions, hold connections or create engines per request"
-        )
-        load = await drive(base_url, requests=requests, concurrency=concurrency, progress=progress)
-        gc.collect()  # sessions dropped without close are found when they are collected
-        await asyncio.sleep(0.6)  # the sweeper counts them
-    write_report(
-        sys.stdout,
+    serving = asyncio.create_task(server.serve())
+    base_url = await _started(server, serving, host)
+    if base_url is None:
+        return 1
+    print(f"pool-observer demo: open the live page now: {base_url}{LIVE_PAGE}")
+    print(f"  an instrumented FastAPI app on {base_url}, database: {database}")
+    print(
+        f"  sending {requests} requests ({concurrency} at a time) to {len(MIX)} routes: healthy "
+        "ones, and some that leak sessions, hold connections or create engines per request",
+        flush=True,
+    )
+    load = await drive(base_url, requests=requests, concurrency=concurrency, progress=progress)
+    gc.collect()  # sessions dropped without close are found when they are collected
+    await asyncio.sleep(0.6)  # the sweeper counts them
+    report = Report(
         load=load,
         snapshot=obs.snapshot(),
         registry=registry,
-        events=events,
+        findings=findings,
         base_url=base_url,
+        live_page=LIVE_PAGE,
         database=database,
+        pool_timeout=POOL_TIMEOUT,
+        answered_503=app.state.pool_timeouts,
         serving=serve,
     )
-    if serve:
-        print(f"\nServing {base_url} (metrics at {base_url}/metrics); Ctrl-C to stop.")
-        if rounds == 0:
-            background = asyncio.create_task(_load_rounds(base_url, requests, concurrency, rounds))
-        await serving
-        if rounds == 0:
-            background.cancel()
-    else:
+    write_report(sys.stdout, report)
+    if not serve:
         server.should_exit = True
         await serving
+        return 0
+    print(f"\nServing the live page on {base_url}{LIVE_PAGE}; Ctrl-C to stop.", flush=True)
+    tally.quiet = False  # no progress bar any more: one line per error the app logs
+    background = None
+    if rounds == 0:
+        background = asyncio.create_task(_load_rounds(base_url, requests, concurrency, rounds))
+    await serving
+    if background is not None:
+        background.cancel()
     return 0

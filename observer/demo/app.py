@@ -9,11 +9,14 @@ which incident each one reproduces. The observer does not know any of this: it f
 import asyncio
 import contextlib
 import os
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select, text
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -48,6 +51,18 @@ async def create_schema(engine: AsyncEngine) -> None:
             )
 
 
+async def pool_exhausted(request: Request, exc: Exception) -> JSONResponse:
+    """No connection came free within pool_timeout: an expected answer under overload, so 503
+    with Retry-After (counted by route for the demo's report), not a 500 and a traceback."""
+    route = request.scope.get("route")
+    request.app.state.pool_timeouts[getattr(route, "path", "unmatched")] += 1
+    return JSONResponse(
+        {"detail": "no database connection free; retry"},
+        status_code=503,
+        headers={"Retry-After": "1"},
+    )
+
+
 def create_app(engine: AsyncEngine) -> FastAPI:
     """The demo app on ``engine`` (not instrumented: the caller does that, in one line)."""
 
@@ -62,6 +77,8 @@ def create_app(engine: AsyncEngine) -> FastAPI:
     Session = async_sessionmaker(engine, expire_on_commit=False)
     stray_engines: list[AsyncEngine] = []
     app.state.stray_engines = stray_engines
+    app.state.pool_timeouts = Counter()  # route template -> requests answered 503
+    app.add_exception_handler(PoolTimeout, pool_exhausted)
 
     async def get_session() -> AsyncIterator[AsyncSession]:
         async with Session() as session:  # the right way: closed however the request ends

@@ -49,7 +49,10 @@ def wait_for_line(stream: IO[str], prefix: str, timeout: float) -> bool:
 
 
 def check_summary(out: str) -> None:
-    assert re.search(r"Served 150 requests in [\d.]+ s on .*: \d+ 2xx", out)
+    """The report's facts: answers, the leaks with their lines, the stray engines' route, each
+    problem's fix from its log event's hint, and the next steps last."""
+    assert re.search(r"^Served 150 requests in [\d.]+ s:$", out, re.M)
+    assert re.search(r"^  200 x\d+ +/orders/\{n\} x\d+", out, re.M)
     leaks = {
         (m["reason"], m["route"]): m["origin"]
         for m in re.finditer(
@@ -61,39 +64,148 @@ def check_summary(out: str) -> None:
     # close fails, its session is collected open: seen with and without the observer), so other
     # routes may appear too; every origin is still a line of the demo app.
     assert {"/cart/{cart_id}", "/checkout/{cart_id}"} <= {route for _, route in leaks}
-    assert leaks[("garbage_collected", "/cart/{cart_id}")].endswith(" in get_cart")
-    assert leaks[("garbage_collected", "/checkout/{cart_id}")].endswith(" in checkout")
+    cart = leaks[("garbage_collected", "/cart/{cart_id}")]
+    checkout = leaks[("garbage_collected", "/checkout/{cart_id}")]
+    assert (
+        cart == f"observer/demo/app.py:{line_of('rows = (await session', 'get_cart')} in get_cart"
+    )
+    assert checkout == f"observer/demo/app.py:{line_of('await session', 'checkout')} in checkout"
     assert all("observer/demo/app.py:" in origin for origin in leaks.values())
     assert re.search(r"/reports/daily\s+\d+\s+[\d.]+", out)  # the route holding connections
-    assert "an engine is being created per request" in out
-    assert "/metrics" in out
+    assert re.search(r"^  \d+ more than the 1 watched: an engine is being created per request, "
+                     r"on /stats$", out, re.M)  # fmt: skip
+    fixes = out.split("How to fix it (the hints of those log events, by route)\n", 1)[1]
+    blocks: dict[str, list[str]] = {}  # "  route, at origin" -> its "    - hint [events]" lines
+    header = ""
+    for line in fixes.split("\n\n", 1)[0].splitlines():
+        if line.startswith("    - "):
+            blocks[header].append(line)
+        else:
+            header = line
+            blocks[header] = []
+    dropped = (
+        "    - the session was dropped without close(); use 'async with Session() as session' or "
+        "close it in a finally block [session.leak garbage_collected x"
+    )
+    for route, origin in (("/cart/{cart_id}", cart), ("/checkout/{cart_id}", checkout)):
+        assert any(hint.startswith(dropped) for hint in blocks[f"  {route}, at {origin}"])
+    stats = line_of("async with engine_here.connect() as conn:", "stats")
+    engines = re.search(r"^  200 x\d+ .*/stats x(\d+)", out, re.M)  # one new pool per answer
+    assert engines is not None
+    assert blocks[f"  /stats, at observer/demo/app.py:{stats} in stats"] == [
+        "    - a new connection pool appeared while the app is serving: create the engine once "
+        "at startup and share it; an engine per request opens a new pool (and new connections) "
+        f"every time [pool.created_after_startup x{engines[1]}]"
+    ]
+    base = re.search(
+        r"^pool-observer demo: open the live page now: (http://\S+)/observer$", out, re.M
+    )
+    assert base is not None
+    steps = out.split("\nWhat to do next\n", 1)[1].splitlines()
+    assert steps[:6] == [
+        "  Instrument your own app: three lines (README.md, Quickstart)",
+        '      pip install ".[asyncpg,fastapi]"     # from a clone of pool-observer',
+        "      import observer",
+        '      observer.instrument(app, engine, live_page_path="/observer")',
+        f"  The live page:  {base[1]}/observer",
+        f"  The metrics:    {base[1]}/metrics (sqlalchemy_pool_*, sqlalchemy_orm_*, ...)",
+    ]
+    assert steps[-1] == (
+        "  Dashboards and alerts: 3 Grafana dashboards in dashboards/ (Connection pools, Routes: "
+        "culprits and victims, Sessions and leaks), 14 alert rules in alerts/"
+    )
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_demo_on_the_embedded_database(capsys: pytest.CaptureFixture[str]) -> None:
-    """With no URL the demo runs on an embedded SQLite file and finds both leaking routes."""
-    check_summary(run_demo(capsys))
+def line_of(code: str, function: str) -> int:
+    """The line number of ``code`` inside ``function`` of the demo app (a session's origin is
+    the line that began its transaction)."""
+    lines = (ROOT / "observer" / "demo" / "app.py").read_text().splitlines()
+    start = next(n for n, line in enumerate(lines) if f"def {function}(" in line)
+    return next(n for n in range(start, len(lines)) if code in lines[n]) + 1
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_demo_on_the_embedded_database(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no URL the demo runs on an embedded SQLite file and finds both leaking routes;
+    nothing fails with a traceback there."""
+    monkeypatch.chdir(ROOT)  # the shipped dashboards are named relative to the directory
+    out = run_demo(capsys)
+    check_summary(out)
+    assert "\nErrors logged with a traceback: none.\n" in out, out.split("\nErrors logged", 1)[1][
+        :800
+    ]
 
 
 @pytest.mark.postgres
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_demo_on_postgresql(capsys: pytest.CaptureFixture[str], pg_url: str) -> None:
+def test_demo_on_postgresql(
+    capsys: pytest.CaptureFixture[str], pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With --database-url the same demo runs on PostgreSQL and finds the same leaks."""
+    monkeypatch.chdir(ROOT)
     check_summary(run_demo(capsys, "--database-url", pg_url))
 
 
-def test_the_readme_demo_command_runs(tmp_path: Path) -> None:
-    """``scripts/demo`` (the README's first command) runs the demo to its summary."""
-    root = Path(__file__).resolve().parents[2]
+def test_the_readme_demo_command_tells_a_short_story() -> None:
+    """``scripts/demo`` (the README's first command), progress bar on: fewer than 150 lines on
+    stdout and stderr together, no traceback, nothing printed over the progress bar, the live
+    page's URL first and the next steps last."""
+    # bytes: text mode would read each "\r" of the progress bar as a line end
     result = subprocess.run(
-        ["bash", str(root / "scripts" / "demo"), "--short", "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
+        ["bash", str(ROOT / "scripts" / "demo"), "--short"], capture_output=True, timeout=300
     )
-    assert result.returncode == 0, result.stderr[-2000:]
-    check_summary(result.stdout)
+    out, err = result.stdout.decode(), result.stderr.decode()
+    assert result.returncode == 0, err[-2000:]
+    check_summary(out)
+    assert out.count("\n") + err.count("\n") < 150
+    assert "Traceback" not in out + err
+    assert out.startswith("pool-observer demo: open the live page now: http://")
+    assert out.splitlines()[-1].startswith("  Dashboards and alerts: ")
+    bar = [line for line in err.split("\n") if "load [" in line]
+    assert len(bar) == 1
+    segments = bar[0].split("\r")[1:]
+    assert len(segments) == 15  # every 10th of 150 requests, and nothing else on that line
+    assert all(re.fullmatch(r"  load \[[#.]{30}\] +\d+/150 +\d+ req/s", s) for s in segments)
+
+
+def test_demo_serve_answers_the_live_page_it_printed() -> None:
+    """``--serve`` prints the live page's URL first; that URL answers 200 with the page, and
+    the demo stops on Ctrl-C without a traceback."""
+    port = free_port()
+    command = [sys.executable, "-m", "observer.cli", "demo", "--serve", "--short",
+               "--no-progress", "--port", str(port)]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert (
+            first
+            == f"pool-observer demo: open the live page now: http://127.0.0.1:{port}/observer\n"
+        )
+        url = first.rsplit(" ", 1)[1].strip()
+        page = httpx.get(url, timeout=10)
+        assert page.status_code == 200
+        assert "<title>pool-observer: live</title>" in page.text
+        snapshot = httpx.get(f"{url}/snapshot.json", timeout=10).json()
+        assert [pool["size"] for pool in snapshot["pools"]] == [5]
+        assert wait_for_line(proc.stdout, f"Serving the live page on {url}; Ctrl-C to stop.", 120)
+        assert httpx.get(url, timeout=10).status_code == 200  # still up after the report
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        errors = proc.stderr.read() if proc.stderr is not None else ""
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    assert proc.returncode == 130  # the shell's code for a program ended by Ctrl-C
+    assert errors == ""
 
 
 def test_demo_rejects_a_sync_url(capsys: pytest.CaptureFixture[str]) -> None:
