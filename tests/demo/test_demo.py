@@ -99,7 +99,10 @@ def test_the_readme_demo_command_runs(tmp_path: Path) -> None:
 def test_demo_rejects_a_sync_url(capsys: pytest.CaptureFixture[str]) -> None:
     """A URL without an async driver fails at once with the fix."""
     assert main(["demo", "--database-url", "postgresql://db/app"]) == 2
-    assert "needs an async driver, e.g. postgresql+asyncpg://" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "observer demo: error: --database-url needs an async driver, e.g. "
+        "postgresql+asyncpg://... (got a URL for 'postgresql')\n"
+    )
 
 
 @pytest.mark.postgres
