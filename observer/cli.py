@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import re
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from observer._extras import MissingDependency, check_command
 
@@ -34,8 +36,20 @@ def _available() -> dict[str, tuple[str, str]]:
     return found
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a usage error in one line (the usage goes to --help), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        # "argument --port: --port must be ..." says the option twice: once is enough.
+        message = re.sub(r"^argument (\S+): (?=\1 )", "", message)
+        if "unrecognized arguments" in message or "invalid choice" in message:
+            message += f" (see: {self.prog} --help)"
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The ``observer`` parser, one subparser per available command (they are Parsers too)."""
+    parser = Parser(
         prog="observer", description="pool-observer: see your SQLAlchemy pools and sessions."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -48,8 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``observer`` with ``argv``; the exit code (2: a usage error, said in one line)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exited:  # --help (0) or a usage error (2), already printed
+        return int(exited.code or 0)
     try:
         check_command(args.command, args)
     except MissingDependency as exc:

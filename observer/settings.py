@@ -7,10 +7,13 @@ import dataclasses
 import difflib
 import inspect
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict, get_args, get_type_hints
+
+from observer._values import DECIMAL, WHOLE, describe, in_range, plain, valid_host
 
 ENV_PREFIX = "OBSERVER_"
 
@@ -32,17 +35,21 @@ class Settings:
     """Path where the middleware serves Prometheus metrics; ``None`` serves none."""
 
     leak_threshold_seconds: float = 30.0
-    """A session holding a transaction longer than this is reported as a ``too_old`` leak."""
+    """A session holding a transaction longer than this is reported as a ``too_old`` leak
+    (0.01 to 86400 seconds)."""
 
     sweep_interval_seconds: float = 1.0
-    """How often the background sweeper checks for old sessions and flushes deferred events."""
+    """How often the background sweeper checks for old sessions and flushes deferred events
+    (0.01 to 3600 seconds: more often would keep a core busy while the app is idle)."""
 
     capture_origin: bool = True
     """Record the code location that opened each session (a few microseconds per session)."""
 
     application_name: str | None = "pool-observer"
     """``application_name`` set on new PostgreSQL connections (unless the app sets its own), so
-    the server's ``pg_stat_activity`` can be joined with the app's view; ``None`` or empty: off."""
+    the server's ``pg_stat_activity`` can be joined with the app's view; ``None`` or empty: off.
+    Printable ASCII of at most 63 bytes: PostgreSQL rewrites other characters and cuts longer
+    names, and a NUL byte fails every connection."""
 
     max_routes: int = 200
     """Most distinct route label values; further routes are counted as ``other``."""
@@ -50,8 +57,8 @@ class Settings:
     live_page_path: str | None = None
     """Path of the live page (e.g. ``/observer``): pools and open sessions with age, route and
     origin, refreshing every 2 s; ``<path>/snapshot.json`` is ``snapshot()`` as JSON; ``None``:
-    off. It shows routes and code locations: serve it only where /metrics would be acceptable
-    too."""
+    off. A path of its own (not ``/``, not ``metrics_path``, no ``..``). It shows routes and
+    code locations: serve it only where /metrics would be acceptable too."""
 
     request_end_grace_seconds: float = 1.0
     """How long after a response ended a session the request opened may still hold its
@@ -68,7 +75,8 @@ class Settings:
     """Log a ``request.end`` event (route, status, DB wait and hold) for every HTTP request."""
 
     slow_checkout_seconds: float | None = 1.0
-    """A checkout that waited longer than this logs ``pool.slow_checkout``; ``None``: off."""
+    """A checkout that waited longer than this logs ``pool.slow_checkout`` (0.001 to 3600
+    seconds); ``None``: off."""
 
     tracing: bool = False
     """OpenTelemetry: query spans on the watched engines (with
@@ -159,27 +167,38 @@ def _parse_env(env_name: str, raw: str, hint: object) -> object:
             return False
         raise ConfigurationError(f"{env_name} must be true or false (got {raw!r})")
     if hint is float:
-        try:
-            return float(text)
-        except ValueError:
-            raise ConfigurationError(
-                f"{env_name} must be a number of seconds (got {raw!r})"
-            ) from None
+        return _env_number(env_name, raw, DECIMAL, "a number of seconds")
     if hint is int:
-        try:
-            return int(text)
-        except ValueError:
-            raise ConfigurationError(f"{env_name} must be a whole number (got {raw!r})") from None
+        return _env_number(env_name, raw, WHOLE, "a whole number")
     return text
+
+
+def _env_number(env_name: str, raw: str, pattern: re.Pattern[str], kind: str) -> float:
+    """A number in ASCII digits (``int()``, ``float()`` also read other digits, 'inf', 'nan')."""
+    if not pattern.fullmatch(raw.strip()):
+        raise ConfigurationError(f"{env_name} must be {kind} in ASCII digits (got {raw!r})")
+    return (int if pattern is WHOLE else float)(raw)
+
+
+# RFC 3986 path characters but '%' (the ASGI path is decoded) and '?' or '#' (never in a path).
+_PATH = re.compile(r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@-]+)+", re.ASCII)
 
 
 def _check_paths(settings: Settings) -> None:
     for option in ("metrics_path", "live_page_path"):
         path = getattr(settings, option)
-        if path is not None and (not isinstance(path, str) or not path.startswith("/")):
+        if path is None:
+            continue
+        if not isinstance(path, str) or not path.startswith("/"):
             raise ConfigurationError(
                 f"{option} must be a path starting with '/' (got {path!r}); use None to serve "
                 "nothing there"
+            )
+        if not _PATH.fullmatch(path) or {".", ".."} & set(path.split("/")):
+            raise ConfigurationError(
+                f"{option} must be a path of its own such as /observer, without '..', spaces, "
+                f"'%', '?', '#', a trailing '/' or control characters (got {path!r}); '/' would "
+                "take the app's own routes"
             )
     if settings.metrics_path is not None and settings.metrics_path == settings.live_page_path:
         raise ConfigurationError(
@@ -188,22 +207,32 @@ def _check_paths(settings: Settings) -> None:
         )
 
 
-def _is_number(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float)
+# option -> (lowest, highest seconds, what it is); NaN and infinities are never in range.
+_SECONDS = {
+    "leak_threshold_seconds": (
+        0.01, 86400, "it is how long a session may hold a transaction before it is reported"
+    ),
+    "sweep_interval_seconds": (
+        0.01, 3600, "it is how often the background sweeper runs: more often keeps a core busy"
+    ),
+    "request_end_grace_seconds": (
+        0, 60, "it is how long a session may stay open after its response ended before it is a "
+        "request_end leak"
+    ),
+    "slow_checkout_seconds": (
+        0.001, 3600, "a checkout that waits longer is logged as pool.slow_checkout; None: off"
+    ),
+}  # fmt: skip
 
 
-def _check_intervals(settings: Settings) -> None:
-    for name, meaning in (
-        (
-            "leak_threshold_seconds",
-            "how long a session may hold a transaction before it is reported",
-        ),
-        ("sweep_interval_seconds", "how often the background sweeper runs"),
-    ):
+def _check_seconds(settings: Settings) -> None:
+    for name, (low, high, meaning) in _SECONDS.items():
         value = getattr(settings, name)
-        if not _is_number(value) or not value > 0:
+        if value is None and name == "slow_checkout_seconds":
+            continue
+        if not in_range(value, low, high):
             raise ConfigurationError(
-                f"{name} must be a number > 0 (got {value!r}); it is {meaning}"
+                f"{name} must be {describe(low, high, unit='seconds')} (got {value!r}); {meaning}"
             )
 
 
@@ -214,39 +243,22 @@ def _check_flags(settings: Settings) -> None:
             raise ConfigurationError(f"{name} must be True or False (got {value!r})")
 
 
-def _check_grace(settings: Settings) -> None:
-    grace = settings.request_end_grace_seconds
-    if not _is_number(grace) or not 0 <= grace <= 60:
-        raise ConfigurationError(
-            f"request_end_grace_seconds must be a number of seconds from 0 to 60 (got {grace!r});"
-            " it is how long a session may stay open after its response ended before it is a "
-            "request_end leak"
-        )
-
-
-def _check_slow_checkout(settings: Settings) -> None:
-    slow = settings.slow_checkout_seconds
-    if slow is not None and (not _is_number(slow) or not slow > 0):
-        raise ConfigurationError(
-            f"slow_checkout_seconds must be a number > 0 or None (got {slow!r}); a checkout "
-            "that waits longer is logged as pool.slow_checkout"
-        )
-
-
 def _check_application_name(settings: Settings) -> None:
     app_name = settings.application_name
-    if app_name is not None and (not isinstance(app_name, str) or len(app_name.encode()) > 63):
+    if app_name is not None and (not plain(app_name) or len(app_name) > 63):
         raise ConfigurationError(
-            f"application_name must be a string of at most 63 bytes, PostgreSQL's limit "
-            f"(got {app_name!r}); use None to leave connections' application_name alone"
+            "application_name must be printable ASCII of at most 63 bytes, PostgreSQL's limit "
+            f"(got {app_name!r}): PostgreSQL rewrites other characters and a NUL byte fails "
+            "every connection; use None to leave connections' application_name alone"
         )
 
 
 def _check_max_routes(settings: Settings) -> None:
     routes = settings.max_routes
-    if isinstance(routes, bool) or not isinstance(routes, int) or routes < 1:
+    if not in_range(routes, 1, 10000, whole=True):
         raise ConfigurationError(
-            f"max_routes must be a whole number >= 1 (got {routes!r}); it bounds the route label"
+            f"max_routes must be a whole number >= 1 and <= 10000 (got {routes!r}); it bounds "
+            "the route label (each route adds series to several metrics)"
         )
 
 
@@ -269,27 +281,24 @@ def _check_metrics_token(settings: Settings) -> None:
 
 def _check_metrics_listener(settings: Settings) -> None:
     port = settings.metrics_port
-    if port is not None and (
-        isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535
-    ):
+    if port is not None and not in_range(port, 0, 65535, whole=True):
         raise ConfigurationError(
             f"metrics_port must be a port number from 0 to 65535 (got {port!r}); 0 picks a free "
             "port, None serves no separate port"
         )
     host = settings.metrics_host
-    if not isinstance(host, str) or not host or any(c.isspace() for c in host):
+    if not valid_host(host):
         raise ConfigurationError(
-            f"metrics_host must be an address to listen on, such as 127.0.0.1 (got {host!r})"
+            "metrics_host must be an address to listen on, such as 127.0.0.1, 0.0.0.0 or :: "
+            f"(got {host!r})"
         )
 
 
 # In this order: with several wrong options, the first one listed here is reported.
 _CHECKS = (
     _check_paths,
-    _check_intervals,
+    _check_seconds,
     _check_flags,
-    _check_grace,
-    _check_slow_checkout,
     _check_application_name,
     _check_max_routes,
     _check_metrics_token,

@@ -7,13 +7,14 @@ import asyncio
 import json
 import os
 import sys
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
 
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from observer import _values as values
 from observer.doctor._alembic_config import FAIL_ON, exit_code, with_alembic
 from observer.doctor._engine import check_engine
 from observer.doctor._pool_checks import (
@@ -29,91 +30,120 @@ from observer.server._revisions import DEFAULT_VERSION_TABLE, CodeRevisions
 DATABASE_URL_ENV = "OBSERVER_DATABASE_URL"
 
 
-def _positive(kind: type[int] | type[float], name: str, minimum: float = 0) -> Any:
-    def parse(text: str) -> int | float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number (got {text!r})") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{name} must be >= {minimum:g} (got {text})")
-        return value
-
-    return parse
+def _count(flag: str, low: int, high: int, fix: str = "") -> Callable[[str], int]:
+    return values.argument(values.whole, flag, low, high, fix=fix)
 
 
-def _seconds(name: str) -> Any:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number (got {text!r})") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"{name} must be > 0 seconds (got {text})")
-        return value
+def _seconds(flag: str, low: float, high: float, fix: str = "") -> Callable[[str], float]:
+    return values.argument(values.decimal, flag, low, high, unit="seconds", fix=fix)
+
+
+def _existing(kind: str) -> Callable[[str], str]:
+    """argparse ``type=``: a path that exists and is a ``kind`` ("file" or "directory")."""
+
+    def parse(text: str) -> str:
+        path = Path(text)
+        if not (path.is_file() if kind == "file" else path.is_dir()):
+            raise argparse.ArgumentTypeError(f"no {kind} at {text!r}")
+        return text
 
     return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``observer doctor``."""
+    """Options of ``observer doctor``; the pool options describe the app's pool (doctor cannot
+    see it), SQLAlchemy's defaults (assumed, and said so) for those left out."""
     parser.epilog = "exit codes: 0 clean, 1 findings, 2 usage error or database unreachable"
     parser.add_argument(
-        "database_url",
-        nargs="?",
-        metavar="DATABASE_URL",
+        "database_url", nargs="?", metavar="DATABASE_URL",
         help=f"postgresql[+asyncpg]://user:password@host:port/db (default: ${DATABASE_URL_ENV})",
-    )
-    parser.add_argument("--pool-size", type=_positive(int, "--pool-size"), default=None)
-    parser.add_argument(
-        "--max-overflow", type=_positive(int, "--max-overflow", -1), default=None,
-        help="-1 for unbounded",
     )  # fmt: skip
     parser.add_argument(
-        "--pool-recycle", type=_positive(float, "--pool-recycle", -1), default=None,
-        help="seconds; -1 for never (SQLAlchemy's default)",
-    )  # fmt: skip
-    parser.add_argument("--pool-timeout", type=_seconds("--pool-timeout"), default=None)
-    parser.add_argument("--pool-pre-ping", action=argparse.BooleanOptionalAction, default=False)
-    parser.add_argument("--workers", type=_positive(int, "--workers", 1), default=1)
-    parser.add_argument("--replicas", type=_positive(int, "--replicas", 1), default=1)
-    parser.add_argument(
-        "--request-timeout", type=_seconds("--request-timeout"),
-        default=DEFAULT_REQUEST_TIMEOUT, help="seconds a client or proxy waits for a response",
+        "--pool-size", type=_count("--pool-size", 0, 10000), metavar="N",
+        help=f"connections the app's pool keeps, per process (default: {DEFAULT_POOL_SIZE}, "
+        "SQLAlchemy's, assumed)",
     )  # fmt: skip
     parser.add_argument(
-        "--network-idle-timeout", type=_seconds("--network-idle-timeout"), default=None,
+        "--max-overflow", type=_count("--max-overflow", -1, 10000, "-1 for unbounded"), metavar="N",
+        help=f"connections the pool may open beyond --pool-size, per process; -1 for unbounded "
+        f"(default: {DEFAULT_MAX_OVERFLOW}, SQLAlchemy's, assumed)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pool-recycle", metavar="SECONDS",
+        type=_seconds("--pool-recycle", -1, 86400, "-1 for never"),
+        help="seconds after which the pool replaces a connection; -1 for never (default: -1, "
+        "SQLAlchemy's, assumed)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pool-timeout", type=_seconds("--pool-timeout", 0.001, 3600), metavar="SECONDS",
+        help="seconds a checkout waits for a free connection before it fails (default: "
+        f"{DEFAULT_POOL_TIMEOUT:g}, SQLAlchemy's, assumed)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pool-pre-ping", action=argparse.BooleanOptionalAction,
+        help="whether the pool tests each connection at checkout (default: no, SQLAlchemy's, "
+        "assumed)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--workers", type=_count("--workers", 1, 1024), default=1, metavar="N",
+        help="processes running the pool in each replica, e.g. uvicorn or gunicorn workers "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--replicas", type=_count("--replicas", 1, 10000), default=1, metavar="N",
+        help="copies of the app (containers, hosts) on the same database (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--request-timeout", type=_seconds("--request-timeout", 0.001, 86400), metavar="SECONDS",
+        help="seconds a client or proxy waits for a response (default: "
+        f"{DEFAULT_REQUEST_TIMEOUT:g}, assumed)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--network-idle-timeout", type=_seconds("--network-idle-timeout", 0.001, 86400),
+        metavar="SECONDS",
         help="seconds a load balancer, NAT or firewall between app and database keeps an idle "
-        "connection (e.g. 350 for an AWS NLB)",
+        "connection, e.g. 350 for an AWS NLB (default: none in between)",
     )  # fmt: skip
     parser.add_argument(
-        "--application-name", default=None,
-        help="application_name of the app's connections (default: $OBSERVER_APPLICATION_NAME "
-        "or pool-observer)",
+        "--application-name", type=values.argument(values.application_name, "--application-name"),
+        help="application_name of the app's connections, printable ASCII of at most 63 bytes "
+        "(default: $OBSERVER_APPLICATION_NAME or pool-observer)",
     )  # fmt: skip
-    alembic = parser.add_mutually_exclusive_group()
-    alembic.add_argument(
-        "--alembic-config", metavar="ALEMBIC_INI",
-        help="compare the database's Alembic revision with the head of this alembic.ini's scripts",
+    _alembic_arguments(parser)
+    parser.add_argument(
+        "--connect-timeout", type=_seconds("--connect-timeout", 0.001, 3600), default=10.0,
+        metavar="SECONDS",
+        help="seconds to wait for the database's answer; the whole check waits at most twice "
+        "that (default: %(default)g)",
     )  # fmt: skip
-    alembic.add_argument(
-        "--alembic-script-location", metavar="DIR",
-        help="the same, given the directory holding env.py and versions/",
+    parser.add_argument(
+        "--fail-on", choices=FAIL_ON, default="warning",
+        help="the lowest severity of a finding that makes the exit code 1, or 'drift' to fail "
+        "on a schema drift only (default: %(default)s)",
     )  # fmt: skip
-    parser.add_argument("--alembic-version-table", default=DEFAULT_VERSION_TABLE)
-    parser.add_argument("--connect-timeout", type=_seconds("--connect-timeout"), default=10)
-    parser.add_argument("--fail-on", choices=FAIL_ON, default="warning")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def _alembic_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options naming the app's migration scripts, to compare with the database's revision."""
+    alembic = parser.add_mutually_exclusive_group()
+    alembic.add_argument(
+        "--alembic-config", metavar="ALEMBIC_INI", type=_existing("file"),
+        help="compare the database's Alembic revision with the head of this alembic.ini's scripts",
+    )  # fmt: skip
+    alembic.add_argument(
+        "--alembic-script-location", metavar="DIR", type=_existing("directory"),
+        help="the same, given the directory holding env.py and versions/",
+    )  # fmt: skip
+    parser.add_argument(
+        "--alembic-version-table", default=DEFAULT_VERSION_TABLE, metavar="TABLE",
+        type=values.argument(values.identifier, "--alembic-version-table"),
+        help="the table Alembic keeps the revision in (default: %(default)s)",
+    )  # fmt: skip
+
+
 def _async_url(raw: str) -> URL:
-    try:
-        url = make_url(raw)
-    except ArgumentError:
-        # SQLAlchemy's message repeats the string, password included: say it without it.
-        raise ValueError(
-            "DATABASE_URL is not a URL; expected postgresql://user:password@host:port/database"
-        ) from None
+    url = values.database_url(raw, "DATABASE_URL")
     if url.get_backend_name() not in {"postgresql", "postgres"}:
         raise ValueError(
             f"doctor checks PostgreSQL only (got a {url.get_backend_name()!r} URL); "
@@ -135,8 +165,24 @@ def _pool(args: argparse.Namespace) -> PoolSettings:
         max_overflow=DEFAULT_MAX_OVERFLOW if args.max_overflow is None else args.max_overflow,
         pool_recycle=args.pool_recycle if args.pool_recycle and args.pool_recycle > 0 else None,
         pool_timeout=DEFAULT_POOL_TIMEOUT if args.pool_timeout is None else args.pool_timeout,
-        pool_pre_ping=args.pool_pre_ping,
+        pool_pre_ping=bool(args.pool_pre_ping),
     )
+
+
+def _assumed(args: argparse.Namespace) -> dict[str, str]:
+    """option -> ``name: value`` doctor assumed, for each option left out that it judges (the
+    pool's are SQLAlchemy's defaults)."""
+    defaults = {
+        "--pool-size": ("pool_size", f"pool_size: {DEFAULT_POOL_SIZE}"),
+        "--max-overflow": ("max_overflow", f"max_overflow: {DEFAULT_MAX_OVERFLOW}"),
+        "--pool-recycle": ("pool_recycle", "pool_recycle: never"),
+        "--pool-timeout": ("pool_timeout", f"pool_timeout: {DEFAULT_POOL_TIMEOUT:g} s"),
+        "--pool-pre-ping": ("pool_pre_ping", "pool_pre_ping: no"),
+        "--request-timeout": ("request_timeout", f"request timeout: {DEFAULT_REQUEST_TIMEOUT:g} s"),
+    }
+    return {
+        option: text for option, (dest, text) in defaults.items() if getattr(args, dest) is None
+    }
 
 
 def _alembic(args: argparse.Namespace) -> CodeRevisions | None:
@@ -161,7 +207,7 @@ async def _check(
                 engine,
                 workers=args.workers,
                 replicas=args.replicas,
-                request_timeout=args.request_timeout,
+                request_timeout=args.request_timeout or DEFAULT_REQUEST_TIMEOUT,
                 network_idle_timeout=args.network_idle_timeout,
                 application_name=args.application_name,
                 pool=pool,
@@ -199,11 +245,13 @@ def run(args: argparse.Namespace) -> int:
             json.dump({"url": str(url), "error": reason, "exit_code": EXIT_UNUSABLE}, sys.stdout)
             print()
         return EXIT_UNUSABLE
+    assumed = _assumed(args)
     if args.json:
         data = report.to_dict()
+        data["assumed"] = assumed
         data["exit_code"] = exit_code(report, args.fail_on)
         json.dump(data, sys.stdout, indent=2)
         print()
     else:
-        render_text(report, sys.stdout)
+        render_text(report, sys.stdout, assumed)
     return exit_code(report, args.fail_on)

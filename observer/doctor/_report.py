@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
@@ -84,8 +85,8 @@ def build_report(
     return Report(str(url), pool, deployment, server, act, findings, schema)
 
 
-def render_text(report: Report, out: TextIO) -> None:
-    """The human-readable report."""
+def render_text(report: Report, out: TextIO, assumed: Mapping[str, str] | None = None) -> None:
+    """The human-readable report; ``assumed``: option -> ``name: value`` assumed for it."""
     pool, dep, srv, act = report.pool, report.deployment, report.server, report.activity
 
     def s(v: float | None) -> str:
@@ -106,6 +107,8 @@ def render_text(report: Report, out: TextIO) -> None:
         f"request timeout {s(dep.request_timeout)}",
         file=out,
     )
+    for option, text in (assumed or {}).items():
+        print(f"  assumed  {text} (assumed; pass {option})", file=out)
     print(
         f"  server   max_connections={srv.max_connections} "
         f"superuser_reserved_connections={srv.superuser_reserved_connections} "

@@ -5,11 +5,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from observer import _values as values
 from observer.monitoring._render import stale, write
-from observer.monitoring.config import MonitoringConfig
+from observer.monitoring.config import (
+    MonitoringConfig,
+    check_selector,
+    check_url,
+    duration_seconds,
+)
 
 _FIELDS = {field.name: field for field in dataclasses.fields(MonitoringConfig)}
 
@@ -23,27 +30,66 @@ def _setting(text: str) -> tuple[str, str]:
     return name, value
 
 
+def _checked(check: Callable[[str, str], None], flag: str) -> Callable[[str], str]:
+    """An argparse ``type=`` running one of the configuration's checks, naming the flag."""
+
+    def convert(text: str) -> str:
+        try:
+            check(flag, text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return text
+
+    return convert
+
+
+def _duration(flag: str, text: str) -> None:
+    try:
+        seconds = duration_seconds(text)
+    except ValueError as error:
+        raise ValueError(f"{flag}: {error}") from None
+    if not seconds > 0:
+        raise ValueError(f"{flag} must be longer than 0s (got {text!r})")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``observer render``."""
+    d = MonitoringConfig()
     parser.add_argument(
-        "--out", type=Path, default=Path("."), help="directory receiving alerts/ and dashboards/"
-    )
+        "--out", type=Path, default=Path("."), metavar="DIR",
+        help="directory receiving alerts/ and dashboards/, created if missing (default: the "
+        "current directory)",
+    )  # fmt: skip
     parser.add_argument(
-        "--job-selector", help='label matchers of the app\'s scrape jobs, e.g. job="api"'
-    )
-    parser.add_argument("--server-selector", help="label matchers of the sidecar's metrics")
-    parser.add_argument("--runbook-url", help="runbook page; alerts link to <url>#<alertname>")
-    parser.add_argument("--dashboard-url", help="Grafana base URL for dashboard_url annotations")
-    parser.add_argument("--scrape-interval", help="scrape interval of the app's jobs (15s)")
+        "--job-selector", type=_checked(check_selector, "--job-selector"), metavar="MATCHERS",
+        help=f"PromQL label matchers of the app's scrape jobs, e.g. job=\"api\" (default: "
+        f"{d.job_selector}, every job)",
+    )  # fmt: skip
     parser.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        type=_setting,
-        default=[],
+        "--server-selector", type=_checked(check_selector, "--server-selector"),
+        metavar="MATCHERS",
+        help="PromQL label matchers of the sidecar's metrics (default: the job selector)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--runbook-url", type=_checked(check_url, "--runbook-url"), metavar="URL",
+        help="runbook page; alerts link to <url>#<alertname> (default: the project's "
+        "docs/runbooks.md)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dashboard-url", type=_checked(check_url, "--dashboard-url"), metavar="URL",
+        help="Grafana base URL for dashboard_url annotations (default: none)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--scrape-interval", type=_checked(_duration, "--scrape-interval"), metavar="DURATION",
+        help="scrape interval of the app's jobs, a Prometheus duration such as 15s or 1m "
+        f"(default: {d.scrape_interval})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--set", dest="settings", action="append", type=_setting, default=[],
         metavar="NAME=VALUE",
-        help="any threshold or duration, e.g. --set saturation_ratio=0.9 --set exhausted_for=2m",
-    )
+        help="any threshold (a number) or duration (30s, 5m, 1h), e.g. --set "
+        "saturation_ratio=0.9 --set exhausted_for=2m; the names are MonitoringConfig's fields",
+    )  # fmt: skip
     parser.add_argument(
         "--check",
         action="store_true",
@@ -63,10 +109,10 @@ def config_from(args: argparse.Namespace) -> MonitoringConfig:
         if _FIELDS[name].type != "float":
             changes[name] = value
             continue
-        try:
-            changes[name] = float(value)
-        except ValueError:
-            raise ValueError(f"{name} must be a number (got {value!r})") from None
+        # ASCII digits only (float() reads other digits, 'nan'); MonitoringConfig checks the range
+        if values.DECIMAL.fullmatch(value.strip()) is None:
+            raise ValueError(f"{name} must be a number (got {value!r})")
+        changes[name] = float(value)
     return MonitoringConfig(**changes)
 
 
@@ -82,6 +128,15 @@ def run(args: argparse.Namespace) -> int:
         for relative in differing:
             print(f"stale: {relative} (run: observer render --out {args.out})", file=sys.stderr)
         return 1 if differing else 0
-    for path in write(args.out, config):
+    try:
+        written = write(args.out, config)
+    except OSError as error:
+        print(
+            f"observer render: cannot write to --out {str(args.out)!r} ({error.strerror}: "
+            f"{error.filename}); give a directory you can write to",
+            file=sys.stderr,
+        )
+        return 2
+    for path in written:
         print(path)
     return 0

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
-_DURATION = re.compile(r"^(?:(\d+)(ms|s|m|h|d|w|y))+$")
-_DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
+# ASCII digits: \d alone also matches other digits, which int() reads and Prometheus does not.
+_DURATION = re.compile(r"(?:(\d+)(ms|s|m|h|d|w|y))+", re.ASCII)
+_DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w|y)", re.ASCII)
+# One PromQL label matcher: name, operator, and a quoted string with Go's escapes only
+# (promtool rejects "\d": a regex needs "\\d").
+_ESCAPE = r"\\(?:[abfnrtv\\]|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|[0-7]{3})"
+_MATCHER = (
+    r"\s*[A-Za-z_][A-Za-z0-9_]*\s*(?:=~|!~|!=|=)\s*"
+    rf"(?:\"(?:[^\"\\\n]|{_ESCAPE}|\\\")*\"|'(?:[^'\\\n]|{_ESCAPE}|\\')*'|`[^`]*`)\s*"
+)
+# Empty (the server selector's "same as the job selector"), or matchers without a trailing
+# comma: the selector is spliced into {<selector>, <more matchers>}.
+_MATCHERS = re.compile(rf"(?:{_MATCHER}(?:,{_MATCHER})*)?", re.ASCII)
 _UNIT_SECONDS = {
     "ms": 0.001,
     "s": 1,
@@ -22,9 +34,34 @@ _UNIT_SECONDS = {
 DEFAULT_RUNBOOK_URL = "https://github.com/pool-observer/pool-observer/blob/main/docs/runbooks.md"
 
 
+def check_selector(name: str, selector: str) -> None:
+    """ValueError unless ``selector`` is PromQL label matchers separated by commas, without
+    braces (``job="api", env!="dev"``): it is spliced into every query."""
+    if "{" in selector or "}" in selector:
+        raise ValueError(
+            f"{name} takes label matchers without braces, like 'job=\"api\"' (got {selector!r})"
+        )
+    if _MATCHERS.fullmatch(selector) is None:
+        raise ValueError(
+            f"{name} must be PromQL label matchers separated by commas, like "
+            f'\'job="api", env!="dev"\', each value quoted, backslashes doubled (got {selector!r})'
+        )
+
+
+def check_url(name: str, url: str, *, empty: bool = False) -> None:
+    """ValueError unless ``url`` is an http(s) URL without spaces or control characters."""
+    if empty and url == "":
+        return
+    if re.fullmatch(r"https?://[!-~]+", url, re.ASCII) is None:
+        raise ValueError(
+            f"{name} must be an http(s) URL without spaces (got {url!r})"
+            + ("; empty for none" if empty else "")
+        )
+
+
 def duration_seconds(value: str) -> float:
     """Seconds in a Prometheus duration such as ``1h30m``; ValueError when it is not one."""
-    if not _DURATION.match(value):
+    if not isinstance(value, str) or not _DURATION.fullmatch(value):
         raise ValueError(f"{value!r} is not a Prometheus duration (e.g. 30s, 5m, 1h30m)")
     return sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(value))
 
@@ -97,29 +134,30 @@ class MonitoringConfig:
                     duration_seconds(value)
                 except ValueError as error:
                     raise ValueError(f"{field.name}: {error}") from None
-            elif field.type == "float" and not value > 0:
-                raise ValueError(f"{field.name} must be > 0 (got {value})")
+            elif field.type == "float" and not (
+                isinstance(value, int | float) and 0 < value < math.inf
+            ):
+                raise ValueError(f"{field.name} must be a finite number > 0 (got {value})")
+            if field.name.endswith(("_window", "_offset", "_interval")) and not duration_seconds(
+                value
+            ):
+                raise ValueError(f"{field.name} must be longer than 0s (got {value!r})")
         if not 0 < self.saturation_ratio < 1:
             raise ValueError(
                 f"saturation_ratio must be between 0 and 1 (got {self.saturation_ratio}); "
                 "a pool at 1 is exhausted, which SQLAlchemyPoolExhausted already reports"
             )
-        for name in ("job_selector", "server_selector"):
-            selector = getattr(self, name)
-            if "{" in selector or "}" in selector:
-                raise ValueError(
-                    f"{name} takes label matchers without braces, "
-                    f"like 'job=\"api\"' (got {selector!r})"
-                )
         if not self.job_selector.strip():
             raise ValueError("job_selector must not be empty; use 'job!=\"\"' to select every job")
+        for name in ("job_selector", "server_selector"):
+            check_selector(name, getattr(self, name))
         if duration_seconds(self.absent_for) < 2 * duration_seconds(self.scrape_interval):
             raise ValueError(
                 f"absent_for ({self.absent_for}) must be at least two scrape intervals "
                 f"(2 x {self.scrape_interval}), or the alert fires whenever Prometheus restarts"
             )
-        if not self.runbook_url.startswith(("http://", "https://")):
-            raise ValueError(f"runbook_url must be an http(s) URL (got {self.runbook_url!r})")
+        check_url("runbook_url", self.runbook_url)
+        check_url("dashboard_url", self.dashboard_url, empty=True)
 
     def selector(self, *matchers: str) -> str:
         """``{<job_selector>, <matchers>...}``: the selector of an app metric."""

@@ -6,15 +6,12 @@ import argparse
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
+from observer import _values as values
 from observer.server._view import APPLICATION_NAME_ENV, DEFAULT_APPLICATION_NAME
 
 DEFAULT_PORT = 9188  # next to postgres_exporter's 9187, so both can run on one host
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -56,27 +53,69 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(falls back to OBSERVER_DATABASE_URL; leave out for workers' metrics only)",
         "application_name": "application_name of the app's connections "
         f"(default {d.application_name})",
-        "poll_interval": f"seconds between polls (default {d.poll_interval:g})",
-        "statement_timeout_ms": "statement_timeout of the poll's queries "
-        f"(default {d.statement_timeout_ms})",
-        "connect_timeout": f"seconds to wait for a connection (default {d.connect_timeout:g})",
-        "multiproc_dir": "the app workers' PROMETHEUS_MULTIPROC_DIR",
+        "poll_interval": f"seconds between polls, {POLL_RANGE[0]:g} to {POLL_RANGE[1]:g} "
+        f"(default {d.poll_interval:g})",
+        "statement_timeout_ms": "milliseconds the poll's queries may run (statement_timeout), "
+        f"at most the poll interval (default {d.statement_timeout_ms} or the interval)",
+        "connect_timeout": f"seconds to wait for a connection, {CONNECT_RANGE[0]:g} to "
+        f"{CONNECT_RANGE[1]:g} (default {d.connect_timeout:g})",
+        "multiproc_dir": "the app workers' PROMETHEUS_MULTIPROC_DIR (default: none, no workers' "
+        "metrics)",
         "prune_dead_workers": "mark_process_dead for worker pids that no longer exist (needs the "
-        "workers' pid namespace: same host, or docker compose pid: service:app)",
+        "workers' pid namespace: same host, or docker compose pid: service:app; default: off)",
     }  # fmt: skip
+    types = _types()
     for dest, (flag, env) in OPTIONS.items():
         text = f"{helps[dest]} [env {env}]"
         if dest == "prune_dead_workers":
             parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, help=text)
         else:
-            parser.add_argument(flag, dest=dest, default=None, help=text)
+            parser.add_argument(flag, dest=dest, default=None, type=types.get(dest, str), help=text)
 
 
-def _number(kind: Callable[[str], T], value: str, flag: str, env: str, why: str) -> T:
-    try:
-        return kind(value)
-    except ValueError:
-        raise ValueError(f"{flag} / {env} must be a number (got {value!r}): {why}") from None
+POLL_RANGE = (0.1, 3600.0)  # seconds
+CONNECT_RANGE = (0.1, 300.0)  # seconds
+
+
+def _types() -> dict[str, Callable[[str], Any]]:
+    """argparse ``type=`` of the options checked on their own (resolve() checks them again,
+    with the environment variables, and how the statement timeout fits the interval)."""
+    arg = values.argument
+    return {
+        "address": arg(values.host, "--address"),
+        "port": arg(values.whole, "--port", 0, 65535, fix="0 picks a free port"),
+        "application_name": arg(values.application_name, "--application-name"),
+        "poll_interval": arg(values.decimal, "--poll-interval", *POLL_RANGE, unit="seconds"),
+        "statement_timeout_ms": arg(
+            values.whole,
+            "--statement-timeout-ms",
+            1,
+            int(POLL_RANGE[1] * 1000),
+            unit="milliseconds",
+        ),
+        "connect_timeout": arg(values.decimal, "--connect-timeout", *CONNECT_RANGE, unit="seconds"),
+    }
+
+
+def _name(dest: str) -> str:
+    """``--flag / VARIABLE``: how an error names the setting, which may come from either."""
+    flag, env = OPTIONS[dest]
+    return f"{flag} / {env}"
+
+
+def _listener(raw: Mapping[str, str], d: SidecarConfig) -> tuple[str, int]:
+    """(address, port) to listen on, both checked before anything binds."""
+    address = values.host(raw.get("address", d.address), _name("address"))
+    port = values.whole(
+        raw.get("port", str(d.port)), _name("port"), 0, 65535, fix="0 picks a free port"
+    )
+    return address, port
+
+
+def _connect_timeout(raw: Mapping[str, str], d: SidecarConfig) -> float:
+    """Seconds to wait for the database to accept a connection."""
+    text = raw.get("connect_timeout", str(d.connect_timeout))
+    return values.decimal(text, _name("connect_timeout"), *CONNECT_RANGE, unit="seconds")
 
 
 def resolve(
@@ -88,18 +127,12 @@ def resolve(
     """Options over environment over defaults; raises ValueError naming the option and the fix."""
     raw = _raw(args, os.environ if environ is None else environ)
     d = SidecarConfig()
-    port = _number(int, raw.get("port", str(d.port)), *OPTIONS["port"], "a TCP port")
-    if not 0 <= port <= 65535:
-        raise ValueError(f"--port / OBSERVER_SIDECAR_PORT must be 0-65535 (got {port})")
+    address, port = _listener(raw, d)
     interval, timeout_ms = _poll_timing(raw, d)
-    connect = _number(
-        float, raw.get("connect_timeout", str(d.connect_timeout)), *OPTIONS["connect_timeout"], "s"
+    connect = _connect_timeout(raw, d)
+    app_name = values.application_name(
+        raw.get("application_name", d.application_name), _name("application_name")
     )
-    if connect <= 0:
-        raise ValueError(
-            "--connect-timeout / OBSERVER_SIDECAR_CONNECT_TIMEOUT must be > 0 seconds "
-            f"(got {connect:g})"
-        )
     url = _database_url(raw)
     prune = _prune_dead_workers(raw)
     multiproc_dir = raw.get("multiproc_dir")
@@ -110,10 +143,10 @@ def resolve(
             "or both"
         )
     return SidecarConfig(
-        address=raw.get("address", d.address),
+        address=address,
         port=port,
         database_url=url,
-        application_name=raw.get("application_name", d.application_name),
+        application_name=app_name,
         poll_interval=interval,
         statement_timeout_ms=timeout_ms,
         connect_timeout=connect,
@@ -138,28 +171,16 @@ def _raw(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, str]:
 
 def _poll_timing(raw: Mapping[str, str], d: SidecarConfig) -> tuple[float, int]:
     """(poll interval in seconds, statement timeout in ms): a poll must end before the next."""
-    interval = _number(
-        float, raw.get("poll_interval", str(d.poll_interval)), *OPTIONS["poll_interval"], "seconds"
-    )
-    if interval <= 0:
-        raise ValueError(
-            "--poll-interval / OBSERVER_SIDECAR_POLL_INTERVAL must be > 0 seconds "
-            f"(got {interval:g}); it is how often the sidecar reads pg_stat_activity"
-        )
-    timeout_ms = _number(
-        int,
-        raw.get(
-            "statement_timeout_ms", str(min(d.statement_timeout_ms, int(interval * 1000) or 1))
-        ),
-        *OPTIONS["statement_timeout_ms"],
-        "milliseconds",
-    )
-    if not 0 < timeout_ms <= interval * 1000:
-        raise ValueError(
-            "--statement-timeout-ms / OBSERVER_SIDECAR_STATEMENT_TIMEOUT_MS must be > 0 and at "
-            f"most the poll interval ({interval * 1000:g} ms) (got {timeout_ms}), so that a "
-            "slow poll ends before the next one"
-        )
+    interval = values.decimal(
+        raw.get("poll_interval", str(d.poll_interval)), _name("poll_interval"), *POLL_RANGE,
+        unit="seconds", fix="it is how often the sidecar reads pg_stat_activity",
+    )  # fmt: skip
+    longest = int(interval * 1000)
+    timeout_ms = values.whole(
+        raw.get("statement_timeout_ms", str(min(d.statement_timeout_ms, longest))),
+        _name("statement_timeout_ms"), 1, longest, unit="milliseconds",
+        fix="at most the poll interval, so that a slow poll ends before the next one",
+    )  # fmt: skip
     return interval, timeout_ms
 
 
@@ -168,17 +189,10 @@ def _database_url(raw: Mapping[str, str]) -> str | None:
     url = raw.get("database_url")
     if url is None:
         return None
-    try:
-        backend = make_url(url).get_backend_name()
-    except ArgumentError:
-        # SQLAlchemy's message repeats the string, password included: not that.
-        raise ValueError(
-            "--database-url / OBSERVER_SIDECAR_DATABASE_URL is not a URL; expected "
-            "postgresql://user:password@host:port/database"
-        ) from None
+    backend = values.database_url(url, _name("database_url")).get_backend_name()
     if backend not in {"postgresql", "postgres"}:
         raise ValueError(
-            "--database-url / OBSERVER_SIDECAR_DATABASE_URL must be a PostgreSQL URL "
+            f"{_name('database_url')} must be a PostgreSQL URL "
             f"(got a {backend!r} one): the sidecar polls pg_stat_activity"
         )
     return url

@@ -28,6 +28,7 @@ RANKS = {
     "_sweeper": 0,
     "_extras": 0,
     "_engines": 0,
+    "_values": 0,  # reading option values from text, for settings and the commands
     "metrics": 1,
     "attribution": 2,
     "_logs": 3,
@@ -54,6 +55,7 @@ PRODUCTS = 7
 SAME_RANK = {
     ("_extras", "settings"): "a missing extra is a ConfigurationError",
     ("_engines", "settings"): "something that is not an engine is a ConfigurationError",
+    ("settings", "_values"): "options read numbers and hosts as the commands' flags do",
     ("_hooks", "_logs"): "a failing hook is logged (rate-limited) where it is counted",
     ("_instrument", "_observer"): "instrument() is the one-call setup of an Observer",
     ("__init__", "_observer"): "the public names",

@@ -110,9 +110,12 @@ def check_summary(out: str) -> None:
         f"  The live page:  {base[1]}/observer",
         f"  The metrics:    {base[1]}/metrics (sqlalchemy_pool_*, sqlalchemy_orm_*, ...)",
     ]
+    shipped = (ROOT / "alerts" / "pool-observer-alerts.yaml").read_text()
+    alerts = len(re.findall(r"^\s*- alert: ", shipped, re.M))
+    assert alerts >= 17  # the count printed is the shipped file's, whatever it is today
     assert steps[-1] == (
         "  Dashboards and alerts: 3 Grafana dashboards in dashboards/ (Connection pools, Routes: "
-        "culprits and victims, Sessions and leaks), 14 alert rules in alerts/"
+        f"culprits and victims, Sessions and leaks), {alerts} alert rules in alerts/"
     )
 
 
@@ -211,7 +214,10 @@ def test_demo_serve_answers_the_live_page_it_printed() -> None:
 def test_demo_rejects_a_sync_url(capsys: pytest.CaptureFixture[str]) -> None:
     """A URL without an async driver fails at once with the fix."""
     assert main(["demo", "--database-url", "postgresql://db/app"]) == 2
-    assert "needs an async driver, e.g. postgresql+asyncpg://" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "observer demo: error: --database-url needs an async driver, e.g. "
+        "postgresql+asyncpg://... (got a URL for 'postgresql')\n"
+    )
 
 
 @pytest.mark.postgres

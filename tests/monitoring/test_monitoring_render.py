@@ -117,7 +117,7 @@ def test_the_server_selector_reaches_the_server_view_only(tmp_path: Path) -> Non
     ("changes", "message"),
     [
         ({"exhausted_for": "5 minutes"}, "exhausted_for: '5 minutes' is not a Prometheus duration"),
-        ({"long_hold_seconds": 0.0}, "long_hold_seconds must be > 0 (got 0.0)"),
+        ({"long_hold_seconds": 0.0}, "long_hold_seconds must be a finite number > 0 (got 0.0)"),
         ({"saturation_ratio": 1.0}, "saturation_ratio must be between 0 and 1 (got 1.0)"),
         ({"job_selector": '{job="api"}'}, "job_selector takes label matchers without braces"),
         ({"job_selector": " "}, "job_selector must not be empty"),
@@ -171,3 +171,37 @@ def test_a_custom_render_still_passes_promtool(promtool: str, tmp_path: Path) ->
     assert "job_instance_pool:sqlalchemy_pool_checkout_duration_seconds:p99_rate2m > 0.5" in text
     assert 'sqlalchemy_orm_session_leaks_total{job="api", namespace="prod"}[30m]' in text
     assert ") > 2.5\n" in text
+
+
+# Selectors the renderer accepts and refuses; promtool is the judge of which are PromQL.
+ACCEPTED_SELECTORS = ['job="api"', "job='api'", "job=`a\\pi`", 'job=~"api\\\\d"',
+                      'job="a", env!~"x|y"', ' job = "a" ', 'job="a\\"b"']  # fmt: skip
+REFUSED_SELECTORS = ['"', "job=api", 'job=~"api\\d"', 'job="a",', 'job="', '="a"', "job=='a'"]
+
+
+@pytest.mark.promtool
+def test_selectors_are_checked_as_promql_does(promtool: str, tmp_path: Path) -> None:
+    """A selector the renderer accepts parses in promtool inside {..., more="matchers"}, and
+    one it refuses (exit 0 with output promtool rejects, before) fails there too."""
+    from observer.monitoring.config import check_selector
+
+    def promtool_accepts(selector: str) -> bool:
+        rules = tmp_path / "rules.yaml"
+        expr = json.dumps(f'up{{{selector}, pool="main"}}')
+        rules.write_text(f"groups:\n- name: t\n  rules:\n  - record: x\n    expr: {expr}\n")
+        result = subprocess.run(
+            [promtool, "check", "rules", str(rules)], capture_output=True, check=False
+        )
+        return result.returncode == 0
+
+    def renderer_accepts(selector: str) -> bool:
+        try:
+            check_selector("job_selector", selector)
+        except ValueError:
+            return False
+        return True
+
+    verdicts = {s: (renderer_accepts(s), promtool_accepts(s)) for s in ACCEPTED_SELECTORS}
+    assert verdicts == {s: (True, True) for s in ACCEPTED_SELECTORS}
+    verdicts = {s: (renderer_accepts(s), promtool_accepts(s)) for s in REFUSED_SELECTORS}
+    assert verdicts == {s: (False, False) for s in REFUSED_SELECTORS}

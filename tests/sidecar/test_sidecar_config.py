@@ -56,7 +56,9 @@ def test_defaults_then_environment_then_options() -> None:
         False,
     )
     # the variable's 2000 ms statement timeout does not fit in a 1 s interval given as option
-    with pytest.raises(ValueError, match="at most the poll interval"):
+    with pytest.raises(
+        ValueError, match="from 1 to 1000 \\(got '2000'\\); at most the poll interval"
+    ):
         resolve(parse("--poll-interval", "1"), env)
     # an empty variable counts as unset
     assert resolve(parse(), {**env, "OBSERVER_SIDECAR_PORT": ""}).port == 9188
@@ -71,12 +73,12 @@ def test_default_statement_timeout_shrinks_with_a_short_interval() -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"OBSERVER_SIDECAR_PORT": "http"}, "--port / OBSERVER_SIDECAR_PORT must be a number (got 'http'): a TCP port"),  # noqa: E501
-        ({"OBSERVER_SIDECAR_PORT": "70000"}, "--port / OBSERVER_SIDECAR_PORT must be 0-65535 (got 70000)"),  # noqa: E501
-        ({"OBSERVER_SIDECAR_POLL_INTERVAL": "0"}, "--poll-interval / OBSERVER_SIDECAR_POLL_INTERVAL must be > 0 seconds (got 0); it is how often the sidecar reads pg_stat_activity"),  # noqa: E501
-        ({"OBSERVER_SIDECAR_STATEMENT_TIMEOUT_MS": "20000"}, "--statement-timeout-ms / OBSERVER_SIDECAR_STATEMENT_TIMEOUT_MS must be > 0 and at most the poll interval (15000 ms) (got 20000), so that a slow poll ends before the next one"),  # noqa: E501
-        ({"OBSERVER_SIDECAR_STATEMENT_TIMEOUT_MS": "0"}, "--statement-timeout-ms / OBSERVER_SIDECAR_STATEMENT_TIMEOUT_MS must be > 0 and at most"),  # noqa: E501
-        ({"OBSERVER_SIDECAR_CONNECT_TIMEOUT": "-1"}, "--connect-timeout / OBSERVER_SIDECAR_CONNECT_TIMEOUT must be > 0 seconds (got -1)"),  # noqa: E501
+        ({"OBSERVER_SIDECAR_PORT": "http"}, "--port / OBSERVER_SIDECAR_PORT must be a whole number from 0 to 65535 (got 'http'); 0 picks a free port"),  # noqa: E501
+        ({"OBSERVER_SIDECAR_PORT": "70000"}, "--port / OBSERVER_SIDECAR_PORT must be a whole number from 0 to 65535 (got '70000')"),  # noqa: E501
+        ({"OBSERVER_SIDECAR_POLL_INTERVAL": "0"}, "--poll-interval / OBSERVER_SIDECAR_POLL_INTERVAL must be a number of seconds from 0.1 to 3600 (got '0'); it is how often the sidecar reads pg_stat_activity"),  # noqa: E501
+        ({"OBSERVER_SIDECAR_STATEMENT_TIMEOUT_MS": "20000"}, "--statement-timeout-ms / OBSERVER_SIDECAR_STATEMENT_TIMEOUT_MS must be a whole number of milliseconds from 1 to 15000 (got '20000'); at most the poll interval, so that a slow poll ends before the next one"),  # noqa: E501
+        ({"OBSERVER_SIDECAR_STATEMENT_TIMEOUT_MS": "0"}, "--statement-timeout-ms / OBSERVER_SIDECAR_STATEMENT_TIMEOUT_MS must be a whole number of milliseconds from 1 to 15000 (got '0')"),  # noqa: E501
+        ({"OBSERVER_SIDECAR_CONNECT_TIMEOUT": "-1"}, "--connect-timeout / OBSERVER_SIDECAR_CONNECT_TIMEOUT must be a number of seconds from 0.1 to 300 (got '-1')"),  # noqa: E501
         ({"OBSERVER_SIDECAR_DATABASE_URL": "mysql://u:Secret1@h/db"}, "--database-url / OBSERVER_SIDECAR_DATABASE_URL must be a PostgreSQL URL (got a 'mysql' one): the sidecar polls pg_stat_activity"),  # noqa: E501
         ({"OBSERVER_SIDECAR_DATABASE_URL": "nonsense Secret1"}, "--database-url / OBSERVER_SIDECAR_DATABASE_URL is not a URL; expected postgresql://user:password@host:port/database"),  # noqa: E501
         ({"OBSERVER_SIDECAR_PRUNE_DEAD_WORKERS": "maybe"}, "OBSERVER_SIDECAR_PRUNE_DEAD_WORKERS must be true or false (got 'maybe')"),  # noqa: E501
@@ -100,7 +102,7 @@ def test_nothing_to_serve_is_refused() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--poll-interval", "-2"], "observer sidecar: --poll-interval / OBSERVER_SIDECAR_POLL_INTERVAL must be > 0 seconds (got -2)"),  # noqa: E501
+        (["--poll-interval=-2"], "observer sidecar: error: --poll-interval must be a number of seconds from 0.1 to 3600 (got '-2')"),  # noqa: E501
         (["--multiproc-dir", "/nonexistent/mp"], "observer sidecar: the multiprocess directory '/nonexistent/mp' does not exist; point --multiproc-dir (or PROMETHEUS_MULTIPROC_DIR) at the directory the app's workers write to"),  # noqa: E501
     ],
 )  # fmt: skip
