@@ -109,7 +109,8 @@ class Observer:
                 host=self.settings.metrics_host,
                 port=self.settings.metrics_port,
                 token=self.settings.metrics_token,
-                share_port=self.multiprocess,  # every worker serves the same aggregate
+                share_port=self.settings.metrics_port_shared,  # opt-in: see its docstring
+                on_error=lambda exc: self.hooks.failed("metrics_port", exc),
             )
         try:
             self.metrics = Metrics(self.registry, multiprocess=self.multiprocess)

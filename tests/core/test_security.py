@@ -253,8 +253,8 @@ async def test_paths_and_headers_do_not_become_label_values() -> None:
 
 
 def test_workers_of_one_server_share_the_metrics_port() -> None:
-    """In multiprocess mode each worker binds metrics_port with SO_REUSEPORT (any of them serves
-    the aggregate); without it a second bind fails."""
+    """With share_port (option metrics_port_shared) both servers bind one port with
+    SO_REUSEPORT and scrapes are served; tests/metrics/test_metrics_port.py has the refusals."""
     from observer.metrics._server import MetricsServer
 
     first = MetricsServer(
