@@ -15,9 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from observer.metrics._server import MetricsServer
-
-MAX_HANDLERS = 16
+from observer.metrics._server import MAX_HANDLERS, MetricsServer
 
 ROOT = Path(__file__).resolve().parents[2]
 HALF_REQUEST = b"GET /metrics HTTP/1.1\r\nHost: x\r\n"  # no blank line: the request never ends
@@ -45,7 +43,9 @@ def new_threads(before: set[threading.Thread]) -> set[threading.Thread]:
 
 @pytest.fixture
 def server() -> Iterator[MetricsServer]:
-    srv = MetricsServer(CollectorRegistry(), host="127.0.0.1", port=0, token=None)
+    srv = MetricsServer(
+        CollectorRegistry(), host="127.0.0.1", port=0, token=None, request_timeout=2.0
+    )
     yield srv
     srv.close()
 
