@@ -19,7 +19,13 @@ from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
 
-from observer.metrics._exposition import CHALLENGE, UNAUTHORIZED_BODY, authorized, render
+from observer.metrics._exposition import (
+    CHALLENGE,
+    RENDER_FAILED_BODY,
+    UNAUTHORIZED_BODY,
+    authorized,
+    render,
+)
 from observer.settings import ConfigurationError
 
 PATHS = ("/metrics", "/")
@@ -199,7 +205,7 @@ def _handler(
             except Exception as exc:  # a collector of the app's own that raises
                 if on_error is not None:
                     on_error(exc)
-                self._send(500, b"the metrics could not be rendered\n", "text/plain")
+                self._send(500, RENDER_FAILED_BODY, "text/plain")
                 return
             self._send(200, output if body else b"", content_type, length=len(output))
 
