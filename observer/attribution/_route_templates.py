@@ -44,14 +44,17 @@ def route_template(scope: Scope, root_path: str = "") -> str:
         route: Any = scope.get("route")
         if route is None:
             return UNMATCHED
-        mount = _mount_template(scope, root_path)
-        if mount is None:
-            return UNMATCHED
-        routing = sys.modules.get("starlette.routing")
-        if routing is not None and isinstance(route, routing.Mount):
-            # The request ended in a mount: an app without routes (static files, a WSGI app),
-            # or a 404 inside a mounted router. The mount's template was walked already.
-            return (mount or _template(route.path)) + "/{path}"
+        mount: str | None = ""
+        current = scope.get("root_path")
+        if current != root_path and isinstance(current, str):  # mounts grew it: walk them
+            mount = _mount_template(scope, current, root_path)
+            if mount is None:
+                return UNMATCHED
+            routing = sys.modules.get("starlette.routing")
+            if routing is not None and isinstance(route, routing.Mount):
+                # The request ended in a mount: an app without routes (static files, a WSGI
+                # app), or a 404 inside a mounted router; the walk included that mount.
+                return mount + "/{path}"
         path: Any = None
         fastapi_scope = scope.get("fastapi")
         if isinstance(fastapi_scope, dict):
@@ -72,17 +75,14 @@ def _template(path: str) -> str:
     return _CONVERTOR.sub(r"{\1}", path)
 
 
-def _mount_template(scope: Scope, root_path: str) -> str | None:
-    """The templates of the mounts the request went through (``/t/{tenant}``), ``""`` without
-    one, ``None`` when the mounts' prefix cannot be mapped to templates.
+def _mount_template(scope: Scope, current: str, root_path: str) -> str | None:
+    """The templates of the mounts the request went through (``/t/{tenant}``), ``None`` when
+    the mounts' prefix cannot be mapped to templates.
 
-    Mounts grew ``root_path`` from ``root_path`` (at the middleware) to the scope's; the walk
+    Mounts grew ``root_path`` from ``root_path`` (at the middleware) to ``current``; the walk
     re-matches the path against the app's own ``Mount`` routes, level by level, with their
     convertors (``{tenant:int}`` matches ``0007``), until it accounts for that exact prefix.
     It runs only for requests that went through a mount, and matches only mounts."""
-    current = scope.get("root_path")
-    if not isinstance(current, str) or current == root_path:
-        return ""
     routing = sys.modules.get("starlette.routing")
     router = scope.get("router")
     path = scope.get("path")
