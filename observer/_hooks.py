@@ -72,24 +72,31 @@ class Hooks:
         self.pending.append((self._report, hook, exc))
 
     def _report(self, hook: str, exc: Exception) -> None:
+        """Count ``exc`` as ``hook``'s and log the first one. Never raises: a failing log sink
+        (a structlog processor or the stream raising) is counted as ``hook="log"``."""
         self._child(hook).inc()
         if hook in self._logged:
             return
         self._logged.add(hook)
         frames = traceback.extract_tb(exc.__traceback__)
         where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "unknown"
-        # The exception's message is left out: a driver error can carry SQL parameters.
-        logger.error(
-            "observer.hook_error",
-            hook=hook,
-            error=type(exc).__name__,
-            location=where,
-            note="the app was not affected; further errors of this hook are only counted",
-        )
+        try:
+            # The exception's message is left out: a driver error can carry SQL parameters.
+            logger.error(
+                "observer.hook_error",
+                hook=hook,
+                error=type(exc).__name__,
+                location=where,
+                note="the app was not affected; further errors of this hook are only counted",
+            )
+        except Exception:
+            self._child("log").inc()  # counted, not logged: logging is what fails
 
     def drain(self) -> None:
-        """Run the work deferred out of hooks, in order. Safe to call from any thread."""
+        """Run the work deferred out of hooks, in order. Safe to call from any thread; never
+        raises."""
         pending = self.pending
+        report = self._report
         while True:
             try:
                 item = pending.popleft()
@@ -99,5 +106,6 @@ class Hooks:
             try:
                 fn(*args)
             except Exception as exc:  # a bug of ours; never let it stop the drain
-                if fn is not self._report:
-                    self._report("drain", exc)
+                # ``==``, not ``is``: each ``self._report`` is a new bound method object
+                if fn != report:
+                    report("drain", exc)

@@ -121,22 +121,62 @@ SECRET_KEYS = re.compile(
     re.IGNORECASE,
 )
 REDACTED = "[REDACTED]"
+# Where a value PostgreSQL or SQLAlchemy quoted ends, when the value itself may hold quotes,
+# brackets, parentheses or line breaks: at the next field of the error (psycopg and asyncpg
+# put DETAIL, HINT, CONTEXT... on lines of their own), SQLAlchemy's next block, the next
+# exception of a printed chain, or the end of the text. A value is never cut short at a
+# character it may contain: whatever follows it up to there goes too.
+_END = (
+    r"(?=\n(?:DETAIL|HINT|CONTEXT|WHERE|STATEMENT|QUERY|LOCATION):  "
+    r"|\n\[SQL: |\n\[parameters: |\n\[SQL parameters hidden|\n\(Background on this error at: "
+    r"|\n\nThe above exception was |\n\nDuring handling of the above exception|\Z)"
+)
 _SCRUBS = (
     # user:password@ in URLs and DSNs
     (re.compile(r"(\b[a-zA-Z][\w+.-]*://[^:/@\s]*:)[^@\s]+@"), r"\1***@"),
-    # SQLAlchemy's error text: "[SQL: ...]" and "[parameters: ...]" blocks
-    (re.compile(r"\[SQL: .*?\](?=\n|$)", re.DOTALL), "[SQL: REDACTED]"),
-    (re.compile(r"\[parameters: .*?\](?=\n|$)", re.DOTALL), "[parameters: REDACTED]"),
+    # SQLAlchemy's error text: "[SQL: ...]" (SQL may hold "]" at a line end) and "[parameters:
+    # ...]" (a repr: one line); an "[SQL: " left without its usual end goes to the end
+    (re.compile(r"\[SQL: .*?\]" + _END, re.DOTALL), "[SQL: REDACTED]"),
+    (re.compile(r"\[SQL: (?!REDACTED\]).*?" + _END, re.DOTALL), "[SQL: REDACTED]"),
+    (re.compile(r"\[parameters: .*?\](?=\n|\Z)", re.DOTALL), "[parameters: REDACTED]"),
     # asyncpg quotes the bad value: "invalid input for query argument $1: 'ssn-...' (...)"
     (re.compile(r"(query argument \$\d+:).*"), r"\1 REDACTED"),
-    # PostgreSQL: 'invalid input syntax for type integer: "abc"', 'Key (email)=(x) exists'
-    (re.compile(r'(invalid input syntax for [\w ]+:) ".*?"'), r"\1 REDACTED"),
-    (re.compile(r"(Key \([^)]*\))=\(.*?\)"), r"\1=(REDACTED)"),
+    # PostgreSQL quotes the bad value without escaping it: 'invalid input syntax for type
+    # integer: "abc"', 'invalid input value for enum mood: "x"'; in a longer line, to its end
+    (
+        re.compile(r'(invalid input (?:syntax|value) for [^:\n]*:) ".*?"' + _END, re.DOTALL),
+        r"\1 REDACTED",
+    ),
+    (re.compile(r'(invalid input (?:syntax|value) for [^:\n]*:) (?!REDACTED)".*'), r"\1 REDACTED"),
+    # JSON: 'DETAIL:  Token "x" is invalid.', 'CONTEXT:  JSON data, line 1: x...'
+    (re.compile(r'(Token )".*?"( is invalid)', re.DOTALL), r'\1"REDACTED"\2'),
+    (re.compile(r"(JSON data, line \d+:).*"), r"\1 REDACTED"),
+    # 'DETAIL:  Failing row contains (...)': every column of the row, any character
+    (re.compile(r"(Failing row contains )\(.*?" + _END, re.DOTALL), r"\1(REDACTED)"),
+    # 'Key (email)=(x) already exists' (also "is not present in table", "is duplicated",
+    # "conflicts with existing key (...)=(...)"): the value may hold ")" and line breaks
+    (
+        re.compile(
+            r"(Key \(.*?\))=\(.*\)"
+            r"(?= already exists| is not present in table| is duplicated| conflicts with)"
+        ),
+        r"\1=(REDACTED)",
+    ),
+    (
+        re.compile(r"((?:Key|existing key) \(.*?\))=\((?!REDACTED\)).*?" + _END, re.DOTALL),
+        r"\1=(REDACTED)",
+    ),
+    # 'CONTEXT:  unnamed portal parameter $1 = '...'' (log_parameter_max_length_on_error > 0)
+    (
+        re.compile(r"(portal (?:\"[^\"\n]*\" )?parameter \$\d+ = ).*?" + _END, re.DOTALL),
+        r"\1REDACTED",
+    ),
 )
 
 
 def scrub(text: str) -> str:
-    """``text`` without URL passwords, SQL text, SQL parameters or quoted bad values."""
+    """``text`` without URL passwords, SQL text, SQL parameters or the values PostgreSQL quotes
+    in its errors (bad input, failing rows, duplicate keys, JSON tokens)."""
     for pattern, replacement in _SCRUBS:
         text = pattern.sub(replacement, text)
     return text

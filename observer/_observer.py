@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import weakref
-from time import perf_counter
 from typing import TYPE_CHECKING, Unpack
 
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -17,7 +16,7 @@ from observer._engines import sync_engine_of
 from observer._hooks import Hooks
 from observer._logs import RateLimiter, emit
 from observer._sweeper import Sweeper
-from observer._types import LeakSnapshot, PoolSnapshot, SessionSnapshot, Snapshot
+from observer._types import Snapshot
 from observer.asgi._middleware import ObserverMiddleware
 from observer.asgi._requests import Requests
 from observer.attribution._route_metrics import RouteMetrics
@@ -36,6 +35,7 @@ from observer.metrics._server import MetricsServer
 from observer.pool._live import LivePools
 from observer.pool._tracker import PoolState, PoolTracker
 from observer.sessions import _origin as origins
+from observer.sessions._snapshot import read_snapshot
 from observer.sessions._tracker import SessionTracker
 from observer.settings import ConfigurationError, Options, Settings
 
@@ -96,7 +96,8 @@ class Observer:
                 host=self.settings.metrics_host,
                 port=self.settings.metrics_port,
                 token=self.settings.metrics_token,
-                share_port=self.multiprocess,  # every worker serves the same aggregate
+                share_port=self.settings.metrics_port_shared,  # opt-in: see its docstring
+                on_error=lambda exc: self.hooks.failed("metrics_port", exc),
             )
         try:
             self.metrics = Metrics(self.registry, multiprocess=self.multiprocess)
@@ -108,14 +109,16 @@ class Observer:
                 "observer.instrument(), which reuses it, or give each Observer its own "
                 f"registry=CollectorRegistry() ({exc})"
             ) from None
+        self.hooks = Hooks(self.metrics.hook_errors)
+        collect_failed = self.hooks.reporter("collect")  # a scrape never raises; it counts
+        self._state_failed = self.hooks.reporter("pool_state")
         if not self.multiprocess:  # (multiprocess mode batches nothing: see pool/_tracker.py)
             # The families the hot path sums per thread are read through one collector that adds
             # the sums no flush has moved yet: exact in a full or a filtered scrape.
             families = batched_families(self.metrics)
             for family in families:
                 self.registry.unregister(family)
-            self.registry.register(BatchedCollector(families, self._unflushed))
-        self.hooks = Hooks(self.metrics.hook_errors)
+            self.registry.register(BatchedCollector(families, self._unflushed, collect_failed))
         self.limiter = RateLimiter()
         self.routes = RouteMetrics(self.metrics, max_routes=self.settings.max_routes)
         self.live_pools = LivePools(self.metrics, self.hooks)
@@ -138,9 +141,11 @@ class Observer:
         self._closed = False
         if not self.multiprocess:
             self.registry.register(
-                StateCollector(self._pool_states, self.live_pools.count, self._sessions_open)
+                StateCollector(
+                    self._pool_states, self.live_pools.count, self._sessions_open, collect_failed
+                )
             )
-            self.registry.register(RouteHeldCollector(self.route_connections_held))
+            self.registry.register(RouteHeldCollector(self.route_connections_held, collect_failed))
         _observers.add(self)
 
     # -- engines ----------------------------------------------------------------------------
@@ -251,12 +256,17 @@ class Observer:
         move what the hot path summed per thread (checkouts, waits, holds, sessions, finished
         requests) into prometheus-client. The sweeper does this every tick; a scrape does not
         (it reads the sums without moving them), so deferred work shows in the metrics at most
-        one ``sweep_interval_seconds`` late, in a full and a filtered scrape alike."""
+        one ``sweep_interval_seconds`` late, in a full and a filtered scrape alike.
+
+        Never raises: a step that fails is counted (``observer_hook_errors_total{hook="flush"}``)
+        and the others still run."""
         self.hooks.drain()
-        for tracker in list(self._trackers.values()):
-            tracker.flush()
-        self.sessions.flush()
-        self.routes.flush()
+        steps = [tracker.flush for tracker in list(self._trackers.values())]
+        for step in (*steps, self.sessions.flush, self.routes.flush):
+            try:
+                step()
+            except Exception as exc:
+                self.hooks.failed("flush", exc)
 
     def _unflushed(self, view: Unflushed) -> None:
         """Add to ``view`` what the hot path summed and no flush has moved yet (a scrape; the
@@ -321,7 +331,15 @@ class Observer:
             )
 
     def _pool_states(self) -> list[tuple[str, PoolState]]:
-        return [(tracker.name, tracker.state()) for tracker in list(self._trackers.values())]
+        """Each watched pool's state; a pool whose state cannot be read is left out and counted
+        (``hook="pool_state"``, lock-free: scrapes and OpenTelemetry callbacks call this)."""
+        states = []
+        for tracker in list(self._trackers.values()):
+            try:
+                states.append((tracker.name, tracker.state()))
+            except Exception as exc:
+                self._state_failed(exc)
+        return states
 
     def _sessions_open(self) -> int:
         return len(self.sessions.open)
@@ -350,44 +368,22 @@ class Observer:
 
     def metrics_endpoint(self) -> MetricsEndpoint:
         """An ASGI app serving this observer's metrics."""
-        return MetricsEndpoint(self.registry, token=self.settings.metrics_token)
+        return MetricsEndpoint(
+            self.registry,
+            token=self.settings.metrics_token,
+            on_error=self.hooks.reporter("metrics"),
+        )
 
     # -- inspection ---------------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
-        """Pools and open sessions right now, as plain data (for a health or debug endpoint)."""
+        """Pools and open sessions right now, as plain data (for a health or debug endpoint).
+
+        Never raises: a part that cannot be read is left out (``pools`` lists the pools whose
+        state could be read) and counted in ``observer_hook_errors_total{hook="snapshot"}``
+        (``"pool_state"`` for a pool) before this call returns."""
         self.flush()
-        now = perf_counter()
-        return {
-            "pools": [_pool_snapshot(name, state) for name, state in self._pool_states()],
-            "live_pools": self.live_pools.count(),
-            "sessions": [
-                SessionSnapshot(
-                    age_seconds=round(now - record.started, 3),
-                    route=record.route,
-                    request_id=record.scope.request_id if record.scope else None,
-                    origin=str(record.origin) if record.origin else None,
-                    leak=record.reported,
-                )
-                for record in sorted(self.sessions.open.values(), key=lambda r: r.started)
-            ],
-            "leaks": [
-                LeakSnapshot(reason=reason, route=route, origin=origin, count=count)
-                for (reason, route, origin), count in sorted(
-                    self.sessions.leak_origins.items(), key=lambda item: -item[1]
-                )
-            ],
-        }
-
-
-def _pool_snapshot(name: str, state: PoolState) -> PoolSnapshot:
-    """``name`` and every field of ``state`` (tests/core pins that the keys are the same)."""
-    return PoolSnapshot(
-        name=name,
-        size=state.size,
-        max_connections=state.max_connections,
-        checked_out=state.checked_out,
-        checked_in=state.checked_in,
-        overflow=state.overflow,
-        waiting=state.waiting,
-    )
+        failed = self.hooks.reporter("snapshot")
+        snapshot = read_snapshot(self._pool_states, self.live_pools.count, self.sessions, failed)
+        self.hooks.drain()  # count this call's errors now
+        return snapshot

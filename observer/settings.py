@@ -58,7 +58,10 @@ class Settings:
     """Path of the live page (e.g. ``/observer``): pools and open sessions with age, route and
     origin, refreshing every 2 s; ``<path>/snapshot.json`` is ``snapshot()`` as JSON; ``None``:
     off. A path of its own (not ``/``, not ``metrics_path``, no ``..``). It shows routes and
-    code locations: serve it only where /metrics would be acceptable too."""
+    code locations: serve it only where /metrics would be acceptable too. Both ask for
+    ``metrics_token`` when one is set: ``Authorization: Bearer <token>`` (``curl -H``), or in a
+    browser ``<path>?token=<token>`` (the page then sends it as the header and drops it from the
+    address bar)."""
 
     request_end_grace_seconds: float = 1.0
     """How long after a response ended a session the request opened may still hold its
@@ -90,12 +93,20 @@ class Settings:
 
     metrics_port: int | None = None
     """Also serve the metrics on this port, from a thread (off the app's event loop and its
-    public port); ``0`` picks a free port; ``None``: no separate port. With
-    ``PROMETHEUS_MULTIPROC_DIR`` every worker binds it (``SO_REUSEPORT``) and any of them serves
-    the sum of all workers."""
+    public port); ``0`` picks a free port; ``None``: no separate port. A port another process
+    already listens on is a ``ConfigurationError`` (unless both opted in to
+    ``metrics_port_shared``). Each connection must send its request within a few seconds, and
+    at most 16 are served at once (more wait, then get a 503)."""
 
     metrics_host: str = "127.0.0.1"
     """Address ``metrics_port`` listens on (``0.0.0.0`` to be scraped from other hosts)."""
+
+    metrics_port_shared: bool = False
+    """Let the workers of one multi-process server (``PROMETHEUS_MULTIPROC_DIR``) all bind
+    ``metrics_port`` (``SO_REUSEPORT``): the kernel spreads scrapes over them and any of them
+    serves the sum of all workers. A trust boundary: any process of the same OS user that also
+    sets ``SO_REUSEPORT`` can then bind the port too, receive scrapes and read their bearer
+    tokens; only opt in where every process of that user is trusted. Off: a second bind fails."""
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -147,6 +158,7 @@ class Options(TypedDict, total=False):
     metrics_token: str | None
     metrics_port: int | None
     metrics_host: str
+    metrics_port_shared: bool
 
 
 def _parse_env(env_name: str, raw: str, hint: object) -> object:
@@ -237,7 +249,13 @@ def _check_seconds(settings: Settings) -> None:
 
 
 def _check_flags(settings: Settings) -> None:
-    for name in ("capture_origin", "server_timing", "log_requests", "tracing"):
+    for name in (
+        "capture_origin",
+        "server_timing",
+        "log_requests",
+        "tracing",
+        "metrics_port_shared",
+    ):
         value = getattr(settings, name)
         if not isinstance(value, bool):
             raise ConfigurationError(f"{name} must be True or False (got {value!r})")

@@ -55,7 +55,16 @@ class ObserverMiddleware:
         self.metrics_path = observer.settings.metrics_path
         self.metrics = observer.metrics_endpoint()
         live_path = observer.settings.live_page_path
-        self.live_page = LivePage(observer.snapshot, live_path) if live_path else None
+        self.live_page = (
+            LivePage(
+                observer.snapshot,
+                live_path,
+                token=observer.settings.metrics_token,  # what /metrics asks for, it asks for too
+                failed=observer.hooks.reporter("live_page"),
+            )
+            if live_path
+            else None
+        )
         self.server_timing = observer.settings.server_timing
         # With request logs on, every request needs its scope from the start (status, duration,
         # id); otherwise it is created when the request first uses the pool (request_now).

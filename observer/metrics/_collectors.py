@@ -3,13 +3,15 @@
 Gauges kept by inc/dec drift (a connection the garbage collector reclaims fires no checkin),
 so the pool gauges are read from the pool at scrape time: exact, and free on the hot path. The
 counters the hot path sums per thread are read as prometheus-client's values plus the sums not
-moved yet (:class:`BatchedCollector`).
+moved yet (:class:`BatchedCollector`). A collector never raises into a scrape: a source that
+fails leaves its part out and is reported to ``failed`` (the observer counts it as
+``observer_hook_errors_total{hook="collect"}``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
@@ -29,6 +31,20 @@ from observer.metrics._families import (
 
 if TYPE_CHECKING:  # the pool layer is above this one: its state type is only named here
     from observer.pool._state import PoolState
+
+T = TypeVar("T")
+Failed = Callable[[Exception], None]
+"""Reports an exception a collector caught (lock-free: it runs inside a scrape)."""
+
+
+def _read(read: Callable[[], T], default: T, failed: Failed) -> T:
+    """``read()``, or ``default`` once ``failed`` got the exception it raised."""
+    try:
+        return read()
+    except Exception as exc:
+        failed(exc)
+        return default
+
 
 _FIELDS = {
     "sqlalchemy_pool_size": "size",
@@ -57,10 +73,14 @@ class BatchedCollector(Collector):
     """
 
     def __init__(
-        self, families: Sequence[MetricWrapperBase], unflushed: Callable[[Unflushed], None]
+        self,
+        families: Sequence[MetricWrapperBase],
+        unflushed: Callable[[Unflushed], None],
+        failed: Failed,
     ) -> None:
         self._families = tuple(families)
         self._unflushed = unflushed
+        self._failed = failed
 
     def describe(self) -> Iterable[Metric]:
         for family in self._families:
@@ -70,7 +90,9 @@ class BatchedCollector(Collector):
         view = Unflushed()
         with LOCK:  # no flush moves sums between reading prometheus-client and the threads
             collected = [(family, list(family.collect())) for family in self._families]
-            self._unflushed(view)
+            # Should a source fail, the sums read so far are added: the counters then show
+            # prometheus-client's values plus part of the unflushed sums (low, never invented).
+            _read(lambda: self._unflushed(view), None, self._failed)
         for family, metrics in collected:
             for metric in metrics:
                 metric.samples = view.add_to(family, metric.samples)
@@ -101,10 +123,12 @@ class StateCollector(Collector):
         pools: Callable[[], Sequence[tuple[str, PoolState]]],
         live_pools: Callable[[], int],
         sessions_open: Callable[[], int],
+        failed: Failed,
     ) -> None:
         self._pools = pools
         self._live_pools = live_pools
         self._sessions_open = sessions_open
+        self._failed = failed
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         for name, help_text in POOL_GAUGES.items():
@@ -117,26 +141,32 @@ class StateCollector(Collector):
             name: GaugeMetricFamily(name, help_text, labels=["pool"])
             for name, help_text in POOL_GAUGES.items()
         }
-        for pool, state in self._pools():
+        pools: Sequence[tuple[str, PoolState]] = _read(self._pools, (), self._failed)
+        for pool, state in pools:
             for name, value in gauge_values(state).items():
                 families[name].add_metric([pool], value)
         yield from families.values()
-        yield GaugeMetricFamily(LIVE_POOLS, LIVE_POOLS_HELP, value=self._live_pools())
-        yield GaugeMetricFamily(SESSIONS_OPEN, SESSIONS_OPEN_HELP, value=self._sessions_open())
+        # a value that cannot be read leaves its family without a sample (absent, not 0)
+        live_pools = _read(self._live_pools, None, self._failed)
+        yield GaugeMetricFamily(LIVE_POOLS, LIVE_POOLS_HELP, value=live_pools)
+        sessions_open = _read(self._sessions_open, None, self._failed)
+        yield GaugeMetricFamily(SESSIONS_OPEN, SESSIONS_OPEN_HELP, value=sessions_open)
 
 
 class RouteHeldCollector(Collector):
     """``sqlalchemy_route_connections_held{route}``: connections held now, by the route of the
     request that checked them out, read from the checkout stamps at scrape time."""
 
-    def __init__(self, held: Callable[[], Mapping[str, int]]) -> None:
+    def __init__(self, held: Callable[[], Mapping[str, int]], failed: Failed) -> None:
         self._held = held
+        self._failed = failed
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         yield GaugeMetricFamily(ROUTE_HELD, ROUTE_HELD_HELP, labels=["route"])
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         family = GaugeMetricFamily(ROUTE_HELD, ROUTE_HELD_HELP, labels=["route"])
-        for route, count in sorted(self._held().items()):
+        held: Mapping[str, int] = _read(self._held, {}, self._failed)
+        for route, count in sorted(held.items()):
             family.add_metric([route], count)
         yield family

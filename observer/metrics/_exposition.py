@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -50,17 +51,27 @@ def authorized(header: str | None, token: str | None) -> bool:
 
 
 UNAUTHORIZED_BODY = b"a bearer token is required (Authorization: Bearer <metrics_token>)\n"
+RENDER_FAILED_BODY = b"the metrics could not be rendered\n"
 CHALLENGE = 'Bearer realm="metrics"'
 
 
 class MetricsEndpoint:
     """``GET`` the metrics; rendering runs in a thread so a slow scrape never blocks requests.
 
-    With a ``token``, a request without ``Authorization: Bearer <token>`` gets a 401."""
+    With a ``token``, a request without ``Authorization: Bearer <token>`` gets a 401. A render
+    that raises (a collector of the app's own) is a 500 reported to ``on_error``, never an
+    exception into the server."""
 
-    def __init__(self, registry: CollectorRegistry, *, token: str | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        token: str | None = None,
+        on_error: Callable[[Exception], None] | None = None,
+    ) -> None:
         self.registry = registry
         self._token = token
+        self._on_error = on_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("method") not in ("GET", "HEAD"):
@@ -82,7 +93,13 @@ class MetricsEndpoint:
                 extra=[(b"www-authenticate", CHALLENGE.encode())],
             )
             return
-        body, content_type = await asyncio.to_thread(render, self.registry, accept)
+        try:
+            body, content_type = await asyncio.to_thread(render, self.registry, accept)
+        except Exception as exc:
+            if self._on_error is not None:
+                self._on_error(exc)
+            await _respond(send, 500, RENDER_FAILED_BODY, "text/plain; charset=utf-8")
+            return
         await _respond(send, 200, b"" if scope["method"] == "HEAD" else body, content_type)
 
 
@@ -100,6 +117,8 @@ async def _respond(
             "headers": [
                 (b"content-type", content_type.encode("latin-1")),
                 (b"content-length", str(len(body)).encode("latin-1")),
+                (b"x-content-type-options", b"nosniff"),
+                (b"cache-control", b"no-store"),
                 *(extra or []),
             ],
         }

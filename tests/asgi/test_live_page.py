@@ -23,6 +23,7 @@ from tests.helpers import require
 
 pytestmark = pytest.mark.postgres
 
+TOKEN = "live-" + uuid.uuid4().hex
 LEAK_ROW_RGB = (255, 214, 214)  # tr.leak td { background: #ffd6d6 } in observer/asgi/_live_page.py
 CHROMIUM_FLAGS = [
     "--headless",
@@ -57,7 +58,8 @@ async def test_live_page_shows_the_pool_and_a_leaked_session(
 ) -> None:
     """A session left open past the leak threshold appears in the live page's table, marked as a
     leak (a red row in the screenshot), with its route and the line that opened it; the pool
-    row shows the connection it holds."""
+    row shows the connection it holds. The page runs under its Content-Security-Policy and
+    behind the metrics token, given in the URL as a browser does."""
     engine = make_engine(pool_size=3, max_overflow=0)
     app = FastAPI()
     kept: list[AsyncSession] = []
@@ -74,6 +76,7 @@ async def test_live_page_shows_the_pool_and_a_leaked_session(
         engine,
         registry=registry,
         live_page_path="/observer",
+        metrics_token=TOKEN,  # the browser brings it as ?token= and the page sends it on
         leak_threshold_seconds=0.2,
         sweep_interval_seconds=0.05,
     )
@@ -85,7 +88,7 @@ async def test_live_page_shows_the_pool_and_a_leaked_session(
                 break
             await asyncio.sleep(0.02)
         port = server.servers[0].sockets[0].getsockname()[1]
-        url = f"http://127.0.0.1:{port}/observer"
+        url = f"http://127.0.0.1:{port}/observer?token={TOKEN}"
         await chromium(tmp_path, "--dump-dom", f"http://127.0.0.1:{port}/reports/daily")
         await asyncio.sleep(0.4)  # past the threshold: the sweeper marks it too_old
 
@@ -137,8 +140,16 @@ async def test_live_page_is_off_unless_enabled(
         obs.close()
 
 
-async def _get(app: Any, path: str, root_path: str = "") -> tuple[int, dict[str, str], bytes]:
-    """One GET through ``app`` as a bare ASGI call: status, headers and body."""
+async def _get(
+    app: Any,
+    path: str,
+    root_path: str = "",
+    *,
+    method: str = "GET",
+    query: bytes = b"",
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request through ``app`` as a bare ASGI call: status, headers and body."""
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:  # pragma: no cover - the page reads no body
@@ -147,11 +158,18 @@ async def _get(app: Any, path: str, root_path: str = "") -> tuple[int, dict[str,
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": "GET", "path": path, "root_path": root_path}
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "root_path": root_path,
+        "query_string": query,
+        "headers": headers or [],
+    }
     await app(scope, receive, send)
     start, body = sent
-    headers = {key.decode(): value.decode() for key, value in start["headers"]}
-    return start["status"], headers, body["body"]
+    response_headers = {key.decode(): value.decode() for key, value in start["headers"]}
+    return start["status"], response_headers, body["body"]
 
 
 async def test_live_page_serves_the_snapshot_callable_it_is_given() -> None:
@@ -269,3 +287,147 @@ async def test_snapshot_json_has_the_snapshot_keys_and_values(
     }
     assert 0.2 <= age < 30
     assert snap["leaks"] == [{"reason": "too_old", "route": "none", "origin": origin, "count": 1}]
+
+
+# -- the page behind the token, its headers, and what it embeds -----------------------------
+
+EMPTY: Any = {"pools": [], "live_pools": 0, "sessions": [], "leaks": []}
+
+
+async def test_the_page_and_its_json_ask_for_the_metrics_token() -> None:
+    """With metrics_token (and metrics_path=None), the page and snapshot.json answer 401 with
+    ``WWW-Authenticate: Bearer`` without the token, with a wrong one or another scheme; the
+    bearer header or the ``token`` query parameter opens both; the token is not in the page."""
+    import httpx
+    from fastapi import FastAPI
+
+    app = FastAPI()
+    obs = observer.instrument(
+        app,
+        registry=CollectorRegistry(),
+        metrics_path=None,
+        live_page_path="/observer",
+        metrics_token=TOKEN,
+    )
+    results: dict[str, tuple[int, str | None]] = {}
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            for path in ("/observer", "/observer/snapshot.json"):
+                for name, params, headers in (
+                    ("none", {}, {}),
+                    ("wrong header", {}, {"authorization": f"Bearer {TOKEN}x"}),
+                    ("basic", {}, {"authorization": f"Basic {TOKEN}"}),
+                    ("wrong query", {"token": TOKEN[:-1]}, {}),
+                    ("empty query", {"token": ""}, {}),
+                    ("header", {}, {"authorization": f"Bearer {TOKEN}"}),
+                    ("query", {"token": TOKEN}, {}),
+                ):
+                    response = await client.get(path, params=params, headers=headers)
+                    challenge = response.headers.get("www-authenticate")
+                    results[f"{path} {name}"] = (response.status_code, challenge)
+                    if response.status_code == 200 and path == "/observer":
+                        assert TOKEN not in response.text
+    finally:
+        obs.close()
+    denied = (401, 'Bearer realm="metrics"')
+    assert results == {
+        f"{path} {name}": denied if name not in ("header", "query") else (200, None)
+        for path in ("/observer", "/observer/snapshot.json")
+        for name in (
+            "none", "wrong header", "basic", "wrong query", "empty query", "header", "query"
+        )
+    }  # fmt: skip
+
+
+def _scripts(body: bytes) -> list[str]:
+    return re.findall(r"<script>(.*?)</script>", body.decode(), re.S)
+
+
+def _csp_hash(source: str) -> str:
+    import base64
+    import hashlib
+
+    return "'sha256-" + base64.b64encode(hashlib.sha256(source.encode()).digest()).decode() + "'"
+
+
+async def test_every_response_sends_the_security_headers() -> None:
+    """The page, its JSON, the 401 and a 405 each send nosniff, no-store, no-referrer and a
+    Content-Security-Policy that loads nothing but the page's own script and style (by hash)
+    and fetches from its own origin only."""
+    from observer.asgi._live_page import LivePage
+
+    page = LivePage(lambda: EMPTY, "/observer", token=TOKEN)
+    bearer = [(b"authorization", f"Bearer {TOKEN}".encode())]
+    html = await _get(page, "/observer", headers=bearer)
+    responses = {
+        "page": html,
+        "json": await _get(page, "/observer/snapshot.json", headers=bearer),
+        "401": await _get(page, "/observer"),
+        "405": await _get(page, "/observer", method="POST", headers=bearer),
+        "HEAD": await _get(page, "/observer", method="HEAD", headers=bearer),
+    }
+    assert {name: status for name, (status, _, _) in responses.items()} == {
+        "page": 200,
+        "json": 200,
+        "401": 401,
+        "405": 405,
+        "HEAD": 200,
+    }
+    nothing = "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    [script] = _scripts(html[2])
+    style = re.findall(r"<style>(.*?)</style>", html[2].decode(), re.S)[0]
+    page_policy = (
+        f"default-src 'none'; script-src {_csp_hash(script)}; style-src {_csp_hash(style)}; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+    for name, (_, headers, _) in responses.items():
+        assert headers["x-content-type-options"] == "nosniff", name
+        assert headers["cache-control"] == "no-store", name
+        assert headers["referrer-policy"] == "no-referrer", name
+        policy = page_policy if name in ("page", "HEAD") else nothing
+        assert headers["content-security-policy"] == policy, name
+    assert responses["HEAD"][2] == b""
+    assert responses["405"][1]["allow"] == "GET, HEAD"
+
+
+async def test_root_path_is_embedded_as_a_safe_script_literal() -> None:
+    """A hostile root_path (from a proxy header) cannot close the script, open a comment or
+    break the line: it is JSON with <, >, & and U+2028/U+2029 escaped, and reads back as the
+    same string."""
+    import json
+
+    from observer.asgi._live_page import LivePage
+
+    hostile = "/p</script><script>alert(1)</script><!--&\u2028\u2029"
+    status, _, body = await _get(LivePage(lambda: EMPTY, "/observer"), "/observer", hostile)
+    assert status == 200
+    [script] = _scripts(body)
+    assert "alert(1)" not in body.decode().replace(script, "")  # never outside the script
+    [literal] = re.findall(r"^const SNAPSHOT = (.*);$", script, re.M)
+    assert literal == (
+        '"/p\\u003c/script\\u003e\\u003cscript\\u003ealert(1)\\u003c/script\\u003e'
+        '\\u003c!--\\u0026\\u2028\\u2029/observer/snapshot.json"'
+    )
+    assert json.loads(literal) == hostile + "/observer/snapshot.json"
+
+
+async def test_a_snapshot_that_raises_is_a_counted_503() -> None:
+    """A snapshot callable that raises gives a JSON 503 with a fixed message (not the
+    exception's text) and is reported to ``failed``; the page itself still loads."""
+    from observer.asgi._live_page import LivePage
+
+    failures: list[Exception] = []
+
+    def broken() -> Any:
+        raise RuntimeError("secret detail")
+
+    page = LivePage(broken, "/observer", failed=failures.append)
+    status, headers, body = await _get(page, "/observer/snapshot.json")
+    assert (status, headers["content-type"], body) == (
+        503,
+        "application/json",
+        b'{"error": "the snapshot could not be read"}',
+    )
+    assert [str(exc) for exc in failures] == ["secret detail"]
+    assert (await _get(page, "/observer"))[0] == 200

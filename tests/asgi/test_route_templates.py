@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -221,7 +222,7 @@ async def test_a_route_that_cannot_be_resolved_never_fails_the_request(
 
 def test_route_template_of_odd_scopes_is_unmatched() -> None:
     """Scopes without a route, with a route lacking a path, or with odd types give the fixed
-    label; a mount prefix outside the app root is ignored."""
+    label; a mount prefix that no router accounts for is never used as a label: unmatched."""
     assert route_template({}) == UNMATCHED
     assert route_template({"route": object()}) == UNMATCHED
     assert route_template({"route": Route("/x/{y}", lambda r: None), "root_path": 5}) == "/x/{y}"
@@ -230,5 +231,127 @@ def test_route_template_of_odd_scopes_is_unmatched() -> None:
             {"route": Route("/x", lambda r: None), "root_path": "/a", "app_root_path": "/b"},
             root_path="/c",
         )
-        == "/x"
+        == UNMATCHED
     )
+    # root_path grew by "/t/7" but there is no router to map it back to a template
+    leaf = Route("/items", lambda r: None)
+    scope = {"route": leaf, "path": "/t/7/items", "root_path": "/t/7"}
+    assert route_template(scope) == UNMATCHED
+    # a router whose mounts do not account for the prefix
+    router = Starlette(routes=[Mount("/other/{x}", routes=[leaf])]).router
+    assert route_template({**scope, "router": router}) == UNMATCHED
+    assert route_template({**scope, "router": router, "root_path": "/other/7"}) == UNMATCHED
+    assert (
+        route_template(
+            {**scope, "router": router, "path": "/other/7/items", "root_path": "/other/7"}
+        )
+        == "/other/{x}/items"
+    )
+
+
+# -- mounts with parameters: every convertor, nested, at "/", FastAPI sub-apps and routers ---
+
+
+async def _ok(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("ok")
+
+
+def tenant_app() -> Starlette:
+    """Mounts with a parameter of each Starlette convertor, nested mounts, a mount at "/" and
+    a mounted FastAPI app with prefixed routers (one holding a mount of its own)."""
+    tenant_api = FastAPI()
+    orders = APIRouter(prefix="/orders")
+
+    @orders.get("/{order_id}")
+    async def order(order_id: int) -> int:
+        return order_id
+
+    tenant_api.include_router(orders, prefix="/api/{version}")
+    shelf = FastAPI()
+
+    @shelf.get("/books/{book}")
+    async def book(book: int) -> int:
+        return book
+
+    shelves = APIRouter()
+    shelves.mount("/shelf/{shelf:int}", shelf)
+    tenant_api.include_router(shelves, prefix="/lib/{lib}")
+    return Starlette(
+        routes=[
+            Route("/health", _ok),
+            Mount("/s/{tenant}", routes=[Route("/items/{item_id:int}", _ok)]),
+            Mount("/i/{tenant:int}", routes=[Route("/items/{item_id:int}", _ok)]),
+            Mount("/f/{tenant:float}", routes=[Route("/items/{item_id:int}", _ok)]),
+            Mount("/p/{rest:path}", routes=[Route("/leaf", _ok)]),
+            Mount("/u/{tenant:uuid}", routes=[Route("/items/{item_id:int}", _ok)]),
+            Mount(
+                "/org/{org:int}",
+                routes=[Mount("/team/{team}", routes=[Route("/members/{member}", _ok)])],
+            ),
+            Mount("/fa/{tenant:int}", app=tenant_api),
+            Mount("/", routes=[Mount("/r/{region:int}", routes=[Route("/z", _ok)])]),
+        ]
+    )
+
+
+TENANT_ROUTES = {
+    "/s/{tenant}/items/{item_id}": "/s/t{n}/items/{n}",
+    "/i/{tenant}/items/{item_id}": "/i/{n:04d}/items/{n}",
+    "/f/{tenant}/items/{item_id}": "/f/{n}.50/items/1",
+    "/p/{rest}/leaf": "/p/a{n}/b/leaf",
+    "/u/{tenant}/items/{item_id}": "/u/{uuid}/items/1",
+    "/org/{org}/team/{team}/members/{member}": "/org/{n:03d}/team/t{n}/members/m{n}",
+    "/fa/{tenant}/api/{version}/orders/{order_id}": "/fa/{n:05d}/api/v{n}/orders/{n}",
+    "/fa/{tenant}/lib/{lib}/shelf/{shelf}/books/{book}": "/fa/{n}/lib/l{n}/shelf/0{n}/books/{n}",
+    "/r/{region}/z": "/r/00{n}/z",
+}
+
+
+def tenant_path(template: str, n: int) -> str:
+    """The ``n``-th distinct concrete path of one of TENANT_ROUTES (upper-case UUIDs: the
+    uuid convertor turns them into lower-case values)."""
+    return TENANT_ROUTES[template].format(n=n, uuid=str(uuid.UUID(int=n)).upper())
+
+
+async def test_each_convertor_behind_a_mount_gives_the_template(
+    registry: CollectorRegistry,
+) -> None:
+    """Behind mounts with str, int, float, path and uuid parameters, nested mounts, a mount at
+    "/" and a mounted FastAPI app (prefixed routers, a mount inside an included router), each
+    request counts under its full template; a 404 inside a mount is the mount's ``/{path}``;
+    the route outside any mount keeps its own."""
+    obs = observer.Observer(registry=registry, metrics_path=None)
+    app = obs.middleware(tenant_app())
+    try:
+        paths = ["/health", "/i/0007/nothing"]
+        paths += [tenant_path(t, n) for t in TENANT_ROUTES for n in (7, 8)]
+        statuses = await get_all(app, paths)
+    finally:
+        obs.close()
+    assert statuses == [200, 404] + [200] * 2 * len(TENANT_ROUTES)
+    assert route_labels(registry) == {
+        "/health": 1.0,
+        "/i/{tenant}/{path}": 1.0,
+        **dict.fromkeys(TENANT_ROUTES, 2.0),
+    }
+
+
+async def test_five_thousand_tenants_give_one_label_per_route(registry: CollectorRegistry) -> None:
+    """5,000 distinct tenant paths spread over every kind of mount, behind a server root_path:
+    one route label per route, none counted as ``other`` (the 200-label budget is untouched)."""
+    obs = observer.Observer(registry=registry, metrics_path=None)
+    app = obs.middleware(tenant_app())
+    templates = list(TENANT_ROUTES)
+    try:
+        paths = [tenant_path(templates[n % len(templates)], n) for n in range(5000)]
+        assert len(set(paths)) == 5000
+        statuses = await get_all(app, paths, root_path="/proxy")
+    finally:
+        obs.close()
+    assert statuses == [200] * 5000
+    counts = {
+        t: float(sum(1 for n in range(5000) if n % len(templates) == i))
+        for i, t in enumerate(templates)
+    }
+    assert route_labels(registry) == counts
+    assert len(obs.routes.labels) == len(templates) + 1  # and "none"

@@ -8,6 +8,7 @@ import io
 import json
 import re
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -347,3 +348,117 @@ def test_redact_secrets_processor_masks_keys_urls_and_sql() -> None:
         scrub("boom\n[SQL: SELECT * FROM t WHERE ssn = 'x']\n[parameters: ('ssn-1',)]\n(more)")
         == "boom\n[SQL: REDACTED]\n[parameters: REDACTED]\n(more)"
     )
+
+
+# -- PostgreSQL's own errors: the values they quote ------------------------------------------
+
+FORMS = {
+    # name: (statement, parameters, planted secret, what the scrubbed exception text shows)
+    "not null": (
+        "INSERT INTO {t} (secret, n) VALUES (:s, NULL)",
+        {"s": "NOTNULL-SECRET\n) more"},
+        "NOTNULL-SECRET",
+        "DETAIL:  Failing row contains (REDACTED)",
+    ),
+    "enum": (
+        "INSERT INTO {t} (n, m) VALUES (1, :s)",
+        {"s": 'ENUM-SECRET" quoted'},
+        "ENUM-SECRET",
+        "invalid input value for enum {t}_mood: REDACTED",
+    ),
+    "json token": (
+        "INSERT INTO {t} (n, j) VALUES (1, :s)",
+        {"s": "JSONSECRET42"},
+        "JSONSECRET42",
+        'DETAIL:  Token "REDACTED" is invalid.',
+    ),
+    "unique key": (
+        "INSERT INTO {t} (n, u) VALUES (1, :s)",
+        {"s": "a)b KEY-SECRET"},
+        "KEY-SECRET",
+        "DETAIL:  Key (u)=(REDACTED) already exists.",
+    ),
+    "sql with ] at a line end": (
+        "SELECT ARRAY[1]\n, 'SQL-SECRET' AS s FROM {t} WHERE no_such_column",
+        {},
+        "SQL-SECRET",
+        "[SQL: REDACTED]\n(Background on this error at: ",
+    ),
+}
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+async def test_postgres_errors_lose_the_values_they_quote(
+    form: str, json_logs: io.StringIO, pg_url: str
+) -> None:
+    """A real asyncpg error from the real PostgreSQL, logged by the app with its traceback
+    through configure_logging(): the planted value is in the exception (checked) and in no
+    output line, where the scrubbed form of PostgreSQL's or SQLAlchemy's text shows instead."""
+    statement, params, secret, shown = FORMS[form]
+    table = f"t_{uuid.uuid4().hex[:8]}"
+    engine = create_async_engine(pg_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(f"CREATE TYPE {table}_mood AS ENUM ('ok')"))
+            await conn.execute(
+                text(
+                    f"CREATE TABLE {table} (secret text, n int NOT NULL, u text UNIQUE, "
+                    f"m {table}_mood, j json)"
+                )
+            )
+            if form == "unique key":
+                await conn.execute(text(f"INSERT INTO {table} (n, u) VALUES (0, :s)"), params)
+        raised = None
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text(statement.format(t=table)), params)
+        except Exception as exc:
+            raised = exc
+            structlog.get_logger("app").exception("db.failed", table=table)
+        async with engine.begin() as conn:
+            await conn.execute(text(f"DROP TABLE {table}"))
+            await conn.execute(text(f"DROP TYPE {table}_mood"))
+    finally:
+        await engine.dispose()
+    assert raised is not None
+    chain = f"{raised}\n{raised.__cause__}\n{raised.__cause__.__cause__}"
+    assert secret in chain  # planted where the form puts it
+    output = json_logs.getvalue()
+    assert secret not in output
+    [line] = [json.loads(line) for line in output.splitlines()]
+    values = "\n".join(exc["exc_value"] for exc in line["exception"])
+    assert shown.format(t=table) in values
+
+
+def test_scrub_ends_a_quoted_value_where_postgres_ends_it_not_at_a_quote_or_bracket() -> None:
+    """Values holding the characters that used to end them early (quotes, ")", "]", line
+    breaks), psycopg's CONTEXT lines, expression keys, exclusion conflicts and a message
+    embedded in a longer line: nothing of the value survives, the rest of the text does."""
+    cases = {
+        "x\nDETAIL:  Failing row contains (1, S3C\n), null).\nHINT:  h": (
+            "x\nDETAIL:  Failing row contains (REDACTED)\nHINT:  h"
+        ),
+        'invalid input value for enum mood: "S3C" x"\nCONTEXT:  c': (
+            "invalid input value for enum mood: REDACTED\nCONTEXT:  c"
+        ),
+        'retrying after: invalid input syntax for type integer: "S3C"; giving up': (
+            "retrying after: invalid input syntax for type integer: REDACTED"
+        ),
+        'DETAIL:  Token "S3C" is invalid.\nCONTEXT:  JSON data, line 1: S3C...': (
+            'DETAIL:  Token "REDACTED" is invalid.\nCONTEXT:  JSON data, line 1: REDACTED'
+        ),
+        "CONTEXT:  unnamed portal parameter $1 = 'S3C'": (
+            "CONTEXT:  unnamed portal parameter $1 = REDACTED"
+        ),
+        "DETAIL:  Key (lower(email))=(a)b\nS3C) already exists.\n[SQL: INSERT]": (
+            "DETAIL:  Key (lower(email))=(REDACTED)\n[SQL: REDACTED]"
+        ),
+        "Key (r)=([1,2)) conflicts with existing key (r)=([S3C,3)).": (
+            "Key (r)=(REDACTED) conflicts with existing key (r)=(REDACTED)"
+        ),
+        "boom\n[SQL: SELECT a[1]\n, 'S3C']\n[parameters: ('S3C',)]\n(Background on this error": (
+            "boom\n[SQL: REDACTED]\n[parameters: REDACTED]\n(Background on this error"
+        ),
+        "[SQL: SELECT a[1]\n, 'S3C'": "[SQL: REDACTED]",
+    }
+    assert {text: scrub(text) for text in cases} == cases

@@ -208,6 +208,12 @@ SETTINGS: dict[str, Row] = {
             ),
         ),
     ),
+    "metrics_port_shared": Row(
+        good=(True, False),
+        bad=(("yes", "metrics_port_shared must be True or False (got 'yes')"),),
+        env_good=(("1", True),),
+        env_bad=(("shared", "OBSERVER_METRICS_PORT_SHARED must be true or false (got 'shared')"),),
+    ),
     "metrics_host": Row(
         good=("127.0.0.1", "0.0.0.0", "::", "localhost", "metrics.internal", "db_1"),
         bad=(
@@ -565,7 +571,7 @@ def test_doctor_help_shows_defaults_and_units(capsys: pytest.CaptureFixture[str]
         "--replicas N copies of the app (containers, hosts) on the same database (default: 1)",
         "--pool-timeout SECONDS seconds a checkout waits for a free connection before it fails (default: 30, SQLAlchemy's, assumed)",  # noqa: E501
         "--connect-timeout SECONDS seconds to wait for the database's answer; the whole check waits at most twice that (default: 10)",  # noqa: E501
-        "--fail-on {error,warning,info} the lowest severity of a finding that makes the exit code 1 (default: warning)",  # noqa: E501
+        "--fail-on {error,warning,info,drift} the lowest severity of a finding that makes the exit code 1, or 'drift' to fail on a schema drift only (default: warning)",  # noqa: E501
         "--request-timeout SECONDS seconds a client or proxy waits for a response (default: 30, assumed)",  # noqa: E501
     ]:  # fmt: skip
         assert expected in text

@@ -253,8 +253,8 @@ async def test_paths_and_headers_do_not_become_label_values() -> None:
 
 
 def test_workers_of_one_server_share_the_metrics_port() -> None:
-    """In multiprocess mode each worker binds metrics_port with SO_REUSEPORT (any of them serves
-    the aggregate); without it a second bind fails."""
+    """With share_port (option metrics_port_shared) both servers bind one port with
+    SO_REUSEPORT and scrapes are served; tests/metrics/test_metrics_port.py has the refusals."""
     from observer.metrics._server import MetricsServer
 
     first = MetricsServer(
@@ -270,3 +270,154 @@ def test_workers_of_one_server_share_the_metrics_port() -> None:
             second.close()
     finally:
         first.close()
+
+
+# -- never raise where the app calls in ------------------------------------------------------
+
+
+class BrokenStream:
+    """A log stream whose every write fails (a closed pipe, a full disk)."""
+
+    def write(self, text: str) -> int:
+        raise OSError("the log sink is gone")
+
+    def flush(self) -> None:
+        raise OSError("the log sink is gone")
+
+
+def _raising_processor(logger: Any, method: str, event: Any) -> Any:
+    raise RuntimeError("a structlog processor failed")
+
+
+@pytest.fixture(params=["processor", "stream"])
+def failing_log_sink(request: pytest.FixtureRequest) -> Iterator[str]:
+    """structlog configured so that every log call raises: a processor or the stream fails."""
+    if request.param == "processor":
+        structlog.configure(processors=[_raising_processor])
+    else:
+        observer.configure_logging(stream=BrokenStream())  # type: ignore[arg-type]
+    try:
+        yield request.param
+    finally:
+        structlog.reset_defaults()
+
+
+def hook_errors(registry: CollectorRegistry) -> dict[str, float]:
+    """hook label -> observer_hook_errors_total, for the hooks that failed at least once."""
+    return {
+        sample.labels["hook"]: sample.value
+        for metric in registry.collect()
+        if metric.name == "observer_hook_errors"
+        for sample in metric.samples
+        if sample.name == "observer_hook_errors_total" and sample.value
+    }
+
+
+def test_a_failing_log_sink_never_escapes_flush_or_snapshot(failing_log_sink: str) -> None:
+    """With every log call raising, a hook error (deferred, as hooks report them) is counted
+    by ``flush()`` and ``snapshot()``, which return normally; the failed log line is counted
+    as ``hook="log"`` and nothing recurses."""
+    registry = CollectorRegistry()
+    obs = Observer(registry=registry, metrics_path=None)
+    try:
+        obs.hooks.failed("checkout", RuntimeError("a bug in a hook"))
+        obs.flush()
+        assert hook_errors(registry) == {"checkout": 1.0, "log": 1.0}
+        obs.hooks.failed("checkin", RuntimeError("another one"))
+        snapshot = obs.snapshot()
+        assert snapshot == {"pools": [], "live_pools": 0, "sessions": [], "leaks": []}
+        assert hook_errors(registry) == {"checkout": 1.0, "checkin": 1.0, "log": 2.0}
+    finally:
+        obs.close()
+
+
+def test_drain_reports_a_failing_report_once_and_goes_on() -> None:
+    """A deferred item that raises is counted under ``drain``; a failing report (its counter
+    raising) is not reported again, and the items after it still run."""
+    from observer._hooks import Hooks
+
+    registry = CollectorRegistry()
+    obs = Observer(registry=registry, metrics_path=None)
+    hooks: Hooks = obs.hooks
+    ran: list[str] = []
+
+    def broken() -> None:
+        raise RuntimeError("deferred work failed")
+
+    try:
+        hooks.pending.append((broken,))
+        hooks.pending.append((hooks._report, "no such hook", "not an exception"))
+        hooks.pending.append((ran.append, "after"))
+        hooks.drain()
+    finally:
+        obs.close()
+    assert ran == ["after"]
+    assert hook_errors(registry) == {"drain": 1.0, "no such hook": 1.0}
+
+
+@pytest.mark.postgres
+async def test_health_metrics_and_live_json_answer_while_logs_and_pool_state_fail(
+    failing_log_sink: str, make_engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log sink failing and the pool's state read raising (its ``checkedout``): the app's
+    own /health returning ``obs.snapshot()`` answers 200 (no pools: the one pool cannot be
+    read), so do /metrics (without that pool's gauges) and the live page's JSON; each failed
+    read is counted as ``hook="pool_state"``."""
+    engine = make_engine(pool_size=2)
+    app = FastAPI()
+    registry = CollectorRegistry()
+
+    @app.get("/health")
+    async def health() -> Any:
+        return obs.snapshot()
+
+    obs = observer.instrument(app, engine, registry=registry, live_page_path="/observer")
+
+    def broken_state() -> int:
+        raise RuntimeError("pool internals changed")
+
+    monkeypatch.setattr(engine.sync_engine.pool, "checkedout", broken_state)
+    try:
+        health = await _get(app, "/health")
+        metrics = await _get(app, "/metrics")
+        live = await _get(app, "/observer/snapshot.json")
+        obs.flush()
+        errors = hook_errors(registry)
+    finally:
+        obs.close()
+    empty = {"pools": [], "live_pools": 0, "sessions": [], "leaks": []}  # it never connected
+    assert (health.status_code, health.json()) == (200, empty)
+    assert (live.status_code, live.json()) == (200, empty)
+    assert metrics.status_code == 200
+    families = {f.name: f for f in text_string_to_metric_families(metrics.text)}
+    assert families["sqlalchemy_pool_size"].samples == []
+    assert [s.value for s in families["sqlalchemy_pools"].samples] == [0.0]
+    assert errors == {"pool_state": 3.0, "log": 1.0}
+
+
+async def test_a_collector_of_the_apps_own_that_raises_is_a_counted_500() -> None:
+    """A collector the app registered raising: /metrics on the app and on metrics_port answer
+    500 with a fixed message (no exception into the server, no traceback), counted as
+    ``hook="metrics"`` and ``hook="metrics_port"``."""
+
+    class Broken:
+        def collect(self) -> Any:
+            raise RuntimeError("the app's collector failed")
+
+    registry = CollectorRegistry()
+    app = FastAPI()
+    obs = observer.instrument(app, registry=registry, metrics_port=0)
+    broken = Broken()
+    registry.register(broken)  # type: ignore[arg-type]
+    try:
+        response = await _get(app, "/metrics")
+        assert obs.metrics_server is not None
+        port_status, _, port_body = _http(f"http://127.0.0.1:{obs.metrics_server.port}/metrics")
+        registry.unregister(broken)  # type: ignore[arg-type]
+        obs.flush()
+        errors = hook_errors(registry)
+    finally:
+        obs.close()
+    assert (response.status_code, response.text) == (500, "the metrics could not be rendered\n")
+    assert (port_status, port_body) == (500, "the metrics could not be rendered\n")
+    assert errors == {"metrics": 1.0, "metrics_port": 1.0}

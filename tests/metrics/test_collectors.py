@@ -245,3 +245,67 @@ def test_concurrent_checkouts_flushes_and_scrapes_never_go_back_and_end_exact(
     obs.flush()
     assert [read(registry)[key] for key in keys] == [12000.0, 12000.0]
     engine.dispose()
+
+
+def test_every_collector_degrades_instead_of_raising() -> None:
+    """Each collector with sources that raise (the unflushed sums, the pool states, the live
+    pools, the open sessions, the held connections) yields its families without the samples it
+    could not read, never raises, and reports each exception to ``failed``."""
+    from prometheus_client import Counter
+
+    from observer.metrics._collectors import BatchedCollector, RouteHeldCollector, StateCollector
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("source failed")
+
+    failures: list[Exception] = []
+    counter = Counter("c_total", "a counter", registry=None)
+    counter.inc(2)
+    collectors = [
+        BatchedCollector([counter], broken, failures.append),
+        StateCollector(broken, broken, broken, failures.append),
+        RouteHeldCollector(broken, failures.append),
+    ]
+    samples = {
+        metric.name: [(s.name, s.value) for s in metric.samples]
+        for collector in collectors
+        for metric in collector.collect()
+    }
+    assert samples == {
+        "c": [("c_total", 2.0), ("c_created", samples["c"][1][1])],
+        "sqlalchemy_pool_size": [],
+        "sqlalchemy_pool_max_connections": [],
+        "sqlalchemy_pool_checked_out_connections": [],
+        "sqlalchemy_pool_checked_in_connections": [],
+        "sqlalchemy_pool_overflow_connections": [],
+        "sqlalchemy_pool_waiting_requests": [],
+        "sqlalchemy_pools": [],
+        "sqlalchemy_orm_sessions_open": [],
+        "sqlalchemy_route_connections_held": [],
+    }
+    assert [str(exc) for exc in failures] == ["source failed"] * 5
+
+
+def test_a_scrape_counts_a_failed_source_as_a_collect_hook_error() -> None:
+    """Through an Observer: the sources of its collectors raising (its routes' unflushed sums
+    and held connections, its sessions), a full scrape renders and the next flush counts each
+    failure in ``observer_hook_errors_total{hook="collect"}``."""
+    from observer import Observer
+
+    registry = CollectorRegistry()
+    obs = Observer(registry=registry, metrics_path=None, sweep_interval_seconds=SLOW)
+    try:
+        obs.routes._children = None  # type: ignore[assignment]  # unflushed and held fail
+        obs.sessions.open = None  # type: ignore[assignment]
+        body = generate_latest(registry).decode()
+        obs.routes._children = {}
+        obs.sessions.open = {}
+        obs.flush()
+        errors = registry.get_sample_value("observer_hook_errors_total", {"hook": "collect"})
+    finally:
+        obs.close()
+    families = {f.name: f for f in text_string_to_metric_families(body)}
+    assert families["sqlalchemy_orm_sessions_open"].samples == []
+    assert families["sqlalchemy_route_connections_held"].samples == []
+    assert [s.value for s in families["sqlalchemy_pools"].samples] == [0.0]
+    assert errors == 3.0
