@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from observer._dsn import display_database
 from observer._logs import logger
 from observer.alembic._metrics import Publisher, metrics_for
 from observer.alembic._options import MigrationOptions
@@ -17,7 +18,7 @@ from observer.settings import ConfigurationError
 
 
 def _database(connection: Connection) -> str:
-    return connection.engine.url.database or ""
+    return display_database(connection.engine.url)
 
 
 def _apply_timeouts(connection: Connection, options: MigrationOptions) -> dict[str, str]:

@@ -15,6 +15,8 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from observer._dsn import display_url
+
 if TYPE_CHECKING:
     import uvicorn
     from prometheus_client import CollectorRegistry
@@ -110,7 +112,7 @@ def _collected_logs(events: Counter[str], keep: bool) -> Iterator[None]:
 def _scratch_database(url: str | None) -> tuple[str, str, str | None]:
     """(URL, how the summary names the database, scratch directory to remove or None)."""
     if url is not None:
-        return url, url.split("://", 1)[0], None
+        return url, display_url(url), None
     scratch = tempfile.mkdtemp(prefix="pool-observer-demo-")
     url = f"sqlite+aiosqlite:///{scratch}/demo.db"
     return url, "an embedded SQLite file (give --database-url for PostgreSQL)", scratch

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import sys
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy.engine import URL, make_url
@@ -14,6 +15,8 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from observer._dsn import display_url, redact
+from observer._logs import scrub
 from observer.doctor._engine import check_engine
 from observer.doctor._pool_checks import (
     DEFAULT_MAX_OVERFLOW,
@@ -121,9 +124,9 @@ def _async_url(raw: str) -> URL:
     return url.set(drivername="postgresql+asyncpg")
 
 
-def _redact(text: str, url: URL) -> str:
-    if url.password:
-        text = text.replace(str(url.password), "***")
+def _reason(exc: Exception, raw: str) -> str:
+    """The first line of a driver's error, without the DSN's credentials or SQL values."""
+    text = scrub(redact(f"{type(exc).__name__}: {exc}", raw))
     return text.splitlines()[0] if text else text
 
 
@@ -189,13 +192,14 @@ def run(args: argparse.Namespace) -> int:
     engine = create_async_engine(
         url, poolclass=NullPool, connect_args={"timeout": args.connect_timeout}
     )
+    shown = display_url(raw, user=True)  # the string: it tells more than the parsed URL
     try:
-        report = asyncio.run(_check(engine, args, pool, alembic))
+        report = replace(asyncio.run(_check(engine, args, pool, alembic)), url=shown)
     except Exception as exc:
-        reason = _redact(f"{type(exc).__name__}: {exc}", url)
-        print(f"observer doctor: could not check {url}: {reason}", file=sys.stderr)
+        reason = _reason(exc, raw)
+        print(f"observer doctor: could not check {shown}: {reason}", file=sys.stderr)
         if args.json:
-            json.dump({"url": str(url), "error": reason, "exit_code": EXIT_UNUSABLE}, sys.stdout)
+            json.dump({"url": shown, "error": reason, "exit_code": EXIT_UNUSABLE}, sys.stdout)
             print()
         return EXIT_UNUSABLE
     if args.json:

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             "serving /metrics and /healthz on http://%s:%d (database: %s, multiproc dir: %s)",
             config.address,
             sidecar.port,
-            poller.url if poller is not None else "none",
+            poller.shown if poller is not None else "none",
             config.multiproc_dir or "none",
         )
         stop.wait()

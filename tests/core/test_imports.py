@@ -27,6 +27,7 @@ RANKS = {
     "_asgi_types": 0,
     "_sweeper": 0,
     "_extras": 0,
+    "_dsn": 0,
     "metrics": 1,
     "attribution": 2,
     "_logs": 3,
