@@ -6,9 +6,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from observer._environment import unknown_variable
 from observer.settings import ENV_PREFIX, ConfigurationError
 
 DEFAULT_LOCK_TIMEOUT = 5.0
+_PREFIX, _OWNER = ENV_PREFIX + "ALEMBIC_", "run_migrations()"
 ENV = {
     "lock_timeout": ENV_PREFIX + "ALEMBIC_LOCK_TIMEOUT",
     "statement_timeout": ENV_PREFIX + "ALEMBIC_STATEMENT_TIMEOUT",
@@ -56,6 +58,10 @@ class MigrationOptions:
     ) -> MigrationOptions:
         """Keyword arguments over ``OBSERVER_ALEMBIC_*`` environment variables over defaults."""
         env = os.environ if environ is None else environ
+        if (
+            problem := unknown_variable(env, ENV.values(), prefix=_PREFIX, owner=_OWNER)
+        ) is not None:
+            raise ConfigurationError(problem)
         return cls(
             lock_timeout=_seconds(lock_timeout, env, "lock_timeout", DEFAULT_LOCK_TIMEOUT),
             statement_timeout=_seconds(statement_timeout, env, "statement_timeout", 0.0),

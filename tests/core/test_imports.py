@@ -28,6 +28,7 @@ RANKS = {
     "_sweeper": 0,
     "_extras": 0,
     "_dsn": 0,
+    "_environment": 0,
     "metrics": 1,
     "attribution": 2,
     "_logs": 3,
@@ -53,6 +54,7 @@ PRODUCTS = 7
 # Same rank, different components: allowed edges, each with its reason.
 SAME_RANK = {
     ("_extras", "settings"): "a missing extra is a ConfigurationError",
+    ("settings", "_environment"): "an unknown OBSERVER_* variable is a ConfigurationError",
     ("_hooks", "_logs"): "a failing hook is logged (rate-limited) where it is counted",
     ("_instrument", "_observer"): "instrument() is the one-call setup of an Observer",
     ("__init__", "_observer"): "the public names",
