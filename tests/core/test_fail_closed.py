@@ -112,7 +112,7 @@ def test_the_alembic_helper_checks_its_own_family() -> None:
 
 
 def test_every_variable_the_project_reads_is_known() -> None:
-    """Each ``OBSERVER_*`` name written anywhere in the project (code, tests, docs, deploy) is
+    """Each ``OBSERVER_*`` name written in the project (code, tests, docs, deploy; not this file) is
     an option's variable, a shared one, or in a family a command owns: the check never rejects
     a variable the project itself reads."""
     files = subprocess.run(
@@ -121,6 +121,8 @@ def test_every_variable_the_project_reads_is_known() -> None:
     names: set[str] = set()
     for name in files:
         path = ROOT / name
+        if path == Path(__file__).resolve():
+            continue  # it misspells variables on purpose
         if path.suffix in {".py", ".md", ".yml", ".yaml", ".toml", ".sh", ""} and path.is_file():
             names |= set(re.findall(r"\bOBSERVER_[A-Z0-9_]*[A-Z0-9]\b", path.read_text("utf-8")))
     library = {row.env_var for row in option_rows()}
