@@ -12,6 +12,7 @@ from sqlalchemy.pool import Pool
 
 from observer import _otel as tracing
 from observer._asgi_types import ASGIApp, Scope
+from observer._dsn import display_url
 from observer._engines import sync_engine_of
 from observer._hooks import Hooks
 from observer._logs import RateLimiter, emit
@@ -48,11 +49,9 @@ if TYPE_CHECKING:
 
 
 def default_pool_name(url: URL) -> str:
-    """``backend://host:port/database``: the URL without user, password or query."""
-    backend = url.get_backend_name()
-    host = url.host or ""
-    port = f":{url.port}" if url.port else ""
-    return f"{backend}://{host}{port}/{url.database or ''}"
+    """``backend://host:port/database``: the URL without user, password or query (a location
+    that cannot be read without guessing is ``<unparsed>``: never part of a password)."""
+    return display_url(url)
 
 
 _observers: weakref.WeakSet[Observer] = weakref.WeakSet()

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import difflib
-import inspect
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypedDict, get_args, get_type_hints
 
+from observer._environment import unknown_variable
 from observer._values import DECIMAL, WHOLE, describe, in_range, plain, valid_host
 
 ENV_PREFIX = "OBSERVER_"
+MIN_TOKEN_LENGTH = 16
 
 
 class ConfigurationError(ValueError):
@@ -89,7 +88,8 @@ class Settings:
     metrics_token: str | None = dataclasses.field(default=None, repr=False)  # a secret
     """Bearer token every metrics request must carry (``Authorization: Bearer <token>``), on
     ``metrics_path`` and on ``metrics_port``, else 401; never shown in ``repr`` or logs;
-    ``None``: no token asked."""
+    ``None``: no token asked. At least 16 printable ASCII characters without spaces; an empty
+    ``OBSERVER_METRICS_TOKEN`` (or ``none``, ``off``) is an error: unset it to serve without."""
 
     metrics_port: int | None = None
     """Also serve the metrics on this port, from a thread (off the app's event loop and its
@@ -129,12 +129,15 @@ class Settings:
                     f"unknown option {key!r}{suggestion} (known options: {', '.join(names)})"
                 )
         environ = os.environ if environ is None else environ
+        _check_environment(environ, names)
         hints = get_type_hints(cls)
         values: dict[str, object] = {}
         for name in names:
             env_name = ENV_PREFIX + name.upper()
             if name in options:
                 values[name] = options[name]
+            elif env_name in environ and name == "metrics_token":
+                values[name] = _token_from_env(env_name, environ[env_name])
             elif env_name in environ:
                 values[name] = _parse_env(env_name, environ[env_name], hints[name])
         return cls(**values)  # type: ignore[arg-type]
@@ -159,6 +162,48 @@ class Options(TypedDict, total=False):
     metrics_port: int | None
     metrics_host: str
     metrics_port_shared: bool
+
+
+def _check_environment(environ: Mapping[str, str], names: list[str]) -> None:
+    """A misspelled ``OBSERVER_*`` variable is an error, not an option silently left out."""
+    known = [ENV_PREFIX + name.upper() for name in names]
+    problem = unknown_variable(environ, known, owner="the library")
+    if problem is not None:
+        raise ConfigurationError(problem)
+
+
+def _token_from_env(env_name: str, raw: str) -> str:
+    """The token as given: no value turns auth off (only an unset variable does)."""
+    if raw.strip() == "" or raw.strip().lower() in {"none", "off", "false", "0", "no"}:
+        # An empty value is what an unset shell variable expands to: failing open there would
+        # serve the metrics to anyone.
+        raise ConfigurationError(
+            f"{env_name} is set to {'an empty value' if not raw.strip() else repr(raw)}: unset "
+            "the variable to disable auth, or set it to the token"
+        )
+    problem = token_problem(raw)
+    if problem is not None:
+        raise ConfigurationError(f"{env_name} {problem}")
+    return raw
+
+
+def token_problem(token: object) -> str | None:
+    """Why ``token`` cannot be a bearer token (a sentence without its value), or ``None``."""
+    if not isinstance(token, str):
+        return f"must be a string (got a {type(token).__name__})"
+    if not token:
+        return "is empty"
+    if not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
+        return (
+            f"holds whitespace, control or non-ASCII characters (length {len(token)}); a token "
+            "is printable ASCII"
+        )
+    if len(token) < MIN_TOKEN_LENGTH:
+        return (
+            f"has {len(token)} characters, fewer than {MIN_TOKEN_LENGTH}: use a random one, e.g. "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return None
 
 
 def _parse_env(env_name: str, raw: str, hint: object) -> object:
@@ -282,18 +327,12 @@ def _check_max_routes(settings: Settings) -> None:
 
 def _check_metrics_token(settings: Settings) -> None:
     token = settings.metrics_token
-    if token is not None and (
-        not isinstance(token, str)
-        or not token
-        or not token.isascii()
-        or not token.isprintable()
-        or any(c.isspace() for c in token)
-    ):
-        # The token is a secret: the message gives its type and length, never its value.
+    # The token is a secret: the message says what is wrong with it, never its value.
+    problem = None if token is None else token_problem(token)
+    if problem is not None:
         raise ConfigurationError(
-            "metrics_token must be a non-empty string of printable ASCII without spaces (got a "
-            f"{type(token).__name__} of length {len(token) if isinstance(token, str) else '?'}); "
-            "use None to serve metrics without a token"
+            f"metrics_token {problem} (at least {MIN_TOKEN_LENGTH} printable ASCII characters, "
+            "no spaces); use None to serve metrics without a token"
         )
 
 
@@ -327,38 +366,3 @@ _CHECKS = (
 def _validate(settings: Settings) -> None:
     for check in _CHECKS:
         check(settings)
-
-
-@dataclass(frozen=True, slots=True)
-class OptionRow:
-    """One option as the reference documents it."""
-
-    name: str
-    env_var: str
-    type: str
-    default: object
-    doc: str
-
-
-def option_rows() -> tuple[OptionRow, ...]:
-    """Every option of :class:`Settings`, in field order: keyword, ``OBSERVER_*`` variable,
-    type, default and meaning, read from the fields and their docstrings (the one source)."""
-    tree = ast.parse(Path(__file__).read_text(encoding="utf-8"))
-    body = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Settings").body
-    found: dict[str, tuple[str, str]] = {}
-    for node, following in zip(body, [*body[1:], None], strict=True):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            doc = ""
-            if isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
-                doc = inspect.cleandoc(str(following.value.value))
-            found[node.target.id] = (ast.unparse(node.annotation), doc)
-    return tuple(
-        OptionRow(
-            name=field.name,
-            env_var=ENV_PREFIX + field.name.upper(),
-            type=found[field.name][0],
-            default=field.default,
-            doc=found[field.name][1],
-        )
-        for field in dataclasses.fields(Settings)
-    )

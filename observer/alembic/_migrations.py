@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from observer._dsn import display_database
 from observer.alembic._blockers import BlockerWatch, poll_interval
 from observer.alembic._log import log
 from observer.alembic._metrics import Publisher, metrics_for
@@ -26,6 +27,10 @@ class _Session:
 
     pid: int | None
     previous: dict[str, str]
+
+
+def _database(connection: Connection) -> str:
+    return display_database(connection.engine.url)
 
 
 def _prepare(connection: Connection, options: MigrationOptions) -> _Session:
@@ -179,7 +184,7 @@ def _run_recorded(
     run_args: Mapping[str, Any],
 ) -> None:
     """Run the migrations on ``connection`` with the timeouts set, recording each step."""
-    database = connection.engine.url.database or ""
+    database = _database(connection)
     publisher = Publisher(
         registry,
         textfile=options.textfile,

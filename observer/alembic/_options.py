@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from observer._environment import unknown_variable
 from observer.settings import ENV_PREFIX, ConfigurationError
 
 # One lock wait stalls the table's queries (and, through the pool, the app) at most this long.
@@ -14,6 +15,7 @@ DEFAULT_MAX_ATTEMPTS = 10
 # Longer than the usual blocker (a report, a batch job's transaction) but bounded: a deploy job
 # that waits on a session left idle in transaction gives up within about a minute.
 DEFAULT_RETRY_FOR = 60.0
+_PREFIX, _OWNER = ENV_PREFIX + "ALEMBIC_", "run_migrations()"
 ENV = {
     "lock_timeout": ENV_PREFIX + "ALEMBIC_LOCK_TIMEOUT",
     "statement_timeout": ENV_PREFIX + "ALEMBIC_STATEMENT_TIMEOUT",
@@ -85,6 +87,10 @@ class MigrationOptions:
         ``overridden`` (run_migrations logs it).
         """
         env = os.environ if environ is None else environ
+        if (
+            problem := unknown_variable(env, ENV.values(), prefix=_PREFIX, owner=_OWNER)
+        ) is not None:
+            raise ConfigurationError(problem)
         keywords: dict[str, object] = {
             "lock_timeout": lock_timeout,
             "statement_timeout": statement_timeout,

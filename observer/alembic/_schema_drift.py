@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from observer._dsn import display_database
 from observer._logs import logger
 from observer.server._revisions import (
     DEFAULT_VERSION_TABLE,
@@ -93,7 +94,7 @@ class SchemaWatcher:
         self.interval = float(interval)
         self.version_table = version_table
         self.version_table_schema = version_table_schema
-        self.database = database or engine.url.database or ""
+        self.database = database or display_database(engine.url)
         self.latest: SchemaState | None = None
         self._labels: tuple[str, str, str, str] | None = None
         self._failing = False

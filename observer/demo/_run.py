@@ -10,6 +10,7 @@ import sys
 import tempfile
 from typing import TYPE_CHECKING
 
+from observer._dsn import display_url
 from observer.demo._quiet import ErrorTally, Findings, quiet, uvicorn_log_config
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ async def _load_rounds(base_url: str, requests: int, concurrency: int, rounds: i
 def _scratch_database(url: str | None) -> tuple[str, str, str | None]:
     """(URL, how the summary names the database, scratch directory to remove or None)."""
     if url is not None:
-        return url, url.split("://", 1)[0], None
+        return url, display_url(url), None
     scratch = tempfile.mkdtemp(prefix="pool-observer-demo-")
     url = f"sqlite+aiosqlite:///{scratch}/demo.db"
     return url, "an embedded SQLite file (give --database-url for PostgreSQL)", scratch

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from sqlalchemy.engine import URL
@@ -15,6 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from observer import _values as values
+from observer._dsn import display_url, redact
+from observer._logs import scrub
 from observer.doctor._alembic_config import FAIL_ON, exit_code, with_alembic
 from observer.doctor._engine import check_engine
 from observer.doctor._pool_checks import (
@@ -152,9 +155,9 @@ def _async_url(raw: str) -> URL:
     return url.set(drivername="postgresql+asyncpg")
 
 
-def _redact(text: str, url: URL) -> str:
-    if url.password:
-        text = text.replace(str(url.password), "***")
+def _reason(exc: Exception, raw: str) -> str:
+    """The first line of a driver's error, without the DSN's credentials or SQL values."""
+    text = scrub(redact(f"{type(exc).__name__}: {exc}", raw))
     return text.splitlines()[0] if text else text
 
 
@@ -227,7 +230,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"observer doctor: give DATABASE_URL (or set {DATABASE_URL_ENV})", file=sys.stderr)
         return EXIT_UNUSABLE
     try:
-        url = _async_url(with_alembic(raw, args))
+        resolved = with_alembic(raw, args)  # the URL alembic.ini names when none was given
+        url = _async_url(resolved)
         pool = _pool(args)
         alembic = _alembic(args)
     except ValueError as exc:
@@ -236,13 +240,14 @@ def run(args: argparse.Namespace) -> int:
     engine = create_async_engine(
         url, poolclass=NullPool, connect_args={"timeout": args.connect_timeout}
     )
+    shown = display_url(resolved, user=True)  # the string: it tells more than the parsed URL
     try:
-        report = asyncio.run(_check(engine, args, pool, alembic))
+        report = replace(asyncio.run(_check(engine, args, pool, alembic)), url=shown)
     except Exception as exc:
-        reason = _redact(f"{type(exc).__name__}: {exc}", url)
-        print(f"observer doctor: could not check {url}: {reason}", file=sys.stderr)
+        reason = _reason(exc, resolved)
+        print(f"observer doctor: could not check {shown}: {reason}", file=sys.stderr)
         if args.json:
-            json.dump({"url": str(url), "error": reason, "exit_code": EXIT_UNUSABLE}, sys.stdout)
+            json.dump({"url": shown, "error": reason, "exit_code": EXIT_UNUSABLE}, sys.stdout)
             print()
         return EXIT_UNUSABLE
     assumed = _assumed(args)

@@ -8,6 +8,7 @@ from typing import Any, TextIO
 
 from sqlalchemy.engine import URL
 
+from observer._dsn import display_url
 from observer.doctor._pool_checks import Deployment, PoolSettings, check_activity, check_settings
 from observer.server._findings import SEVERITY_RANK, Finding
 from observer.server._revisions import SchemaState, check_schema
@@ -20,7 +21,7 @@ EXIT_OK, EXIT_FINDINGS, EXIT_UNUSABLE = 0, 1, 2
 class Report:
     """Everything doctor found: the inputs it judged and its findings."""
 
-    url: str  # password masked
+    url: str  # backend://user@host:port/database: never a password (observer._dsn)
     pool: PoolSettings
     deployment: Deployment
     server: ServerSettings
@@ -82,7 +83,7 @@ def build_report(
     if schema is not None:
         findings += check_schema(schema)
     findings.sort(key=lambda f: -SEVERITY_RANK[f.severity])
-    return Report(str(url), pool, deployment, server, act, findings, schema)
+    return Report(display_url(url, user=True), pool, deployment, server, act, findings, schema)
 
 
 def render_text(report: Report, out: TextIO, assumed: Mapping[str, str] | None = None) -> None:

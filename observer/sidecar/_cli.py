@@ -67,10 +67,11 @@ def run(args: argparse.Namespace) -> int:
         sidecar.start()
         poller = sidecar.poller
         log.info(
-            "serving /metrics and /healthz on http://%s:%d (database: %s, multiproc dir: %s)",
+            "serving /metrics%s and /healthz on http://%s:%d (database: %s, multiproc dir: %s)",
+            " (bearer token required)" if config.metrics_token else "",
             config.address,
             sidecar.port,
-            poller.url if poller is not None else "none",
+            poller.shown if poller is not None else "none",
             config.multiproc_dir or "none",
         )
         stop.wait()

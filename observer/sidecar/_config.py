@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from observer import _values as values
+from observer._environment import unknown_variable
 from observer.server._view import APPLICATION_NAME_ENV, DEFAULT_APPLICATION_NAME
+from observer.settings import token_problem
 
 DEFAULT_PORT = 9188  # next to postgres_exporter's 9187, so both can run on one host
 
@@ -20,13 +23,14 @@ class SidecarConfig:
 
     address: str = "127.0.0.1"
     port: int = DEFAULT_PORT
-    database_url: str | None = None
+    database_url: str | None = field(default=None, repr=False)  # may carry a password
     application_name: str = DEFAULT_APPLICATION_NAME
     poll_interval: float = 15.0
     statement_timeout_ms: int = 5000
     connect_timeout: float = 5.0
     multiproc_dir: str | None = None
     prune_dead_workers: bool = False
+    metrics_token: str | None = field(default=None, repr=False)  # a secret, from a file
 
 
 # option dest -> (flag, environment variable)
@@ -40,6 +44,22 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "connect_timeout": ("--connect-timeout", "OBSERVER_SIDECAR_CONNECT_TIMEOUT"),
     "multiproc_dir": ("--multiproc-dir", "PROMETHEUS_MULTIPROC_DIR"),
     "prune_dead_workers": ("--prune-dead-workers", "OBSERVER_SIDECAR_PRUNE_DEAD_WORKERS"),
+}
+# Secrets come from files (never a command line or an environment value), and fail closed:
+# given but empty, unreadable or unusable stops the sidecar.
+SECRET_FILES: dict[str, tuple[str, str, str]] = {
+    "metrics_token_file": (
+        "--metrics-token-file",
+        "OBSERVER_SIDECAR_METRICS_TOKEN_FILE",
+        "file holding the bearer token /metrics asks for (Authorization: Bearer <token>; at "
+        "least 16 characters); /healthz stays open",
+    ),
+    "database_url_file": (
+        "--database-url-file",
+        "OBSERVER_SIDECAR_DATABASE_URL_FILE",
+        "file holding the database URL, so that its password is on no command line or "
+        "environment value (instead of --database-url)",
+    ),
 }
 
 
@@ -71,6 +91,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, help=text)
         else:
             parser.add_argument(flag, dest=dest, default=None, type=types.get(dest, str), help=text)
+    _add_secret_files(parser)
+
+
+def _add_secret_files(parser: argparse.ArgumentParser) -> None:
+    for dest, (flag, env, text) in SECRET_FILES.items():
+        parser.add_argument(
+            flag, dest=dest, default=None, metavar="PATH", help=f"{text} [env {env}]"
+        )
 
 
 POLL_RANGE = (0.1, 3600.0)  # seconds
@@ -125,7 +153,10 @@ def resolve(
     require_source: bool = True,
 ) -> SidecarConfig:
     """Options over environment over defaults; raises ValueError naming the option and the fix."""
-    raw = _raw(args, os.environ if environ is None else environ)
+    env = os.environ if environ is None else environ
+    _check_variables(env)
+    raw = _raw(args, env)
+    token = _secret_files(args, env, raw)
     d = SidecarConfig()
     address, port = _listener(raw, d)
     interval, timeout_ms = _poll_timing(raw, d)
@@ -152,6 +183,7 @@ def resolve(
         connect_timeout=connect,
         multiproc_dir=multiproc_dir,
         prune_dead_workers=prune,
+        metrics_token=token,
     )
 
 
@@ -167,6 +199,59 @@ def _raw(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, str]:
         if value is not None:
             raw[dest] = str(value)
     return raw
+
+
+def _check_variables(env: Mapping[str, str]) -> None:
+    """A misspelled ``OBSERVER_SIDECAR_*`` variable stops the sidecar (it would be ignored)."""
+    known = [var for _, var in OPTIONS.values()] + [var for _, var, _ in SECRET_FILES.values()]
+    sidecar = [var for var in known if var.startswith("OBSERVER_SIDECAR_")]
+    problem = unknown_variable(env, sidecar, prefix="OBSERVER_SIDECAR_", owner="the sidecar")
+    if problem is not None:
+        raise ValueError(problem)
+
+
+def _secret_files(
+    args: argparse.Namespace, env: Mapping[str, str], raw: dict[str, str]
+) -> str | None:
+    """The metrics token read from its file (or ``None``); the database URL read from its file
+    goes into ``raw``. A file given but missing, unreadable or empty is an error."""
+    texts = {}
+    for dest, (flag, var, _) in SECRET_FILES.items():
+        path = getattr(args, dest, None)
+        if path is None:
+            path = env.get(var)  # set but empty is an error, not "unset": it fails closed
+        if path is not None:
+            texts[dest] = _read_secret(path, f"{flag} / {var}")
+    if "database_url_file" in texts:
+        explicit = getattr(args, "database_url", None) or env.get(OPTIONS["database_url"][1])
+        if explicit:
+            raise ValueError(
+                "give the database URL once: --database-url-file / "
+                "OBSERVER_SIDECAR_DATABASE_URL_FILE or --database-url / "
+                "OBSERVER_SIDECAR_DATABASE_URL, not both"
+            )
+        raw["database_url"] = texts["database_url_file"]
+    token = texts.get("metrics_token_file")
+    if token is not None and (problem := token_problem(token)) is not None:
+        # never the token itself: what is wrong with it
+        raise ValueError(
+            f"--metrics-token-file / OBSERVER_SIDECAR_METRICS_TOKEN_FILE: the token {problem}"
+        )
+    return token
+
+
+def _read_secret(path: str, option: str) -> str:
+    """The content of a secret file, without surrounding whitespace (a trailing newline)."""
+    if not path.strip():
+        raise ValueError(f"{option} is given but empty: name the file, or leave the option out")
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ValueError(f"{option}: cannot read {path!r}: {reason}") from None
+    if not text:
+        raise ValueError(f"{option}: {path!r} is empty")
+    return text
 
 
 def _poll_timing(raw: Mapping[str, str], d: SidecarConfig) -> tuple[float, int]:

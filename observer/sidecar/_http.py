@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
+from observer.metrics._exposition import CHALLENGE, UNAUTHORIZED_BODY, authorized
 from observer.metrics._multiprocess import MultiprocessDirectory
 from observer.sidecar._config import SidecarConfig
 from observer.sidecar._poller import ServerPoller, ServerViewCollector
@@ -93,7 +94,11 @@ def _handler(sidecar: Sidecar) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
-            if path == "/metrics":
+            if path == "/metrics" and not authorized(
+                self.headers.get("Authorization"), sidecar.config.metrics_token
+            ):
+                self._send(401, UNAUTHORIZED_BODY, extra={"WWW-Authenticate": CHALLENGE})
+            elif path == "/metrics":
                 try:
                     body, content_type = sidecar.render(self.headers.get("Accept"))
                 except Exception as exc:
@@ -109,9 +114,17 @@ def _handler(sidecar: Sidecar) -> type[BaseHTTPRequestHandler]:
             else:
                 self._send(404, b"not found: try /metrics or /healthz\n")
 
-        def _send(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
+        def _send(
+            self,
+            status: int,
+            body: bytes,
+            content_type: str = "text/plain",
+            extra: dict[str, str] | None = None,
+        ) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
+            for name, value in (extra or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

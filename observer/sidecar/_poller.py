@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from observer._dsn import display_url
 from observer.server._view import Activity, read_activity
 
 log = logging.getLogger("observer.sidecar")
@@ -51,6 +52,7 @@ class ServerPoller:
         connect_timeout: float,
     ) -> None:
         self.url = make_url(database_url).set(drivername="postgresql+asyncpg")
+        self.shown = display_url(database_url)  # for logs: never the password or the query
         self.application_name = application_name
         self.interval = interval
         self.statement_timeout_ms = statement_timeout_ms
@@ -126,9 +128,8 @@ class ServerPoller:
         except Exception as exc:
             error = type(exc).__name__
             if previous.up or previous.polls == 0:
-                # Only the class: driver messages may carry query text or values (never the
-                # URL's password, which str(url) masks).
-                log.warning("database unreachable from the sidecar: %s (%s)", error, self.url)
+                # Only the class: driver messages may carry query text or values.
+                log.warning("database unreachable from the sidecar: %s (%s)", error, self.shown)
             poll = Poll(
                 up=False,
                 duration_seconds=time.perf_counter() - started,
@@ -139,7 +140,7 @@ class ServerPoller:
             )
         else:
             if not previous.up and previous.polls:
-                log.info("database reachable again from the sidecar (%s)", self.url)
+                log.info("database reachable again from the sidecar (%s)", self.shown)
             poll = Poll(
                 up=True,
                 activity=activity,

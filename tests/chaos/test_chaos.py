@@ -393,7 +393,7 @@ def test_worker_killed_and_restarted(chaos_url: str, tmp_path: Path) -> None:
         "PROMETHEUS_MULTIPROC_DIR": str(directory),
         "OBSERVER_METRICS_PORT": metrics_port,
         "OBSERVER_METRICS_PORT_SHARED": "1",  # the workers opt in to sharing it
-        "OBSERVER_METRICS_TOKEN": "chaos-token",
+        "OBSERVER_METRICS_TOKEN": "chaos-token-0123456789",
     }
     result = run_arms(scenario, chaos_url, tmp_path, env=env, workers=2, settle=settle)
     assert result["phases"] == {"before": {"200": 40 * SCALE}, "after": {"200": 40 * SCALE}}

@@ -28,7 +28,10 @@ RANKS = {
     "_sweeper": 0,
     "_extras": 0,
     "_engines": 0,
+    "_option_rows": 0,
     "_values": 0,  # reading option values from text, for settings and the commands
+    "_dsn": 0,
+    "_environment": 0,
     "metrics": 1,
     "attribution": 2,
     "_logs": 3,
@@ -55,7 +58,9 @@ PRODUCTS = 7
 SAME_RANK = {
     ("_extras", "settings"): "a missing extra is a ConfigurationError",
     ("_engines", "settings"): "something that is not an engine is a ConfigurationError",
+    ("_option_rows", "settings"): "the options' table is read from Settings' fields",
     ("settings", "_values"): "options read numbers and hosts as the commands' flags do",
+    ("settings", "_environment"): "an unknown OBSERVER_* variable is a ConfigurationError",
     ("_hooks", "_logs"): "a failing hook is logged (rate-limited) where it is counted",
     ("_instrument", "_observer"): "instrument() is the one-call setup of an Observer",
     ("__init__", "_observer"): "the public names",

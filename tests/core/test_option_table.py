@@ -180,14 +180,15 @@ SETTINGS: dict[str, Row] = {
         env_bad=(("enabled", "OBSERVER_TRACING must be true or false (got 'enabled')"),),
     ),
     "metrics_token": Row(
-        good=("s3cret-token", None),
+        good=("s3cret-token-0123456789", None),
         bad=(
-            ("two words", "metrics_token must be a non-empty string of printable ASCII"),
-            ("tok\x00en", "metrics_token must be a non-empty string of printable ASCII"),
-            (1234, "metrics_token must be a non-empty string of printable ASCII"),
+            ("two words and more", "metrics_token holds whitespace, control or non-ASCII"),
+            ("tok\x00en-0123456789abc", "metrics_token holds whitespace, control or non-ASCII"),
+            ("short-token", "metrics_token has 11 characters, fewer than 16"),
+            (1234, "metrics_token must be a string (got a int)"),
         ),
-        env_good=(("abc", "abc"),),
-        env_bad=(("two words", "metrics_token must be a non-empty string of printable ASCII"),),
+        env_good=(("abcdefghijklmnop", "abcdefghijklmnop"),),
+        env_bad=(("two words and more", "OBSERVER_METRICS_TOKEN holds whitespace, control or"),),
     ),
     "metrics_port": Row(
         good=(0, 9464, 65535, None),
@@ -366,6 +367,12 @@ FLAGS = [
     )),
     Flag("sidecar", "--multiproc-dir", (
         ("/nonexistent/mp", "the multiprocess directory '/nonexistent/mp' does not exist"),
+    )),
+    Flag("sidecar", "--metrics-token-file", (
+        ("/nonexistent/t", "OBSERVER_SIDECAR_METRICS_TOKEN_FILE: cannot read '/nonexistent/t'"),
+    )),
+    Flag("sidecar", "--database-url-file", (
+        ("/nonexistent/u", "OBSERVER_SIDECAR_DATABASE_URL_FILE: cannot read '/nonexistent/u'"),
     )),
     Flag("sidecar", "--prune-dead-workers", (("yes", "ignored explicit argument 'yes'"),)),
     Flag("sidecar", "--no-prune-dead-workers", (("yes", "ignored explicit argument 'yes'"),)),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from observer import ConfigurationError, Observer, Settings
-from observer.settings import OptionRow, Options, option_rows
+from observer._option_rows import OptionRow, option_rows
+from observer.settings import Options
 
 
 def test_defaults() -> None:
@@ -31,7 +32,7 @@ def test_environment_variables_are_read_and_keywords_win() -> None:
         "OBSERVER_MAX_ROUTES": "50",
         "OBSERVER_APPLICATION_NAME": "billing",
         "OBSERVER_METRICS_PORT": "9464",
-        "OBSERVER_METRICS_TOKEN": "s3cret",
+        "OBSERVER_METRICS_TOKEN": "s3cret-s3cret-s3cret",
         "OBSERVER_METRICS_HOST": "0.0.0.0",
     }
     s = Settings.from_options({"max_routes": 10}, environ=environ)
@@ -40,7 +41,11 @@ def test_environment_variables_are_read_and_keywords_win() -> None:
     assert s.metrics_path is None
     assert s.application_name == "billing"
     assert s.max_routes == 10
-    assert (s.metrics_port, s.metrics_token, s.metrics_host) == (9464, "s3cret", "0.0.0.0")
+    assert (s.metrics_port, s.metrics_token, s.metrics_host) == (
+        9464,
+        "s3cret-s3cret-s3cret",
+        "0.0.0.0",
+    )
 
 
 @pytest.mark.parametrize(
@@ -57,9 +62,11 @@ def test_environment_variables_are_read_and_keywords_win() -> None:
         ({"application_name": "x" * 64}, "application_name must be printable ASCII of at most 63"),
         ({"max_routes": 0}, "max_routes must be a whole number >= 1"),
         ({"leak_treshold_seconds": 5}, "unknown option 'leak_treshold_seconds'; did you mean"),
-        ({"metrics_token": ""}, "metrics_token must be a non-empty string of printable ASCII"),
-        ({"metrics_token": "two words"}, "metrics_token must be a non-empty string"),
-        ({"metrics_token": 1234}, "metrics_token must be a non-empty string"),
+        ({"metrics_token": ""}, r"^metrics_token is empty \(at least 16 printable ASCII"),
+        ({"metrics_token": "two words and more"}, "^metrics_token holds whitespace, control or"),
+        ({"metrics_token": 1234}, r"^metrics_token must be a string \(got a int\)"),
+        ({"metrics_token": "x" * 15}, "^metrics_token has 15 characters, fewer than 16"),
+        ({"metrics_token": "tab\there-and-long"}, "^metrics_token holds whitespace, control"),
         ({"metrics_port": -1}, r"metrics_port must be a port number from 0 to 65535 \(got -1\)"),
         ({"metrics_port": 70000}, "metrics_port must be a port number from 0 to 65535"),
         ({"metrics_port": "9464"}, "metrics_port must be a port number"),
@@ -135,7 +142,9 @@ def test_option_rows_come_from_the_settings_fields_and_their_docstrings() -> Non
         default=None,
         doc="Bearer token every metrics request must carry "
         "(``Authorization: Bearer <token>``), on\n``metrics_path`` and on ``metrics_port``, else "
-        "401; never shown in ``repr`` or logs;\n``None``: no token asked.",
+        "401; never shown in ``repr`` or logs;\n``None``: no token asked. At least 16 printable "
+        "ASCII characters without spaces; an empty\n``OBSERVER_METRICS_TOKEN`` (or ``none``, "
+        "``off``) is an error: unset it to serve without.",
     )
     assert all(row.doc and row.env_var == "OBSERVER_" + row.name.upper() for row in rows)
 

@@ -313,7 +313,8 @@ def test_cli_process_serves_from_env_and_stops_on_sigterm(pg_url: str, tmp_path:
             process.communicate()
     assert process.returncode == 0
     assert f"serving /metrics and /healthz on http://127.0.0.1:{port}" in err
-    assert f"{PG_USER}:***@" in err
+    database = pg_url.rsplit("/", 1)[1]
+    assert f"(database: postgresql://{PG_HOST}:{PG_PORT}/{database}, multiproc dir: " in err
     assert PASSWORD not in err
 
 
