@@ -9,7 +9,7 @@ moved yet (:class:`BatchedCollector`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
@@ -20,8 +20,12 @@ from observer.metrics._families import (
     LIVE_POOLS,
     LIVE_POOLS_HELP,
     POOL_GAUGES,
+    POOL_OLDEST,
+    POOL_OLDEST_HELP,
     ROUTE_HELD,
     ROUTE_HELD_HELP,
+    ROUTE_OLDEST,
+    ROUTE_OLDEST_HELP,
     SESSIONS_OPEN,
     SESSIONS_OPEN_HELP,
     Metrics,
@@ -140,3 +144,37 @@ class RouteHeldCollector(Collector):
         for route, count in sorted(self._held().items()):
             family.add_metric([route], count)
         yield family
+
+
+class HeldNow(NamedTuple):
+    """Connections checked out now, from the trackers' checkout stamps: the held-now signals."""
+
+    pools_oldest: Sequence[tuple[str, float]]  # (pool, age of its oldest checkout, 0 if none)
+    routes_held: Mapping[str, int]  # route -> connections it holds now
+    routes_oldest: Mapping[str, float]  # route -> age of its oldest checkout now (0 if none)
+
+
+class HeldNowCollector(Collector):
+    """``sqlalchemy_pool_oldest_checkout_seconds{pool}`` and
+    ``sqlalchemy_route_oldest_checkout_seconds{route}``: how long the oldest connection checked
+    out now has been held, computed at scrape time (nothing on the hot path). Unlike the hold
+    histogram, which only sees connections that came back, it grows while a connection is
+    never returned."""
+
+    def __init__(self, held_now: Callable[[], HeldNow]) -> None:
+        self._held_now = held_now
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        yield GaugeMetricFamily(POOL_OLDEST, POOL_OLDEST_HELP, labels=["pool"])
+        yield GaugeMetricFamily(ROUTE_OLDEST, ROUTE_OLDEST_HELP, labels=["route"])
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        now = self._held_now()
+        pools = GaugeMetricFamily(POOL_OLDEST, POOL_OLDEST_HELP, labels=["pool"])
+        for pool, age in now.pools_oldest:
+            pools.add_metric([pool], age)
+        routes = GaugeMetricFamily(ROUTE_OLDEST, ROUTE_OLDEST_HELP, labels=["route"])
+        for route, age in sorted(now.routes_oldest.items()):
+            routes.add_metric([route], age)
+        yield pools
+        yield routes
