@@ -176,11 +176,12 @@ async def test_checkout_timeout_and_slow_checkout_carry_pool_state_request_and_t
     assert slow_event["active"] == 1
 
 
-async def test_a_leak_storm_is_counted_in_full_but_logged_at_most_burst_times(
+async def test_a_leak_storm_is_logged_at_most_burst_times_and_the_rest_in_a_summary(
     make_engine: Callable[..., AsyncEngine], registry: CollectorRegistry
 ) -> None:
     """Fifteen leaking requests (grace 0: checked when the app returns): the counter says 15,
-    the log has 10 session.leak lines (the rate limiter's burst)."""
+    the log has 10 session.leak lines (the rate limiter's burst) and, once the observer
+    flushes, one session.leak_summary line counting the other 5: the log adds up to 15."""
     engine = make_engine(pool_size=20, max_overflow=0)
     Session = async_sessionmaker(engine)
     kept: list[Any] = []
@@ -195,10 +196,11 @@ async def test_a_leak_storm_is_counted_in_full_but_logged_at_most_burst_times(
     obs = observer.Observer(registry=registry, metrics_path=None, request_end_grace_seconds=0)
     obs.watch(engine)
     try:
-        async with client(obs.middleware(app)) as http:
-            with capture_logs() as logs:
+        with capture_logs() as logs:
+            async with client(obs.middleware(app)) as http:
                 for _ in range(15):
                     await http.get("/")
+            obs.flush()  # what the sweeper does every tick
         for session in kept:
             await session.close()
     finally:
@@ -210,6 +212,15 @@ async def test_a_leak_storm_is_counted_in_full_but_logged_at_most_burst_times(
         == 15.0
     )
     assert len([e for e in logs if e["event"] == "session.leak"]) == 10
+    [summary] = [e for e in logs if e["event"] == "session.leak_summary"]
+    assert (summary["count"], summary["reason"], summary["route"]) == (
+        5,
+        "request_end",
+        "unmatched",
+    )
+    first = app.__code__.co_firstlineno  # the session is created one line below, used three
+    assert summary["origin"] == f"tests/core/test_logs.py:{first + 3} in app"
+    assert summary["created_at"] == f"tests/core/test_logs.py:{first + 1} in app"
 
 
 async def test_terminated_backend_logs_connection_invalidated_with_the_error_class(
