@@ -138,6 +138,10 @@ class SessionTracker:
 
     def add_engine(self, engine: Engine) -> None:
         self._engines.add(id(engine))
+        self.listen()
+
+    def listen(self) -> None:
+        """Listen to every ``Session`` (once); :meth:`_watched` picks the ones tracked."""
         if not self._attached:
             for identifier, fn in self._listeners:
                 event.listen(Session, identifier, fn)
