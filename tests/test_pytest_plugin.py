@@ -145,8 +145,8 @@ def test_leaky_tests_fail_with_where_the_session_was_opened(suite: pytest.Pytest
             HINT,
             "*ERROR at teardown of test_left_open*",
             "pool-observer leak guard: test_left_open left 2 leaks:",
-            "  - session opened at test_sync.py:17 in test_left_open (created at test_sync.py:16 in "
-            "test_left_open) is still open",
+            "  - session opened at test_sync.py:17 in test_left_open (created at "
+            "test_sync.py:16 in test_left_open) is still open",
             "  - pool 'sync': 1 connection still checked out",
             HINT,
             "*ERROR at teardown of test_dropped*",
@@ -162,8 +162,8 @@ def test_leaky_tests_fail_with_where_the_session_was_opened(suite: pytest.Pytest
             HINT,
             "E           observer.pytest_plugin.LeakFound: pool-observer leak guard: the test left "
             "2 leaks:",
-            "E             - session opened at test_async.py:23 in test_async_guard_fixture (created "
-            "at test_async.py:22 in test_async_guard_fixture) is still open",
+            "E             - session opened at test_async.py:23 in test_async_guard_fixture "
+            "(created at test_async.py:22 in test_async_guard_fixture) is still open",
             "*FAILED test_async.py::test_async_guard_fixture*",
         ]
     )
@@ -304,16 +304,16 @@ def test_a_suite_that_builds_its_own_engine_and_session_factory_is_guarded(
         [
             "*ERROR at teardown of test_login_leaks*",
             "pool-observer leak guard: test_login_leaks left 2 leaks:",
-            "  - session opened at app.py:17 in purge_stale_refresh_tokens (created at app.py:16 in "
-            "purge_stale_refresh_tokens) is still open",
+            "  - session opened at app.py:17 in purge_stale_refresh_tokens (created at "
+            "app.py:16 in purge_stale_refresh_tokens) is still open",
             f"  - pool 'sqlite:///{db}/tests.db': 1 connection still checked out",
             HINT,
             "*ERROR at teardown of test_login_drops*",
             "pool-observer leak guard: test_login_drops left 2 leaks:",
             "  - session opened at app.py:23 in purge_and_drop was garbage-collected without being "
             "closed",
-            f"  - pool 'sqlite:///{db}/tests.db': 1 checked-out connection reclaimed by the garbage "
-            "collector (never returned)",
+            f"  - pool 'sqlite:///{db}/tests.db': 1 checked-out connection reclaimed by the "
+            "garbage collector (never returned)",
             HINT,
         ]
     )
