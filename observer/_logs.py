@@ -44,8 +44,9 @@ _LOGGERS = {
 class EventLogger:
     """Logs an event (``logger.warning("session.leak", reason=...)``) through the standard
     library's logging, on the logger of its area (``observer.sessions`` for ``session.*``
-    events, ``observer`` for the observer's own): the message is the event and its fields as ``key=value`` (``None`` left out), and
-    each field is also an attribute of the record (``extra``) for structured formatters. When
+    events, ``observer`` for the observer's own): the message is the event and its fields as
+    ``key=value`` (``None`` left out), and each field is also an attribute of the record
+    (``extra``) for structured formatters. When
     the app configured structlog (``structlog.configure``, :func:`configure_logging`), the
     event goes through structlog's configuration instead, as before."""
 
