@@ -365,13 +365,19 @@ def test_a_pool_stuck_by_leaks_keeps_the_held_now_alerts_firing(
                     found[name] = labels
             return found
 
+        leaking: list[dict[str, str]] = []  # SQLAlchemySessionsLeaking while it fired
+
         def incident_as_lived() -> bool:
             now = firing()
-            return "SQLAlchemySessionsLeaking" not in now and all(
+            if "SQLAlchemySessionsLeaking" in now:
+                leaking.append(now["SQLAlchemySessionsLeaking"])
+                return False
+            return bool(leaking) and all(
                 now.get(name) == labels for name, labels in held_now.items()
             )
 
         wait("the held-now alerts firing after the leak rate cleared", incident_as_lived)
+        assert leaking[0] == {"route": "/login", "severity": "warning"}
         held = _query(prom, f'sqlalchemy_route_connections_held{{job="{JOB}", route="/login"}}')
         assert [r["value"][1] for r in held] == ["3"]
         oldest = _query(prom, f'sqlalchemy_pool_oldest_checkout_seconds{{job="{JOB}"}}')
