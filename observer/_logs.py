@@ -32,13 +32,10 @@ def _text(value: Any) -> str:
     return json.dumps(text) if not text or any(c in text for c in ' ="\n') else text
 
 
-# Event area -> the logger of the package that logs it (Python's convention: per module).
-_LOGGERS = {
-    "session": "observer.sessions",
-    "pool": "observer.pool",
-    "request": "observer.asgi",
-    "alembic": "observer.alembic",
-}
+# Event area -> the logger of the package that logs it (Python's convention: per module),
+# ``observer.<package>``.
+_PACKAGES = {"session": "sessions", "pool": "pool", "request": "asgi", "alembic": "alembic"}
+_LOGGERS = {area: f"observer.{package}" for area, package in _PACKAGES.items()}
 
 
 class EventLogger:

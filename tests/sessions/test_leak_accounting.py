@@ -117,7 +117,7 @@ async def test_a_burst_of_40_leaks_from_two_origins_adds_up_to_40_lines_within_o
 ) -> None:
     """20 leaking requests from /a's code, then 20 from /b's, and no traffic after: the 10
     session.leak lines the rate limit allows (/a's first and 9 more), /b's first one (always
-    logged), and, within one sweep interval after the burst, one session.leak_summary per
+    logged), and, within one sweep interval after the burst, session.leak_summary lines per
     origin counting the rest: 11 + 10 + 19 = 40, the counter's value; every line names both
     the line that created the session and the line that began its transaction."""
     interval = 0.5
@@ -156,15 +156,16 @@ async def test_a_burst_of_40_leaks_from_two_origins_adds_up_to_40_lines_within_o
     }
     singles = [(e["origin"], e["created_at"]) for e in lines if e["event"] == "session.leak"]
     assert singles == [where["path_a"]] * 10 + [where["path_b"]]
-    summaries = sorted(
-        (e["origin"], e["created_at"], e["count"], e["route"], e["reason"])
-        for e in lines
-        if e["event"] == "session.leak_summary"
-    )
-    assert summaries == [
-        (*where["path_a"], 10, "unmatched", "request_end"),
-        (*where["path_b"], 19, "unmatched", "request_end"),
-    ]
+    # A sweep may run during the burst: an origin's rest can come in more than one summary.
+    summed: dict[tuple[str, str, str, str], int] = {}
+    for e in lines:
+        if e["event"] == "session.leak_summary":
+            key = (e["origin"], e["created_at"], e["route"], e["reason"])
+            summed[key] = summed.get(key, 0) + e["count"]
+    assert summed == {
+        (*where["path_a"], "unmatched", "request_end"): 10,
+        (*where["path_b"], "unmatched", "request_end"): 19,
+    }
 
 
 def _logged_leaks(logs: list[Any]) -> int:
