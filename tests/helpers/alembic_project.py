@@ -63,6 +63,15 @@ REVISIONS = [
 ]
 
 
+OBSERVER_LOGGER = """
+
+[logger_observer]
+level = INFO
+handlers =
+qualname = observer
+"""
+
+
 def make_project(root: Path, url: str, *, template: str = "async") -> Path:
     """`alembic init -t <template>` in ``root``, env.py calling observer.alembic, 2 revisions.
 
@@ -75,8 +84,8 @@ def make_project(root: Path, url: str, *, template: str = "async") -> Path:
         "\n".join(
             f"sqlalchemy.url = {url}" if line.startswith("sqlalchemy.url") else line
             for line in ini.read_text().splitlines()
-        )
-        + "\n"
+        ).replace("keys = root,sqlalchemy,alembic", "keys = root,sqlalchemy,alembic,observer")
+        + OBSERVER_LOGGER  # what docs/alembic.md tells users to add: the INFO events show
     )
     env = directory / "env.py"
     source = env.read_text()
