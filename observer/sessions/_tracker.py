@@ -33,6 +33,7 @@ from observer.metrics._batching import (
 from observer.metrics._families import HOLD_BUCKETS, Metrics
 from observer.sessions import _created
 from observer.sessions import _origin as origins
+from observer.sessions._created import ATTRIBUTE as _CREATED
 from observer.sessions._leak_log import LeakLog
 
 MAX_LEAK_ORIGINS = 100  # distinct (reason, route, origin) kept for snapshot(); counters go on
@@ -175,7 +176,7 @@ class SessionTracker:
         origin = created = None
         if self._capture_origin:
             origin = origins.capture()
-            created = session.__dict__.get(_created.ATTRIBUTE)  # set by the Session.__init__ wrap
+            created = session.__dict__.get(_CREATED)  # set by the Session.__init__ wrapper
         record = OpenSession(
             key=key,
             started=perf_counter(),
