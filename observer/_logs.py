@@ -1,17 +1,21 @@
-"""The library's structlog events, a rate limiter, and the opt-in JSON logging setup.
+"""The library's log events, a rate limiter, and the opt-in structlog output setup.
 
-Library code only emits events (:func:`emit`); configuring output is the app's business, and
-:func:`configure_logging` is the opt-in helper for apps that want JSON logs.
+Library code only emits events (:func:`emit`, :data:`logger`); configuring output is the app's
+business. Events go through the standard library's ``logging`` (loggers ``observer.<area>``),
+so the app's handlers, levels and format apply, unless the app configured structlog, whose
+configuration they then follow; :func:`configure_logging` is the opt-in JSON or console output.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 import sys
 import threading
 import time
 from collections.abc import MutableMapping
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import structlog
 from structlog.processors import ExceptionRenderer
@@ -19,7 +23,63 @@ from structlog.tracebacks import ExceptionDictTransformer
 
 from observer.attribution._scope import RequestScope, request_now, route_of
 
-logger: Any = structlog.get_logger("pool_observer")
+# Attributes of every LogRecord: an event's field of the same name stays in the message only.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+def _text(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return json.dumps(text) if not text or any(c in text for c in ' ="\n') else text
+
+
+# Event area -> the logger of the package that logs it (Python's convention: per module),
+# ``observer.<package>``.
+_PACKAGES = {"session": "sessions", "pool": "pool", "request": "asgi", "alembic": "alembic"}
+_LOGGERS = {area: f"observer.{package}" for area, package in _PACKAGES.items()}
+
+
+class EventLogger:
+    """Logs an event (``logger.warning("session.leak", reason=...)``) through the standard
+    library's logging, on the logger of its area (``observer.sessions`` for ``session.*``
+    events, ``observer`` for the observer's own): the message is the event and its fields as
+    ``key=value`` (``None`` left out), and each field is also an attribute of the record
+    (``extra``) for structured formatters. When
+    the app configured structlog (``structlog.configure``, :func:`configure_logging`), the
+    event goes through structlog's configuration instead, as before."""
+
+    def __init__(self) -> None:
+        self._structlog: Any = structlog.get_logger("observer")
+
+    def _log(self, level: int, method: str, event: str, fields: dict[str, Any]) -> None:
+        if structlog.is_configured():
+            getattr(self._structlog, method)(event, **fields)
+            return
+        std = logging.getLogger(_LOGGERS.get(event.split(".", 1)[0], "observer"))
+        if not std.isEnabledFor(level):
+            return
+        message = " ".join(
+            [
+                event,
+                *(f"{key}={_text(value)}" for key, value in fields.items() if value is not None),
+            ]
+        )
+        extra = {k: v for k, v in fields.items() if k not in _RECORD_ATTRIBUTES}
+        std.log(level, "%s", message, extra={**extra, "event": event})
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._log(logging.DEBUG, "debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._log(logging.INFO, "info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._log(logging.WARNING, "warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._log(logging.ERROR, "error", event, fields)
+
+
+logger = EventLogger()
 
 _CURRENT: Any = object()  # "the request of the current context"
 
@@ -223,20 +283,36 @@ def add_trace_context(
     return event_dict
 
 
-def configure_logging(*, level: str = "info", stream: TextIO | None = None) -> None:
-    """Opt-in: configure structlog to write one JSON object per line to ``stream`` (stdout).
+def configure_logging(
+    *,
+    level: str = "info",
+    stream: TextIO | None = None,
+    renderer: Literal["json", "console"] = "json",
+) -> None:
+    """Opt-in: configure structlog to write one JSON object per line to ``stream`` (stdout), or
+    with ``renderer="console"`` structlog's readable console lines.
 
     Every line gets a timestamp, the level, the current OpenTelemetry trace and span ids, and
     passes :class:`RedactSecrets`; exceptions are rendered as dicts **without local
     variables** (structlog's ``dict_tracebacks`` shows locals, which leaks passwords and SQL
     parameters into logs). This replaces the global structlog configuration: call it once, at
-    startup, and only if the app does not configure structlog itself.
+    startup, and only if the app does not configure structlog itself. Without it the events
+    go through the standard library's ``logging`` (docs/logging.md).
     """
     levels = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
     if level not in levels:
         from observer.settings import ConfigurationError
 
         raise ConfigurationError(f"level must be one of {', '.join(levels)} (got {level!r})")
+    if renderer not in ("json", "console"):
+        from observer.settings import ConfigurationError
+
+        raise ConfigurationError(f"renderer must be 'json' or 'console' (got {renderer!r})")
+    output: Any = (
+        structlog.processors.JSONRenderer()
+        if renderer == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -245,7 +321,7 @@ def configure_logging(*, level: str = "info", stream: TextIO | None = None) -> N
             add_trace_context,
             ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
             RedactSecrets(),
-            structlog.processors.JSONRenderer(),
+            output,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(levels[level]),
         logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stdout),

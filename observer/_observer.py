@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from time import perf_counter
 from typing import TYPE_CHECKING, Unpack
 
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -21,10 +22,12 @@ from observer._types import Snapshot
 from observer.asgi._middleware import ObserverMiddleware
 from observer.asgi._requests import Requests
 from observer.attribution._route_metrics import RouteMetrics
-from observer.attribution._scope import RequestScope, in_request, route_of
+from observer.attribution._scope import RequestScope, in_request
 from observer.metrics._batching import Unflushed
 from observer.metrics._collectors import (
     BatchedCollector,
+    HeldNow,
+    HeldNowCollector,
     RouteHeldCollector,
     StateCollector,
     batched_families,
@@ -33,6 +36,7 @@ from observer.metrics._collectors import (
 from observer.metrics._exposition import MetricsEndpoint
 from observer.metrics._families import Metrics, multiprocess_mode
 from observer.metrics._server import MetricsServer
+from observer.pool._held_now import held_now, push_held_now
 from observer.pool._live import LivePools
 from observer.pool._tracker import PoolState, PoolTracker
 from observer.sessions import _origin as origins
@@ -144,7 +148,10 @@ class Observer:
                     self._pool_states, self.live_pools.count, self._sessions_open, collect_failed
                 )
             )
-            self.registry.register(RouteHeldCollector(self.route_connections_held, collect_failed))
+            self.registry.register(
+                RouteHeldCollector(lambda: self.held_now().routes_held, collect_failed)
+            )
+            self.registry.register(HeldNowCollector(self.held_now, collect_failed))
         _observers.add(self)
 
     # -- engines ----------------------------------------------------------------------------
@@ -304,9 +311,7 @@ class Observer:
             self.metrics.live_pools.set(self.live_pools.count())
         if self.metrics.sessions_open is not None:
             self.metrics.sessions_open.set(self._sessions_open())
-        if self.metrics.route_held is not None:
-            for route, count in self.route_connections_held().items():
-                self.metrics.route_held.labels(route).set(count)
+        push_held_now(self.metrics, self.held_now())
 
     def _new_pool(self, pool: Pool) -> None:
         """A pool opened its first connection: after startup, and not one of the watched
@@ -343,16 +348,11 @@ class Observer:
     def _sessions_open(self) -> int:
         return len(self.sessions.open)
 
-    def route_connections_held(self) -> dict[str, int]:
-        """Connections checked out now, by the route label of the request holding them (every
-        route counted so far is present, with 0 when it holds none)."""
-        label = self.routes.label
-        counts = dict.fromkeys(self.routes.labels, 0)
-        for tracker in list(self._trackers.values()):
-            for stamp in list(tracker.held.values()):
-                route = label(route_of(stamp[1]))
-                counts[route] = counts.get(route, 0) + 1
-        return counts
+    def held_now(self) -> HeldNow:
+        """Who holds connections now: the oldest checkout's age by pool and by route, and the
+        connections held by route (every route counted so far is present, 0 when it holds
+        none)."""
+        return held_now(list(self._trackers.values()), self.routes, perf_counter())
 
     # -- requests -----------------------------------------------------------------------------
 

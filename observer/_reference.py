@@ -71,6 +71,7 @@ them yet, so no shipped dashboard or alert uses them.
 _COMBINE = {
     "liveall": "Several workers: one series per worker (label `pid`).",
     "livesum": "Several workers: summed over the live ones.",
+    "livemax": "Several workers: the largest over the live ones.",
 }
 
 

@@ -139,12 +139,14 @@ def test_leaky_tests_fail_with_where_the_session_was_opened(suite: pytest.Pytest
         [
             "*ERROR at teardown of test_async_left_open*",
             "pool-observer leak guard: test_async_left_open left 2 leaks:",
-            "  - session opened at test_async.py:17 in test_async_left_open is still open",
+            "  - session opened at test_async.py:17 in test_async_left_open (created at "
+            "test_async.py:16 in test_async_left_open) is still open",
             "  - pool 'async': 1 connection still checked out",
             HINT,
             "*ERROR at teardown of test_left_open*",
             "pool-observer leak guard: test_left_open left 2 leaks:",
-            "  - session opened at test_sync.py:17 in test_left_open is still open",
+            "  - session opened at test_sync.py:17 in test_left_open (created at "
+            "test_sync.py:16 in test_left_open) is still open",
             "  - pool 'sync': 1 connection still checked out",
             HINT,
             "*ERROR at teardown of test_dropped*",
@@ -160,8 +162,8 @@ def test_leaky_tests_fail_with_where_the_session_was_opened(suite: pytest.Pytest
             HINT,
             "E           observer.pytest_plugin.LeakFound: pool-observer leak guard: the test left "
             "2 leaks:",
-            "E             - session opened at test_async.py:23 in test_async_guard_fixture is "
-            "still open",
+            "E             - session opened at test_async.py:23 in test_async_guard_fixture "
+            "(created at test_async.py:22 in test_async_guard_fixture) is still open",
             "*FAILED test_async.py::test_async_guard_fixture*",
         ]
     )
@@ -216,6 +218,103 @@ def test_leaks(observer_leak_guard):
     result.stdout.fnmatch_lines(
         [
             "pool-observer leak guard: test_leaks left 2 leaks:",
-            "  - session opened at test_fixture_only.py:12 in test_leaks is still open",
+            "  - session opened at test_fixture_only.py:12 in test_leaks (created at "
+            "test_fixture_only.py:11 in test_leaks) is still open",
         ]
     )
+
+
+OWN_ENGINE_APP = """
+from prometheus_client import CollectorRegistry
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+import observer
+
+# the app's own engine, watched by its observer
+engine = create_async_engine("sqlite+aiosqlite:///{db}/app.db")
+obs = observer.Observer(registry=CollectorRegistry())
+obs.watch(engine, name="app")
+
+BACKGROUND = []
+
+
+async def purge_stale_refresh_tokens(Session):
+    session = Session()
+    await session.execute(text("SELECT 1"))  # never closed: the planted leak
+    BACKGROUND.append(session)
+
+
+async def purge_and_drop(Session):
+    session = Session()
+    await session.execute(text("SELECT 2"))  # never closed, then dropped
+"""
+
+OWN_ENGINE_CONFTEST = """
+import pytest
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+
+@pytest.fixture
+async def Session():
+    # the test suite's own engine and session factory: no Observer watches them
+    engine = create_async_engine("sqlite+aiosqlite:///{db}/tests.db")
+    yield async_sessionmaker(engine)
+    await engine.dispose()
+"""
+
+OWN_ENGINE_TESTS = """
+from sqlalchemy import text
+
+import app
+
+
+async def test_login_leaks(Session):
+    await app.purge_stale_refresh_tokens(Session)
+
+
+async def test_login_drops(Session):
+    await app.purge_and_drop(Session)
+
+
+async def test_login_clean(Session):
+    async with Session() as session:
+        await session.execute(text("SELECT 1"))
+"""
+
+
+def test_a_suite_that_builds_its_own_engine_and_session_factory_is_guarded(
+    pytester: pytest.Pytester,
+) -> None:
+    """The common pattern: the app watches its engine, the tests' conftest builds another
+    engine and session factory that no Observer watches. The app's code leaks a session on the
+    conftest's factory: the test fails naming the app's lines and the connection still out of
+    the conftest's pool (named by its URL); a session the app drops unclosed fails its test too,
+    with the connection the garbage collector reclaimed; a clean test passes."""
+    db = pytester.mkdir("db")
+    pytester.makepyfile(app=OWN_ENGINE_APP.format(db=db))
+    pytester.makeconftest(OWN_ENGINE_CONFTEST.format(db=db))
+    pytester.makeini(
+        "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
+    )
+    pytester.makepyfile(test_login=OWN_ENGINE_TESTS)
+    result = pytester.runpytest_subprocess("-p", "observer.pytest_plugin", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3, errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_login_leaks*",
+            "pool-observer leak guard: test_login_leaks left 2 leaks:",
+            "  - session opened at app.py:17 in purge_stale_refresh_tokens (created at "
+            "app.py:16 in purge_stale_refresh_tokens) is still open",
+            f"  - pool 'sqlite:///{db}/tests.db': 1 connection still checked out",
+            HINT,
+            "*ERROR at teardown of test_login_drops*",
+            "pool-observer leak guard: test_login_drops left 2 leaks:",
+            "  - session opened at app.py:23 in purge_and_drop was garbage-collected without being "
+            "closed",
+            f"  - pool 'sqlite:///{db}/tests.db': 1 checked-out connection reclaimed by the "
+            "garbage collector (never returned)",
+            HINT,
+        ]
+    )
+    assert "of test_login_clean" not in result.stdout.str()

@@ -11,8 +11,8 @@ import structlog
 from observer._logs import logger as structlog_logger
 
 # `alembic upgrade` configures stdlib logging from alembic.ini (fileConfig in env.py): warnings
-# reach its console handler as they are; info lines need a [logger_pool_observer] section.
-STDLIB_LOGGER = "pool_observer.alembic"
+# reach its console handler as they are; info lines need a [logger_observer] section.
+STDLIB_LOGGER = "observer.alembic"
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 _LEVELS["error"] = logging.ERROR
 # Attributes of a LogRecord: an `extra` key among them makes logging raise.
@@ -25,7 +25,7 @@ def log(level: str, event: str, **fields: Any) -> None:
     Through structlog when the process configured it (``structlog.configure``, which
     ``observer.configure_logging()`` and structlog's stdlib integration call): its processors
     and renderer decide, JSON included. Otherwise through the stdlib logger
-    ``pool_observer.alembic``, as one ``event key=value ...`` line, the fields also given as
+    ``observer.alembic``, as one ``event key=value ...`` line, the fields also given as
     ``extra`` for a JSON formatter.
     """
     if structlog.is_configured():

@@ -11,7 +11,7 @@ fails leaves its part out and is reported to ``failed`` (the observer counts it 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
@@ -22,8 +22,12 @@ from observer.metrics._families import (
     LIVE_POOLS,
     LIVE_POOLS_HELP,
     POOL_GAUGES,
+    POOL_OLDEST,
+    POOL_OLDEST_HELP,
     ROUTE_HELD,
     ROUTE_HELD_HELP,
+    ROUTE_OLDEST,
+    ROUTE_OLDEST_HELP,
     SESSIONS_OPEN,
     SESSIONS_OPEN_HELP,
     Metrics,
@@ -170,3 +174,38 @@ class RouteHeldCollector(Collector):
         for route, count in sorted(held.items()):
             family.add_metric([route], count)
         yield family
+
+
+class HeldNow(NamedTuple):
+    """Connections checked out now, from the trackers' checkout stamps: the held-now signals."""
+
+    pools_oldest: Sequence[tuple[str, float]]  # (pool, age of its oldest checkout, 0 if none)
+    routes_held: Mapping[str, int]  # route -> connections it holds now
+    routes_oldest: Mapping[str, float]  # route -> age of its oldest checkout now (0 if none)
+
+
+class HeldNowCollector(Collector):
+    """``sqlalchemy_pool_oldest_checkout_seconds{pool}`` and
+    ``sqlalchemy_route_oldest_checkout_seconds{route}``: how long the oldest connection checked
+    out now has been held, computed at scrape time (nothing on the hot path). Unlike the hold
+    histogram, which only sees connections that came back, it grows while a connection is
+    never returned."""
+
+    def __init__(self, held_now: Callable[[], HeldNow], failed: Failed) -> None:
+        self._held_now = held_now
+        self._failed = failed
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        yield GaugeMetricFamily(POOL_OLDEST, POOL_OLDEST_HELP, labels=["pool"])
+        yield GaugeMetricFamily(ROUTE_OLDEST, ROUTE_OLDEST_HELP, labels=["route"])
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        now: HeldNow = _read(self._held_now, HeldNow((), {}, {}), self._failed)
+        pools = GaugeMetricFamily(POOL_OLDEST, POOL_OLDEST_HELP, labels=["pool"])
+        for pool, age in now.pools_oldest:
+            pools.add_metric([pool], age)
+        routes = GaugeMetricFamily(ROUTE_OLDEST, ROUTE_OLDEST_HELP, labels=["route"])
+        for route, age in sorted(now.routes_oldest.items()):
+            routes.add_metric([route], age)
+        yield pools
+        yield routes

@@ -10,6 +10,7 @@ from observer.metrics._spec import (
     CONNECT_BUCKETS,
     HOLD_BUCKETS,
     LEAK_REASONS,
+    LEAK_RESOLUTIONS,
     MIGRATION_BUCKETS,
     WAIT_BUCKETS,
     Exporter,
@@ -25,6 +26,7 @@ __all__ = [
     "CONNECT_BUCKETS",
     "HOLD_BUCKETS",
     "LEAK_REASONS",
+    "LEAK_RESOLUTIONS",
     "LIBRARY",
     "METRICS",
     "MIGRATION_BUCKETS",
@@ -172,8 +174,20 @@ LIBRARY: Final[tuple[MetricSpec, ...]] = (
         + ") and by the route that opened them.",
         doc="`garbage_collected`: dropped while open; `too_old`: open past "
         "`leak_threshold_seconds`; `request_end`: still open "
-        "`request_end_grace_seconds` after the response finished. Every reason has a "
+        "`request_end_grace_seconds` after the response finished. A session counts once, under "
+        "the reason it was first found with. Every reason has a "
         '`route="none"` series from the start.',
+    ),
+    MetricSpec(
+        "sqlalchemy_orm_session_leaks_resolved_total",
+        "counter",
+        ("reason", "route", "how"),
+        "Leaked sessions that ended later, by the reason they were counted under, their route "
+        "and how: " + ", ".join(LEAK_RESOLUTIONS) + ".",
+        doc="A leak counts once in `sqlalchemy_orm_session_leaks_total`, under the reason it was "
+        "first found with; what happened to it afterwards counts here: `closed` (its transaction "
+        "ended late), `garbage_collected` (dropped without close). Leaked sessions still open "
+        "now: leaks with reason `request_end` or `too_old` minus these.",
     ),
     MetricSpec(
         "sqlalchemy_route_connection_hold_seconds_total",
@@ -206,6 +220,20 @@ LIBRARY: Final[tuple[MetricSpec, ...]] = (
         "Connections held now, by the route of the request that checked them out.",
         multiprocess_mode="livesum",
     ),
+    _pool(
+        "sqlalchemy_pool_oldest_checkout_seconds",
+        "Age of the oldest connection checked out of the pool now (0 when none).",
+        "Held now, read at scrape time: a connection never returned keeps growing it (the hold "
+        "histogram only counts connections that came back).",
+    ),
+    MetricSpec(
+        "sqlalchemy_route_oldest_checkout_seconds",
+        "gauge",
+        _ROUTE,
+        "Age of the oldest connection held now, by the route of the request that checked it out.",
+        multiprocess_mode="livemax",
+        doc='`route="none"` for work outside requests; 0 for a route that holds none now.',
+    ),
     MetricSpec(
         "sqlalchemy_pool_double_handouts_total",
         "counter",
@@ -231,20 +259,6 @@ LIBRARY: Final[tuple[MetricSpec, ...]] = (
         "Exceptions swallowed inside observer hooks (the app went on).",
     ),
     # Promised for upcoming work.
-    MetricSpec(
-        "sqlalchemy_pool_oldest_checkout_seconds",
-        "gauge",
-        _POOL,
-        "Age of the oldest connection checked out of the pool now (0 when none).",
-        planned=True,
-    ),
-    MetricSpec(
-        "sqlalchemy_route_oldest_checkout_seconds",
-        "gauge",
-        _ROUTE,
-        "Age of the oldest connection held now, by the route of the request that checked it out.",
-        planned=True,
-    ),
     MetricSpec(
         "sqlalchemy_orm_session_leak_origins_total",
         "counter",

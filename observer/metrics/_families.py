@@ -13,6 +13,7 @@ from observer.metrics._contract import (
     CONNECT_BUCKETS,
     HOLD_BUCKETS,
     LEAK_REASONS,
+    LEAK_RESOLUTIONS,
     WAIT_BUCKETS,
     MetricSpec,
     MetricType,
@@ -27,8 +28,12 @@ __all__ = [
     "LIVE_POOLS",
     "LIVE_POOLS_HELP",
     "POOL_GAUGES",
+    "POOL_OLDEST",
+    "POOL_OLDEST_HELP",
     "ROUTE_HELD",
     "ROUTE_HELD_HELP",
+    "ROUTE_OLDEST",
+    "ROUTE_OLDEST_HELP",
     "SESSIONS_OPEN",
     "SESSIONS_OPEN_HELP",
     "WAIT_BUCKETS",
@@ -37,9 +42,16 @@ __all__ = [
     "multiprocess_mode",
 ]
 
-# The gauges read at scrape time (observer.metrics._collectors), as name -> help.
+POOL_OLDEST = "sqlalchemy_pool_oldest_checkout_seconds"
+POOL_OLDEST_HELP = BY_NAME[POOL_OLDEST].help
+ROUTE_OLDEST = "sqlalchemy_route_oldest_checkout_seconds"
+ROUTE_OLDEST_HELP = BY_NAME[ROUTE_OLDEST].help
+# The gauges of a pool's state read at scrape time (observer.metrics._collectors), as name ->
+# help; the oldest checkout is read from the checkout stamps instead (HeldNowCollector).
 POOL_GAUGES: dict[str, str] = {
-    s.name: s.help for s in exported("library") if s.type == "gauge" and s.labels == ("pool",)
+    s.name: s.help
+    for s in exported("library")
+    if s.type == "gauge" and s.labels == ("pool",) and s.name != POOL_OLDEST
 }
 LIVE_POOLS = "sqlalchemy_pools"
 LIVE_POOLS_HELP = BY_NAME[LIVE_POOLS].help
@@ -129,6 +141,10 @@ class Metrics:
         self.session_leaks = _counter(r, "sqlalchemy_orm_session_leaks_total")
         for reason in LEAK_REASONS:  # a 0 series from the start, so rate() and panels work
             self.session_leaks.labels(reason, "none")
+        self.session_leaks_resolved = _counter(r, "sqlalchemy_orm_session_leaks_resolved_total")
+        for reason in ("request_end", "too_old"):  # the reasons a session can outlive
+            for how in LEAK_RESOLUTIONS:
+                self.session_leaks_resolved.labels(reason, "none", how)
         self.route_hold = _counter(r, "sqlalchemy_route_connection_hold_seconds_total")
         self.route_wait = _counter(r, "sqlalchemy_route_checkout_wait_seconds_total")
         self.route_checkouts = _counter(r, "sqlalchemy_route_checkouts_total")
@@ -143,8 +159,12 @@ class Metrics:
         self.live_pools: Gauge | None = None
         self.sessions_open: Gauge | None = None
         self.route_held: Gauge | None = None
+        self.pool_oldest: Gauge | None = None
+        self.route_oldest: Gauge | None = None
         if multiprocess:
             self.route_held = _gauge(r, ROUTE_HELD)
+            self.pool_oldest = _gauge(r, POOL_OLDEST)
+            self.route_oldest = _gauge(r, ROUTE_OLDEST)
             self.pool_gauges = {name: _gauge(r, name) for name in POOL_GAUGES}
             self.live_pools = _gauge(r, LIVE_POOLS)
             self.sessions_open = _gauge(r, SESSIONS_OPEN)

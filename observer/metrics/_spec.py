@@ -9,10 +9,12 @@ MetricType = Literal["counter", "gauge", "histogram"]
 # Who exports a metric: the library in the app, ``observer sidecar``, or ``observer.alembic``.
 Exporter = Literal["library", "sidecar", "alembic"]
 # How prometheus-client aggregates a gauge over the workers of PROMETHEUS_MULTIPROC_DIR.
-MultiprocessMode = Literal["liveall", "livesum"]
+MultiprocessMode = Literal["liveall", "livesum", "livemax"]
 
 CLOSE_REASONS = ("closed", "invalidated", "soft_invalidated", "detached", "garbage_collected")
 LEAK_REASONS = ("request_end", "garbage_collected", "too_old")
+# What became of a session after it was counted as a leak (request_end or too_old).
+LEAK_RESOLUTIONS = ("closed", "garbage_collected")
 
 # Waits: sub-millisecond when a connection is idle, up to pool_timeout (30 s by default).
 WAIT_BUCKETS = (

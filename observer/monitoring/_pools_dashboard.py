@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from observer.monitoring._dashboard_parts import BY_POOL, RATE, board, new_layout, quantiles
+from observer.monitoring._held_panels import held_by_route, oldest_by_pool, oldest_by_route
 from observer.monitoring._panels import (
     Json,
     Layout,
@@ -26,6 +27,12 @@ def pools(config: MonitoringConfig) -> Json:
     """Pool overview: saturation, waits, hold time, errors, alerts and the server's view."""
     layout = new_layout()
     layout.add(*_saturation_row(config))
+    layout.add(
+        row("Held now: who holds the connections right now"),
+        oldest_by_pool(_LEGEND, BY_POOL),
+        held_by_route(width=8),
+        oldest_by_route(width=8),
+    )
     layout.add(*_wait_and_hold_row())
     layout.add(*_errors_row())
     layout.add(*_churn_panels())

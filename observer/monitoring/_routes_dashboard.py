@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from observer.monitoring._dashboard_parts import RATE, board, new_layout
+from observer.monitoring._held_panels import held_by_route, oldest_by_route
 from observer.monitoring._panels import (
     Json,
     m,
@@ -34,14 +35,18 @@ def routes(config: MonitoringConfig) -> Json:
 
 
 def _culprits_row() -> tuple[Json, ...]:
-    """Connections held by each route, against the pools' capacity, and per checkout."""
+    """Who holds connections now (count and oldest checkout), next to who hogged them over
+    time (connection time against the pools' capacity, and per checkout)."""
     return (
         row("Culprits: who holds the connections"),
+        held_by_route(),
+        oldest_by_route(),
         timeseries(
-            "Connections held, by route (top 10)",
+            "Over time: connections held, by route (top 10)",
             "Connection-seconds used per second by each route = the average number of "
-            "connections it holds. The dashed line is the total capacity of the pools. "
-            "'none' is work outside any request, 'unmatched' paths no route matched.",
+            "connections it held (counted when they come back). The dashed line is the total "
+            "capacity of the pools. 'none' is work outside any request, 'unmatched' paths no "
+            "route matched.",
             "short",
             [
                 target(f"topk(10, sum by (route) (rate({_HOLD}{RATE})))", "{{route}}"),

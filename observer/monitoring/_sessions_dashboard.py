@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from observer.monitoring._dashboard_parts import RATE, board, new_layout, quantiles
+from observer.monitoring._held_panels import leaked_open_by_route, leaked_open_stat, oldest_by_route
 from observer.monitoring._panels import (
     Json,
     heatmap,
@@ -51,12 +52,7 @@ def _sessions_row(config: MonitoringConfig) -> tuple[Json, ...]:
             f"sum(rate({_LEAKS}{RATE}))",
             steps=[("green", None), ("red", 0.001)],
         ),
-        stat(
-            "Sessions opened",
-            "ORM sessions that started a transaction, per second.",
-            "cps",
-            f"sum(rate({m('sqlalchemy_orm_sessions_opened_total', pool=False)}{RATE}))",
-        ),
+        leaked_open_stat(),
         stat(
             "Connections reclaimed by GC",
             "Checked-out connections the garbage collector took back, per second.",
@@ -82,11 +78,15 @@ def _sessions_row(config: MonitoringConfig) -> tuple[Json, ...]:
 
 
 def _leaks_row() -> tuple[Json, ...]:
-    """Leaked sessions by reason and by route."""
+    """The damage now (leaked sessions still open, connections held and for how long, by
+    route), then new leaks by reason and by route."""
     return (
         row("Leaks"),
+        leaked_open_by_route(),
+        oldest_by_route(),
         timeseries(
-            "Leaks by reason",
+            "New leaks by reason",
+            "Each leaked session counts once, under the reason it was first found with. "
             "request_end: still open when the response finished; garbage_collected: dropped "
             "while open; too_old: open longer than the threshold.",
             "cps",
@@ -96,7 +96,7 @@ def _leaks_row() -> tuple[Json, ...]:
             stack=True,
         ),
         timeseries(
-            "Leaks by route (top 10)",
+            "New leaks by route (top 10)",
             "Which routes leak sessions. The leak log events carry the code location that "
             "opened each session ('origin').",
             "cps",

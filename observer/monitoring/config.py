@@ -106,6 +106,14 @@ class MonitoringConfig:
     reclaimed_for: str = "1m"
     double_handouts_window: str = "10m"
     double_handouts_for: str = "1m"
+    # Held now (read at scrape time, so they stay up while the harm lasts): a connection held
+    # longer than HikariCP's leakDetectionThreshold would be, leaked sessions still open, and a
+    # pool with connections out that hands none out (checkouts flat).
+    held_too_long_seconds: float = 120.0
+    held_too_long_for: str = "2m"
+    leaked_open_for: str = "5m"
+    pool_stuck_window: str = "10m"
+    pool_stuck_for: str = "5m"
     live_pools_threshold: float = 5.0
     pools_created_threshold: float = 10.0
     engine_per_request_window: str = "15m"

@@ -31,7 +31,10 @@ from observer.metrics._batching import (
     can_batch,
 )
 from observer.metrics._families import HOLD_BUCKETS, Metrics
+from observer.sessions import _created
 from observer.sessions import _origin as origins
+from observer.sessions._created import ATTRIBUTE as _CREATED
+from observer.sessions._leak_log import LeakLog
 
 MAX_LEAK_ORIGINS = 100  # distinct (reason, route, origin) kept for snapshot(); counters go on
 
@@ -48,16 +51,27 @@ class OpenSession:
     key: int
     started: float
     scope: RequestScope | None
-    origin: origins.Origin | None
+    origin: origins.Origin | None  # where its transaction began (its first statement)
+    created: origins.Origin | None = None  # where the session was created
     ref: weakref.ref[Session] | None = None
-    reported: str | None = None  # leak reason once reported (the first one)
-    reasons: tuple[str, ...] = ()  # every leak reason counted for this session
+    reported: str | None = None  # the leak reason it was counted under (once, the first found)
     closed: bool = False  # its transaction ended (commit, rollback, close); not by the GC
     tracker: SessionTracker | None = None
 
     @property
     def route(self) -> str:
         return route_of(self.scope)
+
+    @property
+    def where(self) -> str | None:
+        """Where its transaction began, as logged (``None`` without origins)."""
+        return str(self.origin) if self.origin else None
+
+    @property
+    def created_at(self) -> str | None:
+        """Where the session was created, when that is another line than :attr:`where`."""
+        created = self.created
+        return str(created) if created is not None and created != self.origin else None
 
     def __call__(self, _: object) -> None:
         """The callback of :attr:`ref`: the session was garbage-collected while open. Runs in a
@@ -87,10 +101,13 @@ class SessionTracker:
         self._threshold = leak_threshold
         self._capture_origin = capture_origin
         self._limiter = limiter
+        self._log = LeakLog(limiter)
         self._engines: set[int] = set()  # id() of watched sync engines
         self.open: dict[int, OpenSession] = {}
         # (reason, route, origin) -> leaks: where leaks come from, for snapshot() and reports
         self.leak_origins: dict[tuple[str, str, str], int] = {}
+        # origin -> sessions garbage-collected while open, whatever they were counted as first
+        self.collected_origins: dict[str, int] = {}
         self._listeners = (
             ("after_transaction_create", hooks.guard("session_begin", self._on_begin)),
             ("after_transaction_end", hooks.guard("session_end", self._on_end)),
@@ -104,9 +121,11 @@ class SessionTracker:
         )
 
     def flush(self) -> None:
-        """Move the sessions opened and closed since the last flush into the metrics."""
+        """Move the sessions opened and closed since the last flush into the metrics, and log
+        the leaks not logged yet (the summary lines)."""
         with LOCK:
             self._put(self._sums.take(), MOVE)
+        self._log.flush()
 
     def unflushed(self, view: Unflushed) -> None:
         """Add to a scrape's ``view`` what :meth:`flush` would move now (the caller holds LOCK)."""
@@ -120,9 +139,15 @@ class SessionTracker:
 
     def add_engine(self, engine: Engine) -> None:
         self._engines.add(id(engine))
+        self.listen()
+
+    def listen(self) -> None:
+        """Listen to every ``Session`` (once); :meth:`_watched` picks the ones tracked."""
         if not self._attached:
             for identifier, fn in self._listeners:
                 event.listen(Session, identifier, fn)
+            if self._capture_origin:
+                _created.install()
             self._attached = True
 
     def remove_engine(self, engine: Engine) -> None:
@@ -132,6 +157,8 @@ class SessionTracker:
         for identifier, fn in self._listeners:
             if event.contains(Session, identifier, fn):
                 event.remove(Session, identifier, fn)
+        if self._attached and self._capture_origin:
+            _created.uninstall()
         self._attached = False
         self._engines.clear()
 
@@ -146,11 +173,16 @@ class SessionTracker:
             return  # a nested transaction, or a session of an engine nobody watches
         key = id(session)
         scope = request_now()
+        origin = created = None
+        if self._capture_origin:
+            origin = origins.capture()
+            created = session.__dict__.get(_CREATED)  # set by the Session.__init__ wrapper
         record = OpenSession(
             key=key,
             started=perf_counter(),
             scope=scope,
-            origin=origins.capture() if self._capture_origin else None,
+            origin=origin,
+            created=created,
             tracker=self,
         )
         record.ref = weakref.ref(session, record)
@@ -177,17 +209,10 @@ class SessionTracker:
             return
         record.ref = None  # the session ended properly: its finalizer callback is dropped
         record.closed = True
-        self._ended(record, perf_counter())
-        if record.reported is not None and self._limiter.allow("session.released"):
-            emit(
-                "info",
-                "session.released_after_leak",
-                record.scope,
-                reason=record.reported,
-                age_seconds=round(perf_counter() - record.started, 3),
-                route=self._routes.label(record.route),
-                origin=str(record.origin) if record.origin else None,
-            )
+        now = perf_counter()
+        self._ended(record, now)
+        if record.reported is not None:
+            self._resolved(record, "closed", now)
 
     def _ended(self, record: OpenSession, now: float) -> None:
         took = now - record.started
@@ -205,38 +230,46 @@ class SessionTracker:
         if self.open.get(record.key) is record:
             del self.open[record.key]
         self._ended(record, now)
-        self.report(record, "garbage_collected", now)
+        where = record.where or "unknown"
+        if where in self.collected_origins or len(self.collected_origins) < MAX_LEAK_ORIGINS:
+            self.collected_origins[where] = self.collected_origins.get(where, 0) + 1
+        if record.reported is None:
+            self.report(record, "garbage_collected", now)
+        else:  # counted already (request_end, too_old): what became of it counts apart
+            self._resolved(record, "garbage_collected", now)
+
+    def _resolved(self, record: OpenSession, how: str, now: float) -> None:
+        """A session counted as leaked ended later: ``how`` is closed or garbage_collected."""
+        route = self._routes.label(record.route)
+        self._m.session_leaks_resolved.labels(record.reported, route, how).inc()
+        if self._limiter.allow("session.released"):
+            emit(
+                "info",
+                "session.released_after_leak",
+                record.scope,
+                reason=record.reported,
+                how=how,
+                age_seconds=round(now - record.started, 3),
+                route=route,
+                origin=record.where,
+                created_at=record.created_at,
+            )
 
     def report(self, record: OpenSession, reason: str, now: float | None = None) -> None:
-        """Count and log one leak. A session counts once as ``too_old`` or ``request_end``
-        (whichever comes first), and once more if it is then garbage-collected unclosed."""
-        reasons = record.reasons
-        if reason in reasons or (
-            reason != "garbage_collected" and ("too_old" in reasons or "request_end" in reasons)
-        ):
+        """Count and log one leak. A session counts once, under the reason it is first found
+        with (``too_old``, ``request_end`` or ``garbage_collected``); what becomes of it later
+        is counted by :meth:`_resolved`."""
+        if record.reported is not None:
             return
-        record.reasons = (*reasons, reason)
-        if record.reported is None:
-            record.reported = reason
+        record.reported = reason
         route = self._routes.label(record.route)
         self._m.session_leaks.labels(reason, route).inc()
-        key = (reason, route, str(record.origin) if record.origin else "unknown")
+        where = record.where
+        key = (reason, route, where or "unknown")
         if key in self.leak_origins or len(self.leak_origins) < MAX_LEAK_ORIGINS:
             self.leak_origins[key] = self.leak_origins.get(key, 0) + 1
-        if not self._limiter.allow("session.leak"):
-            return
         age = (perf_counter() if now is None else now) - record.started
-        emit(
-            "warning",
-            "session.leak",
-            record.scope,
-            reason=reason,
-            age_seconds=round(age, 3),
-            route=route,
-            origin=str(record.origin) if record.origin else None,
-            suppressed=self._limiter.take_suppressed("session.leak"),
-            hint=_HINTS[reason],
-        )
+        self._log.leak(record.scope, reason, route, where, record.created_at, age)
 
     def check_request_end(self, records: list[OpenSession]) -> None:
         """Report the sessions of a finished request that still hold their transaction."""
@@ -251,12 +284,4 @@ class SessionTracker:
         for record in list(self.open.values()):
             if record.reported is None and now - record.started > threshold:
                 self.report(record, "too_old", now)
-
-
-_HINTS = {
-    "garbage_collected": "the session was dropped without close(); use 'async with Session() as "
-    "session' or close it in a finally block",
-    "too_old": "a transaction has been open longer than leak_threshold_seconds; commit or close "
-    "the session before slow work",
-    "request_end": "the request finished while its session still held a transaction",
-}
+        self._log.flush()

@@ -162,16 +162,16 @@ def test_without_structlog_configured_the_lines_go_through_stdlib_logging(
     project: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A process that never configured structlog gets each event as one `event key=value`
-    line on the stdlib logger pool_observer.alembic, the fields also as record attributes."""
+    line on the stdlib logger observer.alembic, the fields also as record attributes."""
     import asyncio
 
     structlog.reset_defaults()
     try:
-        with caplog.at_level(logging.INFO, logger="pool_observer.alembic"):
+        with caplog.at_level(logging.INFO, logger="observer.alembic"):
             asyncio.run(migrate(config(project), "upgrade", "0001"))
     finally:
         structlog.reset_defaults()
-    records = [r for r in caplog.records if r.name == "pool_observer.alembic"]
+    records = [r for r in caplog.records if r.name == "observer.alembic"]
     assert [r.getMessage().split(" ")[0] for r in records] == [
         "alembic.migration.started",
         "alembic.migration.finished",
@@ -260,7 +260,7 @@ def test_alembic_command_line_prints_one_line_per_attempt_and_one_failed_line(
     assert len(attempts) == 2
     for number, text in enumerate(attempts, 1):
         assert text.startswith(
-            "WARNI [pool_observer.alembic] alembic.migration.lock_timeout revision=0002 "
+            "WARNI [observer.alembic] alembic.migration.lock_timeout revision=0002 "
             f"direction=upgrade outcome=lock_timeout attempt={number} max_attempts=2 "
         )
         assert f" table=items blocker_pid={pid} blocker_application_name=report " in text

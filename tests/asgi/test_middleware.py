@@ -195,9 +195,10 @@ async def test_leaky_endpoint_is_one_request_end_leak_per_request(
 ) -> None:
     """Three requests (each in its own span) to an endpoint that opens a session, uses it and
     never closes it: three request_end leaks for its route, each logged with the origin in this
-    file and the request's id and trace; the garbage collector later reports the same sessions
-    (garbage_collected) and the reclaimed connections under the same route and trace, although
-    it runs outside the requests."""
+    file and the request's id and trace; when the garbage collector later drops the same
+    sessions they are not counted again (a resolution, how="garbage_collected"), and they and
+    the reclaimed connections are logged under the same route and trace, although it runs
+    outside the requests."""
     from opentelemetry.sdk.trace import TracerProvider
 
     tracer = TracerProvider().get_tracer("test")
@@ -211,14 +212,19 @@ async def test_leaky_endpoint_is_one_request_end_leak_per_request(
                     response = await http.get(f"/leaky/{n}", headers={"x-request-id": f"r{n}"})
                     assert response.json() == n
                 await asyncio.sleep(GRACE + 0.15)  # past the grace period
-            gc.collect()  # the dropped sessions: also garbage_collected leaks
+            gc.collect()  # the dropped sessions: resolved, not counted again
             obs.flush()
     assert leaks(registry, "request_end", "/leaky/{n}") == 3.0
-    assert leaks(registry, "garbage_collected", "/leaky/{n}") == 3.0  # same route on the GC path
+    assert leaks(registry, "garbage_collected", "/leaky/{n}") == 0.0  # each leak counts once
+    resolved = "sqlalchemy_orm_session_leaks_resolved_total"
+    labels = {"reason": "request_end", "route": "/leaky/{n}", "how": "garbage_collected"}
+    assert sample(registry, resolved, **labels) == 3.0  # what became of them, counted apart
     by_reason: dict[str, list[dict[str, Any]]] = {}
     for entry in logs:
         if entry["event"] == "session.leak":
             by_reason.setdefault(entry["reason"], []).append(entry)
+        elif entry["event"] == "session.released_after_leak":
+            by_reason.setdefault(entry["how"], []).append(entry)
     request_end = by_reason["request_end"]
     assert [e["request_id"] for e in request_end] == ["r0", "r1", "r2"]
     assert [e["trace_id"] for e in request_end] == traces

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
+import logging.config
 import re
 import threading
 import uuid
@@ -177,11 +179,12 @@ async def test_checkout_timeout_and_slow_checkout_carry_pool_state_request_and_t
     assert slow_event["active"] == 1
 
 
-async def test_a_leak_storm_is_counted_in_full_but_logged_at_most_burst_times(
+async def test_a_leak_storm_is_logged_at_most_burst_times_and_the_rest_in_a_summary(
     make_engine: Callable[..., AsyncEngine], registry: CollectorRegistry
 ) -> None:
     """Fifteen leaking requests (grace 0: checked when the app returns): the counter says 15,
-    the log has 10 session.leak lines (the rate limiter's burst)."""
+    the log has 10 session.leak lines (the rate limiter's burst) and, once the observer
+    flushes, one session.leak_summary line counting the other 5: the log adds up to 15."""
     engine = make_engine(pool_size=20, max_overflow=0)
     Session = async_sessionmaker(engine)
     kept: list[Any] = []
@@ -196,10 +199,11 @@ async def test_a_leak_storm_is_counted_in_full_but_logged_at_most_burst_times(
     obs = observer.Observer(registry=registry, metrics_path=None, request_end_grace_seconds=0)
     obs.watch(engine)
     try:
-        async with client(obs.middleware(app)) as http:
-            with capture_logs() as logs:
+        with capture_logs() as logs:
+            async with client(obs.middleware(app)) as http:
                 for _ in range(15):
                     await http.get("/")
+            obs.flush()  # what the sweeper does every tick
         for session in kept:
             await session.close()
     finally:
@@ -211,6 +215,15 @@ async def test_a_leak_storm_is_counted_in_full_but_logged_at_most_burst_times(
         == 15.0
     )
     assert len([e for e in logs if e["event"] == "session.leak"]) == 10
+    [summary] = [e for e in logs if e["event"] == "session.leak_summary"]
+    assert (summary["count"], summary["reason"], summary["route"]) == (
+        5,
+        "request_end",
+        "unmatched",
+    )
+    first = app.__code__.co_firstlineno  # the session is created one line below, used three
+    assert summary["origin"] == f"tests/core/test_logs.py:{first + 3} in app"
+    assert summary["created_at"] == f"tests/core/test_logs.py:{first + 1} in app"
 
 
 async def test_terminated_backend_logs_connection_invalidated_with_the_error_class(
@@ -462,3 +475,113 @@ def test_scrub_ends_a_quoted_value_where_postgres_ends_it_not_at_a_quote_or_brac
         "[SQL: SELECT a[1]\n, 'S3C'": "[SQL: REDACTED]",
     }
     assert {text: scrub(text) for text in cases} == cases
+
+
+@pytest.fixture
+def unconfigured_structlog() -> Iterator[None]:
+    """structlog as in an app that never configured it (other tests' capture_logs did)."""
+    structlog.reset_defaults()
+    try:
+        yield
+    finally:
+        structlog.reset_defaults()
+
+
+async def _one_too_old_leak(make_engine: Callable[..., AsyncEngine], obs: observer.Observer) -> int:
+    """Leak one session past leak_threshold_seconds, then close it; the line that began it."""
+    engine = make_engine(pool_size=2)
+    obs.watch(engine)
+    session = async_sessionmaker(engine)()
+    line = _one_too_old_leak.__code__.co_firstlineno + 6
+    await session.execute(text("SELECT 1"))
+    await asyncio.sleep(0.06)
+    obs.sessions.check_age()
+    await session.close()
+    return line
+
+
+@pytest.mark.usefixtures("unconfigured_structlog")
+async def test_by_default_events_are_records_of_the_standard_library_logging(
+    make_engine: Callable[..., AsyncEngine],
+    registry: CollectorRegistry,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With structlog left unconfigured, a leak is a WARNING record of logger observer.sessions:
+    its message is the event and its fields as key=value (None left out), and each field is a
+    record attribute too; closing the session later is an INFO record saying how."""
+    obs = observer.Observer(registry=registry, metrics_path=None, leak_threshold_seconds=0.05)
+    try:
+        with caplog.at_level(logging.INFO, logger="observer"):
+            line = await _one_too_old_leak(make_engine, obs)
+    finally:
+        obs.close()
+    origin = f"tests/core/test_logs.py:{line} in _one_too_old_leak"
+    created = f"tests/core/test_logs.py:{line - 2} in _one_too_old_leak"  # session = ...()
+    records = [r for r in caplog.records if r.name.startswith("observer")]
+    assert [(r.name, r.levelno, r.event) for r in records] == [  # type: ignore[attr-defined]
+        ("observer.sessions", logging.WARNING, "session.leak"),
+        ("observer.sessions", logging.INFO, "session.released_after_leak"),
+    ]
+    leak, released = records
+    age = leak.age_seconds  # type: ignore[attr-defined]
+    assert leak.getMessage() == (
+        f'session.leak reason=too_old age_seconds={age} route=none origin="{origin}" '
+        f'created_at="{created}" hint="{leak.hint}"'  # type: ignore[attr-defined]
+    )
+    assert (leak.reason, leak.route, leak.origin, leak.request_id) == (  # type: ignore[attr-defined]
+        "too_old",
+        "none",
+        origin,
+        None,
+    )
+    assert released.how == "closed"  # type: ignore[attr-defined]
+
+
+@pytest.mark.usefixtures("unconfigured_structlog")
+async def test_the_apps_logging_config_formats_and_filters_the_events(
+    make_engine: Callable[..., AsyncEngine], registry: CollectorRegistry
+) -> None:
+    """A dictConfig like docs/logging.md's uvicorn log_config: the app's formatter writes the
+    leak as its own line format; raising the "observer" logger to ERROR silences the events."""
+    stream = io.StringIO()
+    config: dict[str, Any] = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"app": {"format": "%(levelname)s [%(name)s] %(message)s"}},
+        "handlers": {
+            "app": {"class": "logging.StreamHandler", "formatter": "app", "stream": stream}
+        },
+        "loggers": {"observer": {"handlers": ["app"], "level": "INFO", "propagate": False}},
+    }
+    logging.config.dictConfig(config)
+    obs = observer.Observer(registry=registry, metrics_path=None, leak_threshold_seconds=0.05)
+    try:
+        line = await _one_too_old_leak(make_engine, obs)
+        logging.getLogger("observer").setLevel(logging.ERROR)
+        await _one_too_old_leak(make_engine, obs)  # silenced
+    finally:
+        obs.close()
+        logging.getLogger("observer").handlers.clear()
+        logging.getLogger("observer").setLevel(logging.NOTSET)
+        logging.getLogger("observer").propagate = True
+    lines = stream.getvalue().splitlines()
+    assert [text.split(" age_seconds=")[0] for text in lines] == [
+        "WARNING [observer.sessions] session.leak reason=too_old",
+        "INFO [observer.sessions] session.released_after_leak reason=too_old how=closed",
+    ]
+    assert f'origin="tests/core/test_logs.py:{line} in _one_too_old_leak"' in lines[0]
+
+
+def test_configure_logging_console_is_the_opt_in_readable_output() -> None:
+    """configure_logging(renderer="console") writes structlog's console lines to the stream."""
+    buffer = io.StringIO()
+    observer.configure_logging(stream=buffer, renderer="console")
+    try:
+        observer._logs.emit("warning", "session.leak", None, reason="too_old")
+    finally:
+        structlog.reset_defaults()
+    [line] = buffer.getvalue().splitlines()
+    assert "[warning  ] session.leak" in line
+    assert "reason=too_old" in line
+    with pytest.raises(observer.ConfigurationError, match="renderer must be 'json' or 'console'"):
+        observer.configure_logging(renderer="xml")  # type: ignore[arg-type]

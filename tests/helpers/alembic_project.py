@@ -67,12 +67,12 @@ REVISIONS = [
 ]
 
 
-# What docs/alembic.md tells users to add to alembic.ini to see the info lines.
 LOGGER_SECTION = """
-[logger_pool_observer]
+
+[logger_observer]
 level = INFO
 handlers =
-qualname = pool_observer
+qualname = observer
 """
 
 
@@ -80,7 +80,7 @@ def make_project(root: Path, url: str, *, template: str = "async", observer: boo
     """`alembic init -t <template>` in ``root``, env.py calling observer.alembic, 2 revisions;
     with ``observer=False``, env.py stays the template's (plain Alembic).
 
-    Returns the path of alembic.ini (its sqlalchemy.url is ``url``; the pool_observer logger
+    Returns the path of alembic.ini (its sqlalchemy.url is ``url``; the observer logger
     at info level, as docs/alembic.md says).
     """
     ini = root / "alembic.ini"
@@ -90,9 +90,8 @@ def make_project(root: Path, url: str, *, template: str = "async", observer: boo
         "\n".join(
             f"sqlalchemy.url = {url}" if line.startswith("sqlalchemy.url") else line
             for line in ini.read_text().splitlines()
-        ).replace("keys = root,sqlalchemy,alembic", "keys = root,sqlalchemy,alembic,pool_observer")
-        + "\n"
-        + LOGGER_SECTION
+        ).replace("keys = root,sqlalchemy,alembic", "keys = root,sqlalchemy,alembic,observer")
+        + LOGGER_SECTION  # what docs/alembic.md tells users to add: the INFO events show
     )
     _write_revisions(directory)
     if observer:

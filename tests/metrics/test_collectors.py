@@ -287,9 +287,9 @@ def test_every_collector_degrades_instead_of_raising() -> None:
 
 
 def test_a_scrape_counts_a_failed_source_as_a_collect_hook_error() -> None:
-    """Through an Observer: the sources of its collectors raising (its routes' unflushed sums
-    and held connections, its sessions), a full scrape renders and the next flush counts each
-    failure in ``observer_hook_errors_total{hook="collect"}``."""
+    """Through an Observer: the sources of its collectors raising (its routes' unflushed sums,
+    held connections and oldest checkouts, its sessions), a full scrape renders and the next
+    flush counts each failure in ``observer_hook_errors_total{hook="collect"}``."""
     from observer import Observer
 
     registry = CollectorRegistry()
@@ -308,4 +308,5 @@ def test_a_scrape_counts_a_failed_source_as_a_collect_hook_error() -> None:
     assert families["sqlalchemy_orm_sessions_open"].samples == []
     assert families["sqlalchemy_route_connections_held"].samples == []
     assert [s.value for s in families["sqlalchemy_pools"].samples] == [0.0]
-    assert errors == 3.0
+    assert families["sqlalchemy_route_oldest_checkout_seconds"].samples == []
+    assert errors == 4.0

@@ -4,7 +4,9 @@ Run as ``python -m tests.monitoring.e2e_app PORT DATABASE_URL [APPLICATION_NAME]
 on 127.0.0.1. Pool ``main`` is tiny (2 connections, 1 s pool_timeout) so that holders exhaust
 it; pool ``leaky`` backs the ORM sessions that ``/leak/{n}`` leaves open on purpose: the
 middleware's end-of-request check reports each as a ``request_end`` leak of route
-``/leak/{n}``, and PostgreSQL shows its connection idle in transaction.
+``/leak/{n}``, and PostgreSQL shows its connection idle in transaction. Pool ``stuck`` (3
+connections, 0.5 s pool_timeout) replays the field test's incident: each ``/login`` leaks a
+session that keeps one of its connections, so three of them leave it stuck.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ def build(url: str, application_name: str = "pool-observer") -> FastAPI:
     """The app, its two watched engines, and routes that hold, leak or behave."""
     main = create_async_engine(url, pool_size=2, max_overflow=0, pool_timeout=1)
     leaky = create_async_engine(url, pool_size=5, max_overflow=5)
+    stuck = create_async_engine(url, pool_size=3, max_overflow=0, pool_timeout=0.5)
     sessions = async_sessionmaker(leaky, expire_on_commit=False)
+    stuck_sessions = async_sessionmaker(stuck)
     leaked: list[AsyncSession] = []  # kept referenced: a request_end leak, not a GC one
 
     @asynccontextmanager
@@ -37,6 +41,7 @@ def build(url: str, application_name: str = "pool-observer") -> FastAPI:
             await session.close()
         await main.dispose()
         await leaky.dispose()
+        await stuck.dispose()
 
     app = FastAPI(lifespan=lifespan)
     # The age threshold is far beyond the test's minute: every leak reported is a request_end
@@ -49,6 +54,7 @@ def build(url: str, application_name: str = "pool-observer") -> FastAPI:
     )
     obs.watch(main, name="main")
     obs.watch(leaky, name="leaky")
+    obs.watch(stuck, name="stuck")
 
     @app.get("/hold/{seconds}")
     async def hold(seconds: float) -> dict[str, float]:
@@ -64,6 +70,14 @@ def build(url: str, application_name: str = "pool-observer") -> FastAPI:
         await session.execute(text("SELECT 1"))
         leaked.append(session)
         return {"leaked": n}
+
+    @app.get("/login")
+    async def login() -> dict[str, bool]:
+        # The planted bug of the field test: a session that runs a DELETE and is never closed.
+        session = stuck_sessions()
+        await session.execute(text("DELETE FROM pg_class WHERE false"))
+        leaked.append(session)
+        return {"ok": True}
 
     @app.get("/ok")
     async def ok() -> dict[str, bool]:
