@@ -10,6 +10,7 @@ from typing import Any
 from tests.sqla_suite import accepted
 
 ABSENT = "absent"  # the test id did not run in that arm
+ISSUE = re.compile(r"issue #\d+")  # every accepted reason names the issue that removes it
 
 
 def matches(pattern: str, test_id: str) -> bool:
@@ -77,6 +78,13 @@ def compare(
         if not any(matches(pattern, test_id) for test_id in differing):
             verdict.stale.append(pattern)
     verdict.problems.extend(watch_problems(watched))
+    reasons = list(differences.items())
+    reasons += [(p, r) for p, hooks in hook_errors.items() for r in hooks.values()]
+    verdict.problems.extend(
+        f"accepted entry {p}: the reason names no issue (issue #N)"
+        for p, r in reasons
+        if not ISSUE.search(r)
+    )
     for test_id, errors in sorted(watched.get("hook_errors", {}).items()):
         verdict.hook_errors[test_id] = errors
         allowed = lookup(hook_errors, test_id) or {}
