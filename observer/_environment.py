@@ -23,6 +23,7 @@ SHARED = frozenset(
         "OBSERVER_SOAK_CONCURRENCY",
         "OBSERVER_SOAK_ARMS",
         "OBSERVER_KEEP_SCREENSHOT",  # tests/asgi/test_live_page.py
+        "OBSERVER_SQLA_SUITE_CACHE",  # scripts/sqla-suite: where SQLAlchemy's sdist is kept
     }
 )
 
