@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -184,13 +185,35 @@ def can_wrap_return(pool: Pool) -> bool:
     return callable(getattr(pool, "_return_conn", None))
 
 
+# SQLAlchemy attributes its warnings (util.warn -> langhelpers._warnings_warn) to the first
+# frame whose module ``__name__`` does not start with ``sqlalchemy.``: a warning raised inside
+# the pool (a double checkin, a failed reset) would name our wrapper instead of the app line
+# that asked for the connection. The wrappers are therefore given globals whose ``__name__``
+# marks them as part of the pool, so SQLAlchemy skips them as it skips its own frames (read:
+# 2.0.38-2.0.52, 2.1.0b1-b4; run: 2.1.9, pinned in tests/compat/test_sqlalchemy_seam.py).
+# Tracebacks still show the wrapper's real file and line. Missing: the warning names the wrapper.
+SKIPPED_BY_WARNINGS = "sqlalchemy.pool.observer_wrapper"
+
+
+def _skipped_by_warnings(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with its frames skipped by SQLAlchemy's warning attribution (no cost per call: the
+    same code and closure, module globals copied once under another ``__name__``)."""
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return fn
+    marked = {**fn.__globals__, "__name__": SKIPPED_BY_WARNINGS}
+    copy = types.FunctionType(code, marked, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy.__qualname__ = fn.__qualname__
+    return copy
+
+
 def wrap_acquire(pool: Pool, owner: object, make: Callable[[Acquire], Acquire]) -> None:
     """Replace ``pool.connect`` (what ``Engine.raw_connection`` calls: SQLAlchemy has no
     "checkout started" event, and a checkout that times out fires none) on this pool instance
     with ``make(original)``. Public method, replaced on the instance; read: 2.0.38-2.0.52,
     2.1.0b1-b4; run: 2.1.9."""
     original = pool.connect
-    wrapper = make(original)
+    wrapper: Acquire = _skipped_by_warnings(make(original))
     setattr(wrapper, _MARK, (owner, original))
     pool.connect = wrapper  # type: ignore[method-assign]
 
@@ -199,7 +222,7 @@ def wrap_return(pool: Pool, owner: object, make: Callable[[Return], Return]) -> 
     """Replace ``pool._return_conn`` on this pool instance with ``make(original)``; only when
     :func:`can_wrap_return` said so. Read: 2.0.38-2.0.52, 2.1.0b1-b4; run: 2.1.9."""
     original: Return = pool._return_conn
-    wrapper = make(original)
+    wrapper: Return = _skipped_by_warnings(make(original))
     setattr(wrapper, _MARK, (owner, original))
     pool._return_conn = wrapper  # type: ignore[method-assign,assignment]
 

@@ -4,6 +4,9 @@ SQLAlchemy: a release that removes or changes an internal fails here, naming the
 from __future__ import annotations
 
 import gc
+import inspect
+import types
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -351,3 +354,41 @@ def test_the_accessors_fall_back_on_a_pool_without_the_internals() -> None:
     )
     assert got == (None, None, None, None, False, None)
     assert seam.pool_of_record(object()) is None  # type: ignore[arg-type]
+
+
+def _as_sqlalchemy_code(fn: Callable[..., None]) -> Callable[..., None]:
+    """``fn`` as if it were SQLAlchemy's own code (its module ``__name__``), so that SQLAlchemy's
+    warning attribution skips it, as it skips the pool code that warns on a double checkin."""
+    marked = {**fn.__globals__, "__name__": "sqlalchemy.pool.events_for_the_test"}
+    return types.FunctionType(fn.__code__, marked, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
+def test_a_warning_raised_inside_the_pool_names_the_apps_line_not_the_observers(
+    make_sqlite: Any, make_observer: Any
+) -> None:
+    """SQLAlchemy attributes its warnings to the first frame outside SQLAlchemy: with the
+    acquire and return wrappers in the way, a warning raised inside the pool on a checkout or a
+    checkin (as a double checkin or a failed reset would be) names the app's line, as without
+    the observer, never observer/pool/ or observer/_compat/."""
+    engine = make_sqlite()
+
+    def on_checkout(*args: Any) -> None:
+        sqlalchemy.util.warn("inside the checkout")
+
+    def on_checkin(*args: Any) -> None:
+        sqlalchemy.util.warn("inside the checkin")
+
+    event.listen(engine, "checkout", _as_sqlalchemy_code(on_checkout))
+    event.listen(engine, "checkin", _as_sqlalchemy_code(on_checkin))
+    make_observer().watch(engine)
+    here = inspect.currentframe()
+    assert here is not None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", sqlalchemy.exc.SAWarning)
+        conn, connect_line = engine.connect(), here.f_lineno
+        conn.close(), (close_line := here.f_lineno)
+    where = [(Path(w.filename).name, w.lineno, str(w.message)) for w in caught]
+    assert where == [
+        ("test_sqlalchemy_seam.py", connect_line, "inside the checkout"),
+        ("test_sqlalchemy_seam.py", close_line, "inside the checkin"),
+    ], broken("SKIPPED_BY_WARNINGS", f"warnings attributed to {where}")
