@@ -29,7 +29,7 @@ class SidecarConfig:
     statement_timeout_ms: int = 5000
     connect_timeout: float = 5.0
     multiproc_dir: str | None = None
-    prune_dead_workers: bool = False
+    prune_dead_workers: bool = True
     databases: tuple[str, ...] = ()  # () is the database of database_url; ("*",) every one
     metrics_token: str | None = field(default=None, repr=False)  # a secret, from a file
 
@@ -83,8 +83,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"{CONNECT_RANGE[1]:g} (default {d.connect_timeout:g})",
         "multiproc_dir": "the app workers' PROMETHEUS_MULTIPROC_DIR (default: none, no workers' "
         "metrics)",
-        "prune_dead_workers": "mark_process_dead for worker pids that no longer exist (needs the "
-        "workers' pid namespace: same host, or docker compose pid: service:app; default: off)",
+        "prune_dead_workers": "mark_process_dead for worker pids that no longer exist, so a "
+        "killed worker's gauges leave /metrics (default: on; needs the workers' pid namespace: "
+        "same host, or docker compose pid: service:app; --no-prune-dead-workers where the "
+        "sidecar cannot see the workers' pids)",
         "databases": "databases of the server view, separated by commas, or '*' for every one "
         "(default: the database of --database-url)",
     }  # fmt: skip
@@ -291,7 +293,7 @@ def _database_url(raw: Mapping[str, str]) -> str | None:
 
 def _prune_dead_workers(raw: Mapping[str, str]) -> bool:
     """The pruning switch, from an option (a bool) or its variable (true/false, 1/0, yes/no)."""
-    prune = raw.get("prune_dead_workers", "false").lower()
+    prune = raw.get("prune_dead_workers", "true").lower()
     if prune not in {"1", "true", "yes", "0", "false", "no"}:
         raise ValueError(
             "OBSERVER_SIDECAR_PRUNE_DEAD_WORKERS must be true or false "

@@ -284,10 +284,11 @@ def test_two_workers_aggregate_and_a_dead_one_is_pruned(
 def test_without_pruning_a_dead_workers_live_gauge_stays(
     tmp_path: Path, sidecars: list[Sidecar]
 ) -> None:
-    """With pruning off (the default), a dead worker's liveall series stays until the dir is wiped."""  # noqa: E501
+    """With pruning off (--no-prune-dead-workers), a dead worker's liveall series stays until
+    the dir is wiped."""
     worker = spawn_worker(tmp_path, 1, 9)
     worker.communicate("exit\n", timeout=10)
-    url = start(sidecars, multiproc_dir=str(tmp_path))
+    url = start(sidecars, multiproc_dir=str(tmp_path), prune_dead_workers=False)
     samples = scrape(url)
     assert value(samples, "worker_checked_out", pid=str(worker.pid)) == 9
     assert value(samples, "observer_sidecar_dead_workers_pruned_total") == 0

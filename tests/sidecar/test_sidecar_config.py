@@ -32,7 +32,7 @@ def test_defaults_then_environment_then_options() -> None:
         "OBSERVER_SIDECAR_POLL_INTERVAL": "5",
         "OBSERVER_SIDECAR_STATEMENT_TIMEOUT_MS": "2000",
         "OBSERVER_SIDECAR_CONNECT_TIMEOUT": "3",
-        "OBSERVER_SIDECAR_PRUNE_DEAD_WORKERS": "true",
+        "OBSERVER_SIDECAR_PRUNE_DEAD_WORKERS": "false",
         "OBSERVER_SIDECAR_DATABASES": "app, reports",
     }
     assert resolve(parse(), env) == SidecarConfig(
@@ -44,18 +44,18 @@ def test_defaults_then_environment_then_options() -> None:
         statement_timeout_ms=2000,
         connect_timeout=3.0,
         multiproc_dir=None,
-        prune_dead_workers=True,
+        prune_dead_workers=False,
         databases=("app", "reports"),
     )
     env["OBSERVER_SIDECAR_DATABASE_URL"] = "postgresql://sidecar@db/app"
     assert resolve(parse(), env).database_url == "postgresql://sidecar@db/app"
     options = parse("--port", "9400", "--database-url", "postgresql://cli@db/app",
-                    "--no-prune-dead-workers", "--databases", "*")  # fmt: skip
+                    "--prune-dead-workers", "--databases", "*")  # fmt: skip
     config = resolve(options, env)
     assert (config.port, config.database_url, config.prune_dead_workers, config.databases) == (
         9400,
         "postgresql://cli@db/app",
-        False,
+        True,
         ("*",),
     )
     # the variable's 2000 ms statement timeout does not fit in a 1 s interval given as option
