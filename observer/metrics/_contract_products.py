@@ -23,8 +23,8 @@ SIDECAR: Final[tuple[MetricSpec, ...]] = (
         _BY_STATE,
         "Backends of the application by database and state (as postgres_exporter).",
         exporter="sidecar",
-        doc="Every state of every connectable database is present, 0 when empty; limited "
-        "to the app's `application_name`.",
+        doc="Every state of every database of the sidecar's view (`--databases`: by default "
+        "its URL's) is present, 0 when empty; limited to the app's `application_name`.",
     ),
     MetricSpec(
         "pg_stat_activity_max_tx_duration",

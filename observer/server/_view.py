@@ -17,6 +17,8 @@ from observer.settings import ENV_PREFIX, Settings
 # server view can select them.
 DEFAULT_APPLICATION_NAME = Settings.from_options({}, environ={}).application_name or ""
 APPLICATION_NAME_ENV = ENV_PREFIX + "APPLICATION_NAME"
+# ``databases`` of read_activity that means every connectable database of the cluster.
+ALL_DATABASES = "*"
 
 # The states postgres_exporter enumerates for pg_stat_activity_count
 # (collector/pg_stat_activity.go),
@@ -47,7 +49,7 @@ _SETTINGS_SQL = text("SELECT name, setting, unit FROM pg_settings WHERE name = A
 _STATES_SQL = ", ".join(f"('{state}')" for state in STATES)
 
 # Connections of one application_name by database and state, with postgres_exporter's
-# max_tx_duration (seconds since xact_start). Every connectable database x state gets a row.
+# max_tx_duration (seconds since xact_start). Every database asked for x state gets a row.
 _ACTIVITY_SQL = text(
     f"""
 SELECT d.datname AS datname, s.state AS state,
@@ -63,6 +65,7 @@ LEFT JOIN (
     GROUP BY datname, state
 ) a ON a.datname = d.datname AND a.state = s.state
 WHERE d.datallowconn AND NOT d.datistemplate
+  AND (:all_databases OR d.datname = ANY(:databases))
 ORDER BY 1, 2
 """
 )
@@ -89,6 +92,7 @@ FROM pg_database d
 LEFT JOIN pg_stat_activity a
   ON a.datname = d.datname AND a.wait_event_type = 'Lock' AND a.backend_type = 'client backend'
 WHERE d.datallowconn AND NOT d.datistemplate
+  AND (:all_databases OR d.datname = ANY(:databases))
 GROUP BY d.datname
 ORDER BY 1
 """
@@ -204,25 +208,41 @@ def read_settings_sync(conn: Connection) -> ServerSettings:
     return _settings(conn.execute(_SETTINGS_SQL, {"names": list(SETTINGS)}).all())
 
 
-async def read_activity(conn: AsyncConnection, application_name: str) -> Activity:
-    """Read what the server sees of ``application_name`` now, over an async connection."""
-    params = {"app": application_name}
+def _filter(total: Any, databases: Sequence[str]) -> dict[str, Any]:
+    """The database filter's parameters: the connection's database when none is named."""
+    return {
+        "all_databases": ALL_DATABASES in databases,
+        "databases": [name for name in databases if name != ALL_DATABASES] or [str(total.db)],
+    }
+
+
+async def read_activity(
+    conn: AsyncConnection, application_name: str, databases: Sequence[str] = ()
+) -> Activity:
+    """Read what the server sees of ``application_name`` now, over an async connection, in
+    ``databases`` (default: the connection's; ``ALL_DATABASES`` for every one)."""
+    total = (await conn.execute(_TOTAL_SQL)).one()
+    where = _filter(total, databases)
     return _activity(
         application_name,
-        (await conn.execute(_TOTAL_SQL)).one(),
-        (await conn.execute(_ACTIVITY_SQL, params)).all(),
-        (await conn.execute(_APPLICATION_SQL, params)).one(),
-        (await conn.execute(_LOCKS_SQL)).all(),
+        total,
+        (await conn.execute(_ACTIVITY_SQL, {"app": application_name, **where})).all(),
+        (await conn.execute(_APPLICATION_SQL, {"app": application_name})).one(),
+        (await conn.execute(_LOCKS_SQL, where)).all(),
     )
 
 
-def read_activity_sync(conn: Connection, application_name: str) -> Activity:
-    """Read what the server sees of ``application_name`` now, over a sync connection."""
-    params = {"app": application_name}
+def read_activity_sync(
+    conn: Connection, application_name: str, databases: Sequence[str] = ()
+) -> Activity:
+    """Read what the server sees of ``application_name`` now, over a sync connection, in
+    ``databases`` (default: the connection's; ``ALL_DATABASES`` for every one)."""
+    total = conn.execute(_TOTAL_SQL).one()
+    where = _filter(total, databases)
     return _activity(
         application_name,
-        conn.execute(_TOTAL_SQL).one(),
-        conn.execute(_ACTIVITY_SQL, params).all(),
-        conn.execute(_APPLICATION_SQL, params).one(),
-        conn.execute(_LOCKS_SQL).all(),
+        total,
+        conn.execute(_ACTIVITY_SQL, {"app": application_name, **where}).all(),
+        conn.execute(_APPLICATION_SQL, {"app": application_name}).one(),
+        conn.execute(_LOCKS_SQL, where).all(),
     )

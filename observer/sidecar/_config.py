@@ -11,7 +11,7 @@ from typing import Any
 
 from observer import _values as values
 from observer._environment import unknown_variable
-from observer.server._view import APPLICATION_NAME_ENV, DEFAULT_APPLICATION_NAME
+from observer.server._view import ALL_DATABASES, APPLICATION_NAME_ENV, DEFAULT_APPLICATION_NAME
 from observer.settings import token_problem
 
 DEFAULT_PORT = 9188  # next to postgres_exporter's 9187, so both can run on one host
@@ -29,7 +29,8 @@ class SidecarConfig:
     statement_timeout_ms: int = 5000
     connect_timeout: float = 5.0
     multiproc_dir: str | None = None
-    prune_dead_workers: bool = False
+    prune_dead_workers: bool = True
+    databases: tuple[str, ...] = ()  # () is the database of database_url; ("*",) every one
     metrics_token: str | None = field(default=None, repr=False)  # a secret, from a file
 
 
@@ -44,6 +45,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "connect_timeout": ("--connect-timeout", "OBSERVER_SIDECAR_CONNECT_TIMEOUT"),
     "multiproc_dir": ("--multiproc-dir", "PROMETHEUS_MULTIPROC_DIR"),
     "prune_dead_workers": ("--prune-dead-workers", "OBSERVER_SIDECAR_PRUNE_DEAD_WORKERS"),
+    "databases": ("--databases", "OBSERVER_SIDECAR_DATABASES"),
 }
 # Secrets come from files (never a command line or an environment value), and fail closed:
 # given but empty, unreadable or unusable stops the sidecar.
@@ -81,8 +83,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"{CONNECT_RANGE[1]:g} (default {d.connect_timeout:g})",
         "multiproc_dir": "the app workers' PROMETHEUS_MULTIPROC_DIR (default: none, no workers' "
         "metrics)",
-        "prune_dead_workers": "mark_process_dead for worker pids that no longer exist (needs the "
-        "workers' pid namespace: same host, or docker compose pid: service:app; default: off)",
+        "prune_dead_workers": "mark_process_dead for worker pids that no longer exist, so a "
+        "killed worker's gauges leave /metrics (default: on; needs the workers' pid namespace: "
+        "same host, or docker compose pid: service:app; --no-prune-dead-workers where the "
+        "sidecar cannot see the workers' pids)",
+        "databases": "databases of the server view, separated by commas, or '*' for every one "
+        "(default: the database of --database-url)",
     }  # fmt: skip
     types = _types()
     for dest, (flag, env) in OPTIONS.items():
@@ -166,6 +172,7 @@ def resolve(
     )
     url = _database_url(raw)
     prune = _prune_dead_workers(raw)
+    databases = _databases(raw)
     multiproc_dir = raw.get("multiproc_dir")
     if require_source and url is None and multiproc_dir is None:
         raise ValueError(
@@ -183,6 +190,7 @@ def resolve(
         connect_timeout=connect,
         multiproc_dir=multiproc_dir,
         prune_dead_workers=prune,
+        databases=databases,
         metrics_token=token,
     )
 
@@ -285,10 +293,27 @@ def _database_url(raw: Mapping[str, str]) -> str | None:
 
 def _prune_dead_workers(raw: Mapping[str, str]) -> bool:
     """The pruning switch, from an option (a bool) or its variable (true/false, 1/0, yes/no)."""
-    prune = raw.get("prune_dead_workers", "false").lower()
+    prune = raw.get("prune_dead_workers", "true").lower()
     if prune not in {"1", "true", "yes", "0", "false", "no"}:
         raise ValueError(
             "OBSERVER_SIDECAR_PRUNE_DEAD_WORKERS must be true or false "
             f"(got {raw['prune_dead_workers']!r})"
         )
     return prune in {"1", "true", "yes"}
+
+
+def _databases(raw: Mapping[str, str]) -> tuple[str, ...]:
+    """The databases the server view covers: names, ``*`` alone for all, () for the URL's."""
+    text = raw.get("databases")
+    if text is None:
+        return ()
+    names = tuple(name.strip() for name in text.split(","))
+    # PostgreSQL truncates names at 63 bytes: a longer one would never match
+    if not all(0 < len(name.encode()) <= 63 for name in names) or (
+        ALL_DATABASES in names and len(names) > 1
+    ):
+        raise ValueError(
+            f"{_name('databases')} must be database names separated by commas, or "
+            f"'{ALL_DATABASES}' for every database (got {text!r})"
+        )
+    return names

@@ -36,6 +36,7 @@ class Sidecar:
                 interval=config.poll_interval,
                 statement_timeout_ms=config.statement_timeout_ms,
                 connect_timeout=config.connect_timeout,
+                databases=config.databases,
             )
             if config.database_url
             else None

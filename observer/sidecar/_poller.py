@@ -50,6 +50,7 @@ class ServerPoller:
         interval: float,
         statement_timeout_ms: int,
         connect_timeout: float,
+        databases: tuple[str, ...] = (),
     ) -> None:
         self.url = make_url(database_url).set(drivername="postgresql+asyncpg")
         self.shown = display_url(database_url)  # for logs: never the password or the query
@@ -57,6 +58,7 @@ class ServerPoller:
         self.interval = interval
         self.statement_timeout_ms = statement_timeout_ms
         self.connect_timeout = connect_timeout
+        self.databases = databases  # () is the URL's database
         self.latest = Poll()
         self.heartbeat = time.monotonic()
         self._stopping = threading.Event()
@@ -123,7 +125,7 @@ class ServerPoller:
         try:
             async with asyncio.timeout(self.poll_deadline):
                 async with engine.connect() as conn:
-                    activity = await read_activity(conn, self.application_name)
+                    activity = await read_activity(conn, self.application_name, self.databases)
                     await conn.rollback()
         except Exception as exc:
             error = type(exc).__name__

@@ -376,6 +376,10 @@ FLAGS = [
     )),
     Flag("sidecar", "--prune-dead-workers", (("yes", "ignored explicit argument 'yes'"),)),
     Flag("sidecar", "--no-prune-dead-workers", (("yes", "ignored explicit argument 'yes'"),)),
+    Flag("sidecar", "--databases", (
+        ("a,,b", "--databases / OBSERVER_SIDECAR_DATABASES must be database names separated by"),
+        ("*,a", "or '*' for every database (got '*,a')"),
+    )),
     Flag("sidecar", "--check-health", (("yes", "ignored explicit argument 'yes'"),)),
     Flag("render", "--out", (
         ("/dev/null/sub", "cannot write to --out '/dev/null/sub' (Not a directory"),
@@ -505,6 +509,7 @@ def test_bad_sidecar_environment_values_are_one_line_too(
         ("OBSERVER_SIDECAR_ADDRESS", "0.0.0.0 ", "--address / OBSERVER_SIDECAR_ADDRESS must be an IP address or a host name"),  # noqa: E501
         ("OBSERVER_SIDECAR_CONNECT_TIMEOUT", "nan", "--connect-timeout / OBSERVER_SIDECAR_CONNECT_TIMEOUT must be a number of seconds from 0.1 to 300 (got 'nan')"),  # noqa: E501
         ("OBSERVER_APPLICATION_NAME", "a\x07b", "--application-name / OBSERVER_APPLICATION_NAME must be printable ASCII"),  # noqa: E501
+        ("OBSERVER_SIDECAR_DATABASES", ",", "--databases / OBSERVER_SIDECAR_DATABASES must be database names separated by commas, or '*' for every database (got ',')"),  # noqa: E501
     ]:  # fmt: skip
         with monkeypatch.context() as env:
             env.setenv(variable, value)

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from observer.cli import main
 from observer.sidecar import Sidecar, SidecarConfig, check_health
-from tests.helpers import PG_HOST, PG_PORT, PG_USER, require
+from tests.helpers import PG_HOST, PG_PORT, PG_USER, require, throwaway_database
 from tests.helpers.pgcluster import PgCluster, available, free_port
 from tests.helpers.scrape import Samples, reaches, scrape, value, wait_for
 
@@ -189,6 +189,36 @@ def test_database_down_reports_pg_up_0_and_keeps_serving(
     assert not any(PASSWORD in m for m in messages)
 
 
+def datnames(samples: Samples, name: str) -> set[str]:
+    """The databases a metric of the server view has series for."""
+    return {dict(labels)["datname"] for (sample, labels) in samples if sample == name}
+
+
+@pytest.mark.postgres
+def test_the_server_view_covers_the_urls_database_unless_told(
+    pg_database: str, pg_url: str, app_name: str, sidecars: list[Sidecar]
+) -> None:
+    """By default only the database of the URL has pg_stat_activity_count and lock-wait series
+    (not every database of the cluster); ``--databases '*'`` covers them all, names pick some."""
+    with throwaway_database("sidecar_a") as one, throwaway_database("sidecar_b") as two:
+        ours = start(sidecars, database_url=pg_url, application_name=app_name)
+        samples = wait_for(ours, lambda s: value(s, "pg_up") == 1)
+        assert datnames(samples, "pg_stat_activity_count") == {pg_database}
+        assert datnames(samples, "pg_observer_lock_waiting_backends") == {pg_database}
+        counts = [k for k in samples if k[0] == "pg_stat_activity_count"]
+        assert len(counts) == 6  # one per state
+        assert value(samples, "pg_stat_activity_count", datname=pg_database, state="idle",
+                     application_name=app_name) == 0  # fmt: skip
+        everything = start(sidecars, database_url=pg_url, databases=("*",))
+        samples = wait_for(everything, lambda s: value(s, "pg_up") == 1)
+        assert {pg_database, one, two} <= datnames(samples, "pg_stat_activity_count")
+        assert {pg_database, one, two} <= datnames(samples, "pg_observer_lock_waiting_backends")
+        named = start(sidecars, database_url=pg_url, databases=(one, two))
+        samples = wait_for(named, lambda s: value(s, "pg_up") == 1)
+        assert datnames(samples, "pg_stat_activity_count") == {one, two}
+        assert datnames(samples, "pg_observer_lock_waiting_backends") == {one, two}
+
+
 WORKER = textwrap.dedent(
     """
     import sys
@@ -254,10 +284,11 @@ def test_two_workers_aggregate_and_a_dead_one_is_pruned(
 def test_without_pruning_a_dead_workers_live_gauge_stays(
     tmp_path: Path, sidecars: list[Sidecar]
 ) -> None:
-    """With pruning off (the default), a dead worker's liveall series stays until the dir is wiped."""  # noqa: E501
+    """With pruning off (--no-prune-dead-workers), a dead worker's liveall series stays until
+    the dir is wiped."""
     worker = spawn_worker(tmp_path, 1, 9)
     worker.communicate("exit\n", timeout=10)
-    url = start(sidecars, multiproc_dir=str(tmp_path))
+    url = start(sidecars, multiproc_dir=str(tmp_path), prune_dead_workers=False)
     samples = scrape(url)
     assert value(samples, "worker_checked_out", pid=str(worker.pid)) == 9
     assert value(samples, "observer_sidecar_dead_workers_pruned_total") == 0

@@ -32,7 +32,8 @@ def test_defaults_then_environment_then_options() -> None:
         "OBSERVER_SIDECAR_POLL_INTERVAL": "5",
         "OBSERVER_SIDECAR_STATEMENT_TIMEOUT_MS": "2000",
         "OBSERVER_SIDECAR_CONNECT_TIMEOUT": "3",
-        "OBSERVER_SIDECAR_PRUNE_DEAD_WORKERS": "true",
+        "OBSERVER_SIDECAR_PRUNE_DEAD_WORKERS": "false",
+        "OBSERVER_SIDECAR_DATABASES": "app, reports",
     }
     assert resolve(parse(), env) == SidecarConfig(
         address="0.0.0.0",
@@ -43,17 +44,19 @@ def test_defaults_then_environment_then_options() -> None:
         statement_timeout_ms=2000,
         connect_timeout=3.0,
         multiproc_dir=None,
-        prune_dead_workers=True,
+        prune_dead_workers=False,
+        databases=("app", "reports"),
     )
     env["OBSERVER_SIDECAR_DATABASE_URL"] = "postgresql://sidecar@db/app"
     assert resolve(parse(), env).database_url == "postgresql://sidecar@db/app"
     options = parse("--port", "9400", "--database-url", "postgresql://cli@db/app",
-                    "--no-prune-dead-workers")  # fmt: skip
+                    "--prune-dead-workers", "--databases", "*")  # fmt: skip
     config = resolve(options, env)
-    assert (config.port, config.database_url, config.prune_dead_workers) == (
+    assert (config.port, config.database_url, config.prune_dead_workers, config.databases) == (
         9400,
         "postgresql://cli@db/app",
-        False,
+        True,
+        ("*",),
     )
     # the variable's 2000 ms statement timeout does not fit in a 1 s interval given as option
     with pytest.raises(
@@ -82,8 +85,11 @@ def test_default_statement_timeout_shrinks_with_a_short_interval() -> None:
         ({"OBSERVER_SIDECAR_DATABASE_URL": "mysql://u:Secret1@h/db"}, "--database-url / OBSERVER_SIDECAR_DATABASE_URL must be a PostgreSQL URL (got a 'mysql' one): the sidecar polls pg_stat_activity"),  # noqa: E501
         ({"OBSERVER_SIDECAR_DATABASE_URL": "nonsense Secret1"}, "--database-url / OBSERVER_SIDECAR_DATABASE_URL is not a URL; expected postgresql://user:password@host:port/database"),  # noqa: E501
         ({"OBSERVER_SIDECAR_PRUNE_DEAD_WORKERS": "maybe"}, "OBSERVER_SIDECAR_PRUNE_DEAD_WORKERS must be true or false (got 'maybe')"),  # noqa: E501
+        ({"OBSERVER_SIDECAR_DATABASES": "app,,reports"}, "--databases / OBSERVER_SIDECAR_DATABASES must be database names separated by commas, or '*' for every database (got 'app,,reports')"),  # noqa: E501
+        ({"OBSERVER_SIDECAR_DATABASES": "*,app"}, "--databases / OBSERVER_SIDECAR_DATABASES must be database names separated by commas, or '*' for every database (got '*,app')"),  # noqa: E501
+        ({"OBSERVER_SIDECAR_DATABASES": "d" * 64}, "--databases / OBSERVER_SIDECAR_DATABASES must be database names separated by commas, or '*' for every database (got 'ddd"),  # noqa: E501
     ],
-    ids=["port-nan", "port-range", "interval", "stmt-long", "stmt-zero", "connect", "mysql", "garbage", "prune"],  # noqa: E501
+    ids=["port-nan", "port-range", "interval", "stmt-long", "stmt-zero", "connect", "mysql", "garbage", "prune", "db-empty", "db-star-mixed", "db-long"],  # noqa: E501
 )  # fmt: skip
 def test_bad_setting_names_the_option_and_the_variable(env: dict[str, str], message: str) -> None:
     """Each bad value fails with a message naming the option, its variable and the fix."""
