@@ -24,7 +24,9 @@ class Sidecar:
         self.config = config
         self.directory = (
             MultiprocessDirectory(
-                config.multiproc_dir, prune_dead_workers=config.prune_dead_workers
+                config.multiproc_dir,
+                prune_dead_workers=config.prune_dead_workers,
+                outside_the_app=True,
             )
             if config.multiproc_dir
             else None

@@ -106,3 +106,27 @@ def fetch_quietly(url: str) -> None:
     """A request whose worker is killed under it: the broken connection is the expected end."""
     with contextlib.suppress(httpx.HTTPError):
         httpx.get(url, timeout=90)
+
+
+def test_the_sidecar_prunes_nothing_while_it_sees_no_worker_alive(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In another pid namespace every worker pid looks dead: until one has been seen alive,
+    the sidecar prunes nothing (the gauges stay) and says why once; once it has seen a live
+    worker, a dead one's gauges go."""
+    from observer.metrics._multiprocess import MultiprocessDirectory
+
+    invisible = 2**22 + 12345  # above Linux's default pid_max: never a live process here
+    (tmp_path / f"gauge_liveall_{invisible}.db").write_bytes(b"")  # names are what prune reads
+    own = tmp_path / f"gauge_liveall_{os.getpid()}.db"
+    directory = MultiprocessDirectory(str(tmp_path), prune_dead_workers=True, outside_the_app=True)
+    with caplog.at_level("WARNING", logger="observer.sidecar"):
+        assert (directory.prune(), directory.prune()) == ([], [])
+    assert [r.getMessage()[:58] for r in caplog.records] == [
+        "not pruning: none of the 1 worker pids in the multiprocess"
+    ]
+    assert (tmp_path / f"gauge_liveall_{invisible}.db").exists()
+    own.write_bytes(b"")  # a worker this process can see: the namespace is shared after all
+    assert directory.prune() == [invisible]
+    assert not (tmp_path / f"gauge_liveall_{invisible}.db").exists()
+    assert directory.pruned == 1
