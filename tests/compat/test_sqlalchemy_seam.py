@@ -60,6 +60,23 @@ def test_pool_of_record_finds_the_pool_of_a_connection_record(make_sqlite: Any) 
     )
 
 
+def test_state_of_is_the_attribute_dict_of_the_checked_out_record(make_sqlite: Any) -> None:
+    """state_of reads the fairy's private record slot: the pool tracker keeps its
+    per-connection state in that record's own __dict__, apart from the user's info."""
+    engine = make_sqlite()
+    records = records_of(engine)
+    connection = engine.pool.connect()
+    try:
+        state = seam.state_of(connection)
+        assert len(records) == 1
+        assert state is vars(records[0]), broken(
+            "state_of", "_ConnectionFairy._connection_record no longer holds the record"
+        )
+        assert state is not connection.info
+    finally:
+        connection.close()
+
+
 def test_pool_dialect_is_the_engines_dialect_before_and_after_dispose(make_sqlite: Any) -> None:
     """pool_dialect reads Pool._dialect: the pools dispose() swaps in share the engine's."""
     engine = make_sqlite()

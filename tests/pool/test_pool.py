@@ -481,13 +481,9 @@ async def test_an_async_engine_has_no_reset_listener_and_a_sync_engine_has_one(
         obs.watch(engine, name="async")
         obs.watch(sync, name="sync")
         async_reset = {
-            fn
-            for target, name, fn in obs._trackers[id(engine.sync_engine)]._listeners
-            if name == "reset"
+            fn for name, fn in obs._trackers[id(engine.sync_engine)]._listeners if name == "reset"
         }
-        sync_reset = {
-            fn for target, name, fn in obs._trackers[id(sync)]._listeners if name == "reset"
-        }
+        sync_reset = {fn for name, fn in obs._trackers[id(sync)]._listeners if name == "reset"}
         assert not async_reset
         assert len(sync_reset) == 1
     finally:
@@ -545,7 +541,7 @@ async def test_a_pool_without_return_conn_is_watched_through_the_checkin_event(
         obs.watch(engine, name=POOL)
         tracker = obs._trackers[id(sync)]
         assert not tracker._wraps_return
-        assert any(name == "checkin" for _, name, _ in tracker._listeners)
+        assert any(name == "checkin" for name, _ in tracker._listeners)
     finally:
         pool.__class__ = AsyncAdaptedQueuePool
     for _ in range(3):
