@@ -43,7 +43,7 @@ from observer.pool._tracker import PoolState, PoolTracker, pool_states
 from observer.sessions import _origin as origins
 from observer.sessions._snapshot import read_snapshot
 from observer.sessions._tracker import SessionTracker
-from observer.settings import ConfigurationError, Options, Settings
+from observer.settings import ConfigurationError, Options, Settings, connection_app_name
 
 if TYPE_CHECKING:
     # OpenTelemetry is an optional extra; sqlalchemy.ext.asyncio needs greenlet (the asyncio
@@ -86,6 +86,7 @@ class Observer:
         **options: Unpack[Options],
     ) -> None:
         self.settings = Settings.from_options(dict(options))
+        self.application_name = connection_app_name(self.settings)  # instrument(): + app title
         # OpenTelemetry: resolved before anything is registered, so a missing extra fails first
         self._tracer_provider = tracer_provider
         provider = tracing.meter_provider_or_none(meter_provider)
@@ -198,7 +199,7 @@ class Observer:
                 metrics=self.metrics,
                 hooks=self.hooks,
                 routes=self.routes,
-                application_name=self.settings.application_name or None,
+                application_name=self.application_name,
                 limiter=self.limiter,
                 slow_checkout=self.settings.slow_checkout_seconds,
             )

@@ -79,25 +79,29 @@ def in_gc_cleanup() -> bool:
     return False
 
 
-def _no_gc_flag(record: ConnectionPoolEntry) -> bool:
-    return False
+def _fairy_collected(record: ConnectionPoolEntry) -> bool:
+    ref = getattr(record, "fairy_ref", None)
+    return ref is not None and ref() is None
 
 
 _NEEDS_GC = getattr(pool_base._ConnectionRecord, "needs_gc", None)
 
 record_needs_gc: Callable[[ConnectionPoolEntry], bool] = (
-    _NEEDS_GC.fget if isinstance(_NEEDS_GC, property) and _NEEDS_GC.fget else _no_gc_flag
+    _NEEDS_GC.fget if isinstance(_NEEDS_GC, property) and _NEEDS_GC.fget else _fairy_collected
 )
 """Whether a connection record's checkout was reclaimed by the garbage collector (its fairy is
-gone while the record is still checked out): ``_ConnectionRecord.needs_gc``, a property that
-only exists in newer releases (run: present in 2.1.9; read: absent from 2.0.38-2.0.52 and
-2.1.0b1-b4). Resolved once, at import, to the property's getter (one call, as cheap as the
-``getattr(record, "needs_gc", False)`` it replaces: it runs in the reset listener of every sync
-checkin). Missing: always False, so on those releases a sync connection the garbage collector
-returns through reset and checkin is counted as an ordinary return, not as reclaimed."""
+gone while the record is still checked out): ``_ConnectionRecord.needs_gc``, a property of
+newer releases (run: 2.1.9), resolved once, at import, to the property's getter (one call: it
+runs in the reset listener of every sync checkin). Fallback where it is missing (read: 2.0.38's
+pool/base.py; absent from 2.0.38-2.0.52 and 2.1.0b1-b4): the same test written out, the
+record's public ``fairy_ref`` weakref set and dead. On 2.0 the garbage collector's weakref
+callback calls ``_finalize_fairy(None, rec, pool, ref, ...)`` only while ``rec.fairy_ref is
+ref``, and the reset event fires before ``rec.checkin()`` clears ``fairy_ref``; an ordinary
+return runs with the fairy alive. Missing ``fairy_ref`` too: always False (a reclaimed sync
+connection then counts as an ordinary return)."""
 
-NEEDS_GC_FOUND = record_needs_gc is not _no_gc_flag
-"""Whether :data:`record_needs_gc` reads the record (True) or is the constant-False fallback."""
+NEEDS_GC_FOUND = record_needs_gc is not _fairy_collected
+"""Whether :data:`record_needs_gc` is SQLAlchemy's own property (True) or the fallback."""
 
 
 # -- records and pools ---------------------------------------------------------------------------

@@ -31,7 +31,9 @@ class PoolEvents(Checkouts):
             record.__dict__[CONNECT_STARTED] = clock()
         name = self._application_name
         if name and dialect.name == "postgresql":
-            if dialect.driver == "asyncpg":
+            if "application_name" in cparams:
+                pass  # the app's own (the URL query, connect_args)
+            elif dialect.driver == "asyncpg":
                 settings = dict(cparams.get("server_settings") or {})
                 if "application_name" not in settings:
                     settings["application_name"] = name

@@ -251,7 +251,7 @@ def test_unwrap_keeps_a_wrapper_someone_else_added_on_top(make_sqlite: Any) -> N
 
 def test_record_needs_gc_is_the_records_property_where_it_exists() -> None:
     """record_needs_gc is _ConnectionRecord.needs_gc's getter on releases that have it (2.1.9
-    when written), and a constant False before (2.0.x)."""
+    when written), and the fairy_ref fallback before (2.0.x)."""
     prop = getattr(sqlalchemy.pool.base._ConnectionRecord, "needs_gc", None)
     if Version(sqlalchemy.__version__) >= Version("2.1.9"):
         assert isinstance(prop, property), broken(
@@ -265,7 +265,8 @@ def test_record_needs_gc_is_the_records_property_where_it_exists() -> None:
 
 def test_record_needs_gc_tells_a_reclaimed_checkout_from_a_returned_one(make_sqlite: Any) -> None:
     """In the reset event of a sync connection, record_needs_gc is True only when the garbage
-    collector reclaims a checkout nobody returned (on releases with needs_gc)."""
+    collector reclaims a checkout nobody returned: with needs_gc, and with the fallback that
+    reads fairy_ref (2.0.x; run here on the installed release too)."""
     engine = make_sqlite()
     resets: list[bool] = []
 
@@ -273,13 +274,23 @@ def test_record_needs_gc_tells_a_reclaimed_checkout_from_a_returned_one(make_sql
         assert record is not None
         resets.append(seam.record_needs_gc(record))
 
+    fallback: list[bool] = []
+
+    def on_reset_fallback(dbapi: Any, record: ConnectionPoolEntry | None, state: Any) -> None:
+        assert record is not None
+        fallback.append(seam._fairy_collected(record))
+
     event.listen(engine, "reset", on_reset)
+    event.listen(engine, "reset", on_reset_fallback)
     with engine.connect():
         pass
     raw = engine.raw_connection()
     del raw
     gc.collect()
-    assert resets == [False, seam.NEEDS_GC_FOUND], broken(
+    assert fallback == [False, True], broken(
+        "record_needs_gc", f"the fairy_ref fallback saw {fallback}"
+    )
+    assert resets == [False, True], broken(
         "record_needs_gc", f"reset saw {resets} for a return then a garbage-collected checkout"
     )
 

@@ -394,22 +394,6 @@ async def test_close_removes_every_listener_and_wrapper(
         assert (await conn.execute(text("SELECT 1"))).scalar() == 1
 
 
-async def test_application_name_is_set_unless_the_app_sets_its_own(
-    make_engine: Any, make_observer: Any
-) -> None:
-    """New connections carry application_name 'pool-observer' so the server view can be joined;
-    an application_name the app configured wins."""
-    obs = make_observer()
-    plain = make_engine()
-    own = make_engine(connect_args={"server_settings": {"application_name": "billing"}})
-    obs.watch(plain, name="plain")
-    obs.watch(own, name="own")
-    async with plain.connect() as conn:
-        assert (await conn.execute(text("SHOW application_name"))).scalar() == "pool-observer"
-    async with own.connect() as conn:
-        assert (await conn.execute(text("SHOW application_name"))).scalar() == "billing"
-
-
 async def test_database_down_gives_the_app_its_own_error_and_exact_gauges(
     make_observer: Any, registry: CollectorRegistry
 ) -> None:

@@ -8,12 +8,7 @@ when that issue is fixed the difference disappears, and the gate says the entry 
 from __future__ import annotations
 
 # test id -> reason its outcome differs when every engine is watched
-DIFFERENCES: dict[str, str] = {
-    "test/engine/test_reconnect.py::MockReconnectTest::test_conn_reusable": (
-        "issue #13 item 4: application_name='pool-observer' is added to every PostgreSQL "
-        "connection's arguments, and the test asserts the exact DBAPI connect() call"
-    ),
-}
+DIFFERENCES: dict[str, str] = {}
 
 # test id -> {hook: reason} for observer_hook_errors_total seen while the test ran
 HOOK_ERRORS: dict[str, dict[str, str]] = {}
