@@ -104,6 +104,29 @@ NEEDS_GC_FOUND = record_needs_gc is not _fairy_collected
 """Whether :data:`record_needs_gc` is SQLAlchemy's own property (True) or the fallback."""
 
 
+def features_off() -> list[tuple[str, str]]:
+    """(feature, why) for each feature the installed release turns off: the internals above
+    that are missing. Empty on every supported release (docs/compatibility.md)."""
+    off = []
+    if not GC_FINALIZER_FOUND:
+        off.append(
+            (
+                "double_handout_at_return",
+                "pool.base._finalize_fairy is missing: a double handout is seen at the next "
+                "checkout only; async reclaims are seen through the reset event",
+            )
+        )
+    if not NEEDS_GC_FOUND and not hasattr(pool_base._ConnectionRecord, "fairy_ref"):
+        off.append(
+            (
+                "sync_reclaimed",
+                "neither _ConnectionRecord.needs_gc nor fairy_ref exists: a sync connection "
+                "the garbage collector reclaims counts as an ordinary checkin",
+            )
+        )
+    return off
+
+
 # -- records and pools ---------------------------------------------------------------------------
 
 state_of: Callable[[PoolProxiedConnection], dict[str, Any]] = operator.attrgetter(

@@ -8,6 +8,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import ConnectionPoolEntry, Pool, QueuePool
@@ -15,13 +16,14 @@ from sqlalchemy.pool import ConnectionPoolEntry, Pool, QueuePool
 from observer._compat.sqlalchemy import (
     GC_FINALIZER_FOUND,
     can_wrap_return,
+    features_off,
     listen_keeping_execution_flag,
     unwrap,
     wrap_acquire,
     wrap_return,
 )
 from observer._hooks import Hooks
-from observer._logs import RateLimiter
+from observer._logs import RateLimiter, emit
 from observer.attribution._route_metrics import RouteMetrics
 from observer.attribution._scope import NO_ROUTE
 from observer.metrics._batching import LOCK, MOVE, Sink, ThreadSums, Unflushed, can_batch
@@ -45,6 +47,18 @@ from observer.pool._state import PoolState, read_state
 __all__ = ["PoolState", "PoolTracker", "pool_states"]
 
 _pool_keys = itertools.count(1)
+_features_told: list[bool] = []  # once per process: the first engine watched
+
+
+def tell_features_off() -> None:
+    """Log ``observer.feature_off`` once per process for each feature the installed SQLAlchemy
+    turns off (none on a supported release), naming the feature, the release and why."""
+    if _features_told:
+        return
+    _features_told.append(True)
+    release = f"SQLAlchemy {sqlalchemy.__version__}"
+    for feature, why in features_off():
+        emit("warning", "observer.feature_off", None, feature=feature, release=release, why=why)
 
 
 class PoolTracker(PoolEvents):
@@ -149,6 +163,7 @@ class PoolTracker(PoolEvents):
     def attach(self, on_engine_gone: Callable[[PoolTracker], object] | None = None) -> None:
         """Add every listener and wrap the pool's acquire step; ``on_engine_gone(self)`` runs
         (deferred to the next drain) once the engine is garbage-collected, unless detached."""
+        tell_features_off()
         g = self._hooks.guard
         listeners: list[tuple[str, Callable[..., Any]]] = [
             ("do_connect", g("do_connect", self._on_do_connect)),

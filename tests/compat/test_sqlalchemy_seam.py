@@ -379,3 +379,33 @@ def test_the_accessors_fall_back_on_a_pool_without_the_internals() -> None:
     )
     assert got == (None, None, None, None, False, None)
     assert seam.pool_of_record(object()) is None  # type: ignore[arg-type]
+
+
+def test_no_feature_is_off_on_the_installed_release() -> None:
+    """Every internal the observer needs exists on the installed (supported) release."""
+    assert seam.features_off() == [], broken("features_off", "a feature is off")
+
+
+def test_a_feature_off_is_logged_once_with_the_release(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a release turns a feature off, the first watch logs observer.feature_off once,
+    naming the feature, the release and why."""
+    from structlog.testing import capture_logs
+
+    from observer.pool import _tracker
+
+    monkeypatch.setattr(_tracker, "features_off", lambda: [("sync_reclaimed", "no fairy_ref")])
+    monkeypatch.setattr(_tracker, "_features_told", [])
+    with capture_logs() as logs:
+        _tracker.tell_features_off()
+        _tracker.tell_features_off()
+    assert [e for e in logs if e["event"] == "observer.feature_off"] == [
+        {
+            "event": "observer.feature_off",
+            "log_level": "warning",
+            "feature": "sync_reclaimed",
+            "release": f"SQLAlchemy {sqlalchemy.__version__}",
+            "why": "no fairy_ref",
+            "route": None,
+            "request_id": None,
+        }
+    ]
