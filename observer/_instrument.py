@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from observer._engines import sync_engine_of
 from observer._observer import Observer
 from observer.asgi._middleware import ObserverMiddleware, RequestObserver
-from observer.settings import ConfigurationError, Options, Settings
+from observer.settings import ConfigurationError, Options, Settings, app_name_or_none
 
 if TYPE_CHECKING:
     # OpenTelemetry is an optional extra; sqlalchemy.ext.asyncio needs greenlet (the asyncio
@@ -75,6 +75,9 @@ def instrument(
             )
         _add_middleware(app, observer)
         _by_app[app] = observer
+    if observer.settings.application_name is None and observer.application_name is None:
+        title = getattr(app, "title", None)  # FastAPI's; its default names no app
+        observer.application_name = app_name_or_none(title if title != "FastAPI" else None)
     for engine in engines:
         observer.watch(engine)
     return observer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Unpack
 
@@ -38,11 +39,11 @@ from observer.metrics._families import Metrics, multiprocess_mode
 from observer.metrics._server import MetricsServer
 from observer.pool._held_now import held_now, push_held_now
 from observer.pool._live import LivePools
-from observer.pool._tracker import PoolState, PoolTracker
+from observer.pool._tracker import PoolState, PoolTracker, pool_states
 from observer.sessions import _origin as origins
 from observer.sessions._snapshot import read_snapshot
 from observer.sessions._tracker import SessionTracker
-from observer.settings import ConfigurationError, Options, Settings
+from observer.settings import ConfigurationError, Options, Settings, connection_app_name
 
 if TYPE_CHECKING:
     # OpenTelemetry is an optional extra; sqlalchemy.ext.asyncio needs greenlet (the asyncio
@@ -85,6 +86,7 @@ class Observer:
         **options: Unpack[Options],
     ) -> None:
         self.settings = Settings.from_options(dict(options))
+        self.application_name = connection_app_name(self.settings)  # instrument(): + app title
         # OpenTelemetry: resolved before anything is registered, so a missing extra fails first
         self._tracer_provider = tracer_provider
         provider = tracing.meter_provider_or_none(meter_provider)
@@ -134,7 +136,7 @@ class Observer:
             capture_origin=self.settings.capture_origin,
             limiter=self.limiter,
         )
-        self._trackers: dict[int, PoolTracker] = {}
+        self._trackers: dict[int, PoolTracker] = {}  # by id(sync engine), held weakly
         self._query_spans: dict[int, tracing.QuerySpans] = {}  # by id(sync engine)
         self.otel = None if provider is None else tracing.OtelMetrics(provider, self._pool_states)
         self.requests = Requests(self.settings, self.routes, self.sessions, self.hooks)
@@ -169,6 +171,9 @@ class Observer:
             if self._closed:
                 raise ConfigurationError("this Observer is closed; create a new one")
             existing = self._trackers.get(id(sync))
+            if existing is not None and existing.engine_ref() is not sync:
+                self._forget(id(sync))  # a collected engine's address, reused
+                existing = None
             if existing is not None:
                 if name is not None and name != existing.name:
                     raise ConfigurationError(
@@ -194,12 +199,12 @@ class Observer:
                 metrics=self.metrics,
                 hooks=self.hooks,
                 routes=self.routes,
-                application_name=self.settings.application_name or None,
+                application_name=self.application_name,
                 limiter=self.limiter,
                 slow_checkout=self.settings.slow_checkout_seconds,
             )
             self._wire_otel(tracker, sync)
-            tracker.attach()
+            tracker.attach(on_engine_gone=self._engine_collected)
             self._trackers[id(sync)] = tracker
             self.sessions.add_engine(sync)
             if not self._started:
@@ -212,14 +217,25 @@ class Observer:
         sync = sync_engine_of(engine)
         with self._lock:
             tracker = self._trackers.get(id(sync))
-            if tracker is None:
+            if tracker is None or tracker.engine_ref() is not sync:
                 return
-            tracker.detach()  # flushes first: a scrape meanwhile still reads its unflushed sums
-            del self._trackers[id(sync)]
-            self.sessions.remove_engine(sync)
-            spans = self._query_spans.pop(id(sync), None)
-            if spans is not None:
-                spans.remove()
+            self._forget(id(sync))
+
+    def _forget(self, key: int) -> None:
+        """Stop watching the engine whose id is ``key`` (the caller holds the lock)."""
+        tracker = self._trackers.pop(key)
+        tracker.detach()  # flushes first: a scrape meanwhile still reads its unflushed sums
+        self.sessions.forget_engine(key)
+        spans = self._query_spans.pop(key, None)
+        if spans is not None:
+            spans.remove()
+
+    def _engine_collected(self, tracker: PoolTracker) -> None:
+        """A watched engine was garbage-collected: its tracker goes too (deferred work)."""
+        with self._lock:
+            for key, watched in list(self._trackers.items()):
+                if watched is tracker:
+                    self._forget(key)
 
     def _wire_otel(self, tracker: PoolTracker, engine: Engine) -> None:
         tracing_on = self.settings.tracing
@@ -238,9 +254,8 @@ class Observer:
             if self._closed:
                 return
             self._closed = True
-            for tracker in list(self._trackers.values()):
-                tracker.detach()
-            self._trackers.clear()
+            for key in list(self._trackers):
+                self._forget(key)
             for spans in self._query_spans.values():
                 spans.remove()
             self._query_spans.clear()
@@ -300,8 +315,8 @@ class Observer:
 
     def push_gauges(self) -> None:
         """Set the gauges from pool state (multiprocess mode, where collectors can't run)."""
-        for tracker in list(self._trackers.values()):
-            values = gauge_values(tracker.state())
+        for tracker, state in pool_states(self._trackers, self._state_failed):
+            values = gauge_values(state)
             children = tracker._m.gauges
             for metric, value in values.items():
                 child = children.get(metric)
@@ -317,7 +332,7 @@ class Observer:
         """A pool opened its first connection: after startup, and not one of the watched
         engines', it smells of an engine created per request (or per task). The log names the
         app line that opened it, which is where the engine is created or first used."""
-        if any(pool is tracker.engine.pool for tracker in list(self._trackers.values())):
+        if any(pool is tracker.pool for tracker in list(self._trackers.values())):
             return
         if not self.requests.serving and not in_request():
             return  # still starting up (or a script): engines are created now
@@ -337,22 +352,19 @@ class Observer:
     def _pool_states(self) -> list[tuple[str, PoolState]]:
         """Each watched pool's state; a pool whose state cannot be read is left out and counted
         (``hook="pool_state"``, lock-free: scrapes and OpenTelemetry callbacks call this)."""
-        states = []
-        for tracker in list(self._trackers.values()):
-            try:
-                states.append((tracker.name, tracker.state()))
-            except Exception as exc:
-                self._state_failed(exc)
-        return states
+        return [
+            (tracker.name, state)
+            for tracker, state in pool_states(self._trackers, self._state_failed)
+        ]
 
     def _sessions_open(self) -> int:
         return len(self.sessions.open)
 
-    def held_now(self) -> HeldNow:
+    def held_now(self, clock: Callable[[], float] = perf_counter) -> HeldNow:
         """Who holds connections now: the oldest checkout's age by pool and by route, and the
         connections held by route (every route counted so far is present, 0 when it holds
         none)."""
-        return held_now(list(self._trackers.values()), self.routes, perf_counter())
+        return held_now(list(self._trackers.values()), self.routes, clock())
 
     # -- requests -----------------------------------------------------------------------------
 

@@ -215,7 +215,7 @@ def _pool_name(pool: Pool) -> str:
     class."""
     for obs in live_observers():
         for tracker in list(obs._trackers.values()):
-            if tracker.engine.pool is pool:
+            if tracker.pool is pool:
                 return tracker.name
     for holder in gc.get_referrers(pool):
         for engine in gc.get_referrers(holder) if isinstance(holder, dict) else [holder]:

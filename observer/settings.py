@@ -14,6 +14,7 @@ from observer._environment import unknown_variable
 from observer._values import DECIMAL, WHOLE, describe, in_range, plain, valid_host
 
 ENV_PREFIX = "OBSERVER_"
+OTEL_SERVICE_NAME = "OTEL_SERVICE_NAME"  # the app's own name, when it has one for OpenTelemetry
 MIN_TOKEN_LENGTH = 16
 
 
@@ -44,11 +45,14 @@ class Settings:
     capture_origin: bool = True
     """Record the code location that opened each session (a few microseconds per session)."""
 
-    application_name: str | None = "pool-observer"
-    """``application_name`` set on new PostgreSQL connections (unless the app sets its own), so
-    the server's ``pg_stat_activity`` can be joined with the app's view; ``None`` or empty: off.
-    Printable ASCII of at most 63 bytes: PostgreSQL rewrites other characters and cuts longer
-    names, and a NUL byte fails every connection."""
+    application_name: str | None = None
+    """``application_name`` set on new PostgreSQL connections that do not set their own (in the
+    URL query, ``connect_args`` or asyncpg's ``server_settings``), so the server's
+    ``pg_stat_activity`` can be joined with the app's view. ``None``: the app's own name where
+    one is known (``OTEL_SERVICE_NAME``, else the ``title`` of the FastAPI app given to
+    ``instrument()``), else none; empty: never set one. Printable ASCII of at most 63 bytes:
+    PostgreSQL rewrites other characters and cuts longer names, and a NUL byte fails every
+    connection."""
 
     max_routes: int = 200
     """Most distinct route label values; further routes are counted as ``other``."""
@@ -304,6 +308,23 @@ def _check_flags(settings: Settings) -> None:
         value = getattr(settings, name)
         if not isinstance(value, bool):
             raise ConfigurationError(f"{name} must be True or False (got {value!r})")
+
+
+def app_name_or_none(name: object) -> str | None:
+    """``name`` when PostgreSQL would keep it as an ``application_name`` (a name the app has
+    elsewhere, such as ``OTEL_SERVICE_NAME``), else None: such a name is never an error."""
+    if isinstance(name, str) and name and plain(name) and len(name) <= 63:
+        return name
+    return None
+
+
+def connection_app_name(settings: Settings, environ: Mapping[str, str] | None = None) -> str | None:
+    """The ``application_name`` for new connections: the option, else the app's own name
+    (``OTEL_SERVICE_NAME``), never the tool's; None: set none."""
+    if settings.application_name is not None:
+        return settings.application_name or None
+    env = os.environ if environ is None else environ
+    return app_name_or_none(env.get(OTEL_SERVICE_NAME))
 
 
 def _check_application_name(settings: Settings) -> None:

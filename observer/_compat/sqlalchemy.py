@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import sys
 import types
 from collections.abc import Callable
@@ -79,28 +80,65 @@ def in_gc_cleanup() -> bool:
     return False
 
 
-def _no_gc_flag(record: ConnectionPoolEntry) -> bool:
-    return False
+def _fairy_collected(record: ConnectionPoolEntry) -> bool:
+    ref = getattr(record, "fairy_ref", None)
+    return ref is not None and ref() is None
 
 
 _NEEDS_GC = getattr(pool_base._ConnectionRecord, "needs_gc", None)
 
 record_needs_gc: Callable[[ConnectionPoolEntry], bool] = (
-    _NEEDS_GC.fget if isinstance(_NEEDS_GC, property) and _NEEDS_GC.fget else _no_gc_flag
+    _NEEDS_GC.fget if isinstance(_NEEDS_GC, property) and _NEEDS_GC.fget else _fairy_collected
 )
 """Whether a connection record's checkout was reclaimed by the garbage collector (its fairy is
-gone while the record is still checked out): ``_ConnectionRecord.needs_gc``, a property that
-only exists in newer releases (run: present in 2.1.9; read: absent from 2.0.38-2.0.52 and
-2.1.0b1-b4). Resolved once, at import, to the property's getter (one call, as cheap as the
-``getattr(record, "needs_gc", False)`` it replaces: it runs in the reset listener of every sync
-checkin). Missing: always False, so on those releases a sync connection the garbage collector
-returns through reset and checkin is counted as an ordinary return, not as reclaimed."""
+gone while the record is still checked out): ``_ConnectionRecord.needs_gc``, a property of
+newer releases (run: 2.1.9), resolved once, at import, to the property's getter (one call: it
+runs in the reset listener of every sync checkin). Fallback where it is missing (read: 2.0.38's
+pool/base.py; absent from 2.0.38-2.0.52 and 2.1.0b1-b4): the same test written out, the
+record's public ``fairy_ref`` weakref set and dead. On 2.0 the garbage collector's weakref
+callback calls ``_finalize_fairy(None, rec, pool, ref, ...)`` only while ``rec.fairy_ref is
+ref``, and the reset event fires before ``rec.checkin()`` clears ``fairy_ref``; an ordinary
+return runs with the fairy alive. Missing ``fairy_ref`` too: always False (a reclaimed sync
+connection then counts as an ordinary return)."""
 
-NEEDS_GC_FOUND = record_needs_gc is not _no_gc_flag
-"""Whether :data:`record_needs_gc` reads the record (True) or is the constant-False fallback."""
+NEEDS_GC_FOUND = record_needs_gc is not _fairy_collected
+"""Whether :data:`record_needs_gc` is SQLAlchemy's own property (True) or the fallback."""
+
+
+def features_off() -> list[tuple[str, str]]:
+    """(feature, why) for each feature the installed release turns off: the internals above
+    that are missing. Empty on every supported release (docs/compatibility.md)."""
+    off = []
+    if not GC_FINALIZER_FOUND:
+        off.append(
+            (
+                "double_handout_at_return",
+                "pool.base._finalize_fairy is missing: a double handout is seen at the next "
+                "checkout only; async reclaims are seen through the reset event",
+            )
+        )
+    if not NEEDS_GC_FOUND and not hasattr(pool_base._ConnectionRecord, "fairy_ref"):
+        off.append(
+            (
+                "sync_reclaimed",
+                "neither _ConnectionRecord.needs_gc nor fairy_ref exists: a sync connection "
+                "the garbage collector reclaims counts as an ordinary checkin",
+            )
+        )
+    return off
 
 
 # -- records and pools ---------------------------------------------------------------------------
+
+state_of: Callable[[PoolProxiedConnection], dict[str, Any]] = operator.attrgetter(
+    "_connection_record.__dict__"
+)
+"""The attribute dict of the connection record behind a checked-out connection: the private
+slot ``_ConnectionFairy._connection_record``, then its ``__dict__`` (the record declares one in
+its ``__slots__``), where the pool tracker keeps its per-connection state instead of the
+application's ``info`` (observer/pool/_base.py). One C call, cheaper than the memoized
+``connection.info`` it replaces. Read: 2.0.38-2.0.52, 2.1.0b1-b4; run: 2.1.9. Missing: raises
+AttributeError, which the checkout hook catches and counts (``hook="checkout"``)."""
 
 
 def pool_of_record(record: ConnectionPoolEntry) -> Pool | None:

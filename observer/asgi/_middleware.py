@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from time import perf_counter
 from typing import Protocol
 
@@ -122,7 +123,7 @@ class _Sender:
         self.observer = observer
         self.server_timing = server_timing
 
-    async def __call__(self, message: Message) -> None:
+    async def __call__(self, message: Message, clock: Callable[[], float] = perf_counter) -> None:
         kind = message["type"]
         if kind == "http.response.start":
             request = self.http.get(REQUEST)
@@ -135,18 +136,21 @@ class _Sender:
             await self.send(message)
             request = self.http.get(REQUEST)
             if request is not None and request is not ENDED:
-                request.response_end = perf_counter()
+                request.response_end = clock()
         else:
             await self.send(message)
 
 
 def _with_server_timing(
-    message: Message, request: RequestScope, observer: RequestObserver
+    message: Message,
+    request: RequestScope,
+    observer: RequestObserver,
+    clock: Callable[[], float] = perf_counter,
 ) -> Message:
     """``message`` (a response start) with the request's DB wait and hold so far, in ms."""
     try:
         wait = request.wait_seconds * 1000
-        hold = request.hold_now(perf_counter()) * 1000
+        hold = request.hold_now(clock()) * 1000
         value = f"db-wait;dur={wait:.3f}, db-hold;dur={hold:.3f}"
         headers = list(message.get("headers", ()))
         headers.append((b"server-timing", value.encode("latin-1")))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from time import perf_counter
 
 from observer._asgi_types import Scope
@@ -32,7 +33,7 @@ class Requests:
         self.serving = False
         """A request has finished: the app is past its startup."""
 
-    def begin(self, scope: Scope) -> RequestScope:
+    def begin(self, scope: Scope, clock: Callable[[], float] = perf_counter) -> RequestScope:
         """The attribution scope of a new request. Its id comes from ``X-Request-ID``
         (printable, at most 128 characters) or is generated."""
         return RequestScope(
@@ -40,13 +41,13 @@ class Requests:
             request_id=request_id(scope),
             asgi=scope,
             root_path=scope.get("root_path", ""),
-            started=perf_counter(),
+            started=clock(),
         )
 
-    def end(self, request: RequestScope) -> None:
+    def end(self, request: RequestScope, clock: Callable[[], float] = perf_counter) -> None:
         """The app returned: resolve the route template, add the totals to the route, check
         the sessions left open, and log the request (opt-in). Never raises."""
-        now = perf_counter()
+        now = clock()
         try:
             asgi = request.asgi
             request.route = UNMATCHED if asgi is None else route_template(asgi, request.root_path)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from time import perf_counter
@@ -83,7 +83,7 @@ ROOT_PATH = "pool_observer.root_path"
 """Key of the ASGI scope's ``root_path`` as the middleware saw it (mounts change it later)."""
 
 
-def request_now() -> RequestScope | None:
+def request_now(clock: Callable[[], float] = perf_counter) -> RequestScope | None:
     """The request the current code runs for, or ``None`` (no HTTP request)."""
     scope = current_request.get()
     if scope is not None:
@@ -100,7 +100,7 @@ def request_now() -> RequestScope | None:
             request_id=request_id(http),
             asgi=http,
             root_path=http.get(ROOT_PATH, ""),
-            started=perf_counter(),
+            started=clock(),
         )
     return found
 

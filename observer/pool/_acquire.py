@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
-from observer._compat.sqlalchemy import Acquire, Return
+from observer._compat.sqlalchemy import Acquire, Return, state_of
 from observer._logs import current_span_context, emit, remember_span
 from observer.attribution._scope import request_now
 from observer.pool._base import (
@@ -43,6 +43,7 @@ def acquire_wrapper(
     record_timeout: Callable[[float], object],
     loop_error: Callable[[BaseException], object],
     pool_id: int,
+    clock: Callable[[], float] = perf_counter,
 ) -> Acquire:
     """``pool.connect`` measured: SQLAlchemy has no "checkout started" event, and a checkout
     that times out fires no event at all, so waiting time, waiters and timeouts are measured
@@ -50,11 +51,11 @@ def acquire_wrapper(
 
     def connect() -> PoolProxiedConnection:
         waiters.append(None)
-        started = perf_counter()
+        started = clock()
         try:
             connection = original()
         except sa_exc.TimeoutError:
-            waited = perf_counter() - started
+            waited = clock() - started
             waiters.pop()
             record_timeout(waited)
             raise
@@ -63,7 +64,7 @@ def acquire_wrapper(
             if isinstance(exc, RuntimeError):
                 loop_error(exc)
             raise
-        now = perf_counter()
+        now = clock()
         waiters.pop()
         try:
             record_checkout(connection, now, now - started, pool_id)
@@ -94,7 +95,7 @@ class Checkouts(Handouts):
         self, connection: PoolProxiedConnection, now: float, waited: float, pool_id: int
     ) -> None:
         scope = request_now()
-        info = connection.info
+        info = state_of(connection)
         stamp = (now, scope, pool_id)
         prior = info.setdefault(CHECKOUT, stamp)  # one dict operation, as the store it replaces
         if prior is not stamp:  # another checkout's stamp is still there (or StaticPool's)
@@ -169,9 +170,14 @@ class Checkouts(Handouts):
                 **pool_fields(self.state()),
             )
 
-    def _on_checkin(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    def _on_checkin(
+        self,
+        dbapi_connection: Any,
+        record: ConnectionPoolEntry,
+        clock: Callable[[], float] = perf_counter,
+    ) -> None:
         try:  # the hottest listener guards itself: one call less than Hooks.guard
-            info = record.info
+            info = record.__dict__
             rare = info.pop(GC, False)  # every return pops it: the rare states cost no lookup
             if rare:
                 if rare is True:
@@ -187,7 +193,7 @@ class Checkouts(Handouts):
                 info[IDLE_IN_OLD] = pool_id
                 with self._lock:
                     self._idle_in_old[pool_id] += 1
-            self._returned(stamp, perf_counter(), live=True)
+            self._returned(stamp, clock(), live=True)
         except Exception as exc:
             self._checkin_failed(exc)
 

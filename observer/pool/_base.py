@@ -22,9 +22,12 @@ if TYPE_CHECKING:
     from observer.metrics._families import PoolMetrics
     from observer.pool._state import PoolState
 
-# State of a checkout lives on the connection record (``record.info``), never in a map keyed by
+# State of a checkout lives on the connection record, never in a map keyed by
 # ``id(dbapi_connection)``: the record is what SQLAlchemy hands every event, also after an
-# invalidation has set the DBAPI connection to ``None``.
+# invalidation has set the DBAPI connection to ``None``. It is kept in the record's own attribute
+# dict (``record.__dict__``), never in ``record.info``, which belongs to the application (and is
+# cleared on reconnect): the keys contain a dot, so they can never shadow an attribute; they
+# survive invalidation and go with the record; one dict operation each, as with ``info``.
 CHECKOUT = "pool_observer.checkout"  # (checkout time, request scope, pool id) while checked out
 GC = "pool_observer.gc"  # rare states, popped by every return: see observer/pool/_handout.py
 CLOSE_REASON = "pool_observer.close_reason"  # set by (soft_)invalidate, read by close
@@ -79,7 +82,7 @@ class TrackerParts:
     declared once for the parts of it defined in other modules (one instance, no delegation:
     the hot path pays no extra attribute hop)."""
 
-    engine: Engine
+    engine_ref: weakref.ref[Engine]
     name: str
     held: dict[int, Stamp]
     otel: PoolOtel | None

@@ -3,6 +3,7 @@ the garbage collector reclaims."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
@@ -19,13 +20,20 @@ class PoolEvents(Checkouts):
     """The tracker's pool-event listeners (checkin is the return seam's: see Checkouts)."""
 
     def _on_do_connect(
-        self, dialect: Any, record: ConnectionPoolEntry | None, cargs: Any, cparams: Any
+        self,
+        dialect: Any,
+        record: ConnectionPoolEntry | None,
+        cargs: Any,
+        cparams: Any,
+        clock: Callable[[], float] = perf_counter,
     ) -> None:
         if record is not None:
-            record.info[CONNECT_STARTED] = perf_counter()
+            record.__dict__[CONNECT_STARTED] = clock()
         name = self._application_name
         if name and dialect.name == "postgresql":
-            if dialect.driver == "asyncpg":
+            if "application_name" in cparams:
+                pass  # the app's own (the URL query, connect_args)
+            elif dialect.driver == "asyncpg":
                 settings = dict(cparams.get("server_settings") or {})
                 if "application_name" not in settings:
                     settings["application_name"] = name
@@ -33,14 +41,19 @@ class PoolEvents(Checkouts):
             elif "application_name" not in cparams:
                 cparams["application_name"] = name
 
-    def _on_connect(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    def _on_connect(
+        self,
+        dbapi_connection: Any,
+        record: ConnectionPoolEntry,
+        clock: Callable[[], float] = perf_counter,
+    ) -> None:
         if self._reclaiming:
             self._reconnected(record)
         m = self._m
         m.opened.inc()
-        started = record.info.pop(CONNECT_STARTED, None)
+        started = record.__dict__.pop(CONNECT_STARTED, None)
         if started is not None:
-            took = perf_counter() - started
+            took = clock() - started
             m.connect_duration.observe(took)
             otel = self.otel
             if otel is not None:
@@ -54,16 +67,18 @@ class PoolEvents(Checkouts):
         if state.asyncio_safe and not record_needs_gc(record):
             return  # the ordinary return of a connection
         self._collected(record)
-        record.info[GC] = True  # for checkin (sync) or detach (async) that follow
+        record.__dict__[GC] = True  # for checkin (sync) or detach (async) that follow
 
-    def _collected(self, record: ConnectionPoolEntry) -> Stamp | None:
+    def _collected(
+        self, record: ConnectionPoolEntry, clock: Callable[[], float] = perf_counter
+    ) -> Stamp | None:
         """The garbage collector is reclaiming a connection nobody returned (its stamp, if it
         had one). This runs inside a finalizer (pool/base.py _finalize_fairy), so only
         lock-free work here."""
-        info = record.info
+        info = record.__dict__
         stamp: Stamp | None = info.pop(CHECKOUT, None)
         self.held.pop(id(info), None)
-        self._hooks.pending.append((self._reclaimed, stamp, perf_counter()))
+        self._hooks.pending.append((self._reclaimed, stamp, clock()))
         return stamp
 
     def _reclaimed(self, stamp: Stamp | None, now: float) -> None:
@@ -86,7 +101,7 @@ class PoolEvents(Checkouts):
     def _on_invalidate(self, dbapi_connection: Any, record: ConnectionPoolEntry, exc: Any) -> None:
         if isinstance(exc, RuntimeError):  # e.g. a reset that failed on another event loop
             self._hooks.pending.append((self._loop_mismatch, exc))
-        info = record.info
+        info = record.__dict__
         info[CLOSE_REASON] = "invalidated"
         stamp = info.get(CHECKOUT)
         self._hooks.pending.append(
@@ -139,13 +154,13 @@ class PoolEvents(Checkouts):
     def _on_soft_invalidate(
         self, dbapi_connection: Any, record: ConnectionPoolEntry, exc: Any
     ) -> None:
-        record.info[CLOSE_REASON] = "soft_invalidated"
+        record.__dict__[CLOSE_REASON] = "soft_invalidated"
 
     def _on_close(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         # Can run in a finalizer (an overflow connection discarded on a GC'd checkin): defer.
-        reason = record.info.pop(CLOSE_REASON, "closed")
+        reason = record.__dict__.pop(CLOSE_REASON, "closed")
         self._hooks.pending.append((self._m.closed[reason].inc,))
-        old_pool = record.info.pop(IDLE_IN_OLD, None)
+        old_pool = record.__dict__.pop(IDLE_IN_OLD, None)
         if old_pool is not None:
             self._hooks.pending.append((self._left_old_pool, old_pool))
 
@@ -162,8 +177,13 @@ class PoolEvents(Checkouts):
         if gone:
             self._m.closed["garbage_collected"].inc(gone)
 
-    def _on_detach(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-        info = record.info
+    def _on_detach(
+        self,
+        dbapi_connection: Any,
+        record: ConnectionPoolEntry,
+        clock: Callable[[], float] = perf_counter,
+    ) -> None:
+        info = record.__dict__
         if info.pop(GC, False) is True:
             reason = "garbage_collected"  # _on_reset saw it first
         elif not self._listens_to_reset and in_gc_finalizer():
@@ -177,5 +197,5 @@ class PoolEvents(Checkouts):
             stamp = info.pop(CHECKOUT, None)
             self.held.pop(id(info), None)
             if stamp is not None:  # the app detached a checked-out connection from the pool
-                self._hooks.pending.append((self._returned, stamp, perf_counter()))
+                self._hooks.pending.append((self._returned, stamp, clock()))
         self._hooks.pending.append((self._m.closed[reason].inc,))

@@ -3,6 +3,7 @@ holds it, counted and logged with what is known of both owners."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
@@ -28,9 +29,9 @@ HANDED_BACK: Any = object()
 that follows is the same occurrence."""
 
 
-# The record's state, in one place (issue #13 may move it out of ``record.info``). The hot path
-# reads it twice more, inline: the checkout's ``info.setdefault(CHECKOUT, stamp)`` (a live
-# stamp already there is the signal) and the return's ``info.pop(GC, False)``.
+# The record's state, in one place (the record's own ``__dict__``, see observer/pool/_base.py).
+# The hot path reads it twice more, inline: the checkout's ``info.setdefault(CHECKOUT, stamp)``
+# (a live stamp already there is the signal) and the return's ``info.pop(GC, False)``.
 def mark(info: dict[Any, Any], value: object) -> None:
     """Leave ``value`` (``True``, a ``Reclaimed`` or :data:`HANDED_BACK`) in the record's
     slot for rare states, which every return pops."""
@@ -47,8 +48,9 @@ class Handouts(TrackerParts):
 
     def _reclaim_started(self, record: ConnectionPoolEntry, stamp: Stamp | None) -> None:
         """The garbage collector's finalizer detached ``record`` (checked out as ``stamp``) and
-        put it back in the pool; it now awaits the close. The checkout that takes the record
-        next reconnects it, which clears ``record.info``: the mark waits here until then."""
+        put it back in the pool; it now awaits the close. The mark waits here until the checkout
+        that takes the record next reconnects it, so the return of that reconnected checkout
+        is the one that pops it."""
         self._reclaiming[record] = Reclaimed(stamp)
 
     def _reconnected(self, record: ConnectionPoolEntry) -> None:
@@ -56,7 +58,7 @@ class Handouts(TrackerParts):
         to its fresh ``info``, for the return that pops it."""
         reclaimed = self._reclaiming.pop(record, None)
         if reclaimed is not None:
-            mark(record.info, reclaimed)
+            mark(record.__dict__, reclaimed)
 
     def _checked_out_again(self, info: dict[Any, Any], stamp: Stamp, prior: Stamp) -> None:
         """A checkout found ``prior``, another checkout's stamp, still on the record."""
@@ -67,7 +69,9 @@ class Handouts(TrackerParts):
             self._double_handout("checkout", prior, stamp, "handed_to")
         self._hooks.pending.append((self._returned, prior, stamp[0]))  # the slot's hold ends
 
-    def _returned_again(self, info: dict[Any, Any], reclaimed: Reclaimed) -> bool:
+    def _returned_again(
+        self, info: dict[Any, Any], reclaimed: Reclaimed, clock: Callable[[], float] = perf_counter
+    ) -> bool:
         """A record whose checkout the garbage collector reclaimed comes back to the pool. From
         that reclaim's finalizer, it means another checkout took the record while the finalizer
         awaited the close: SQLAlchemy returns it anyway, and the pool will hand out a connection
@@ -78,7 +82,7 @@ class Handouts(TrackerParts):
         holder = info.get(CHECKOUT)
         mark(info, HANDED_BACK)
         self._hooks.pending.append(
-            (self._double_handout, "return", holder, reclaimed.stamp, "returned_by", perf_counter())
+            (self._double_handout, "return", holder, reclaimed.stamp, "returned_by", clock())
         )
         return True
 
@@ -89,12 +93,13 @@ class Handouts(TrackerParts):
         other: Stamp | None,
         role: str,
         now: float | None = None,
+        clock: Callable[[], float] = perf_counter,
     ) -> None:
         """Count one double handout and log both owners."""
         self._m.double_handouts.inc()
         if not self._limiter.allow("pool.double_handout"):
             return
-        now = perf_counter() if now is None else now
+        now = clock() if now is None else now
         emit(
             "warning",
             "pool.double_handout",

@@ -8,6 +8,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import ConnectionPoolEntry, Pool, QueuePool
@@ -15,13 +16,14 @@ from sqlalchemy.pool import ConnectionPoolEntry, Pool, QueuePool
 from observer._compat.sqlalchemy import (
     GC_FINALIZER_FOUND,
     can_wrap_return,
+    features_off,
     listen_keeping_execution_flag,
     unwrap,
     wrap_acquire,
     wrap_return,
 )
 from observer._hooks import Hooks
-from observer._logs import RateLimiter
+from observer._logs import RateLimiter, emit
 from observer.attribution._route_metrics import RouteMetrics
 from observer.attribution._scope import NO_ROUTE
 from observer.metrics._batching import LOCK, MOVE, Sink, ThreadSums, Unflushed, can_batch
@@ -42,9 +44,21 @@ from observer.pool._base import (
 from observer.pool._events import PoolEvents
 from observer.pool._state import PoolState, read_state
 
-__all__ = ["PoolState", "PoolTracker"]
+__all__ = ["PoolState", "PoolTracker", "pool_states"]
 
 _pool_keys = itertools.count(1)
+_features_told: list[bool] = []  # once per process: the first engine watched
+
+
+def tell_features_off() -> None:
+    """Log ``observer.feature_off`` once per process for each feature the installed SQLAlchemy
+    turns off (none on a supported release), naming the feature, the release and why."""
+    if _features_told:
+        return
+    _features_told.append(True)
+    release = f"SQLAlchemy {sqlalchemy.__version__}"
+    for feature, why in features_off():
+        emit("warning", "observer.feature_off", None, feature=feature, release=release, why=why)
 
 
 class PoolTracker(PoolEvents):
@@ -62,7 +76,8 @@ class PoolTracker(PoolEvents):
         limiter: RateLimiter,
         slow_checkout: float | None = None,
     ) -> None:
-        self.engine = engine
+        # Held weakly: dropping a watched engine frees it (the Observer then forgets it).
+        self.engine_ref = weakref.ref(engine)
         self.name = name
         self._metrics = metrics
         self._m = metrics.bind_pool(name)
@@ -87,7 +102,7 @@ class PoolTracker(PoolEvents):
             and can_batch(m.checkout_duration, WAIT_BUCKETS)
             and can_batch(m.hold, HOLD_BUCKETS)
         )
-        # The stamps of the connections checked out now, by id(record.info): who holds what
+        # The stamps of the connections checked out now, by id(record.__dict__): who holds what
         # (sqlalchemy_route_connections_held), and our own count of connections out per pool:
         # the state of pools that keep none (NullPool, StaticPool) and of pools swapped out by
         # dispose(), whose counters QueuePool.dispose() resets although their checked-out
@@ -98,7 +113,9 @@ class PoolTracker(PoolEvents):
         self.otel: PoolOtel | None = None
         self.exemplars = False  # trace ids on the histograms (OpenMetrics), with tracing on
         self.span_events = False  # pool wait and hold as events of the current span
-        self._pool: Pool | None = None  # the pool whose connect() is wrapped now
+        # The pool whose connect() is wrapped now, weakly: SQLAlchemy's pool holds its engine
+        # (create_engine's first_connect listener), so a strong one would keep the engine.
+        self._pool: weakref.ref[Pool] | None = None
         self._old_pools: weakref.WeakSet[Pool] = weakref.WeakSet()  # swapped out by dispose()
         # A key per pool, never reused (an id() is: a new pool can take a collected one's
         # address before the work deferred out of its finalizer has run).
@@ -114,7 +131,7 @@ class PoolTracker(PoolEvents):
             weakref.WeakKeyDictionary()
         )
         self._finalizers: list[weakref.finalize[Any, Any]] = []
-        self._listeners: list[tuple[Any, str, Callable[..., Any]]] = []
+        self._listeners: list[tuple[str, Callable[..., Any]]] = []  # on the engine
         self._checkout_failed = hooks.reporter("checkout")
         self._checkin_failed = hooks.reporter("checkin")
         # A sync connection the garbage collector reclaims is returned through reset and checkin
@@ -127,10 +144,26 @@ class PoolTracker(PoolEvents):
         self._record_timeout_safely = hooks.guard("checkout_timeout", self._record_timeout)
         self._loop_error_safely = hooks.guard("loop_mismatch", self._loop_mismatch)
 
+    @property
+    def engine(self) -> Engine:
+        """The watched engine (ReferenceError once it was garbage-collected)."""
+        engine = self.engine_ref()
+        if engine is None:
+            raise ReferenceError(f"the engine of pool {self.name!r} was garbage-collected")
+        return engine
+
+    @property
+    def pool(self) -> Pool | None:
+        """The engine's current pool, the one whose acquire step is wrapped (None once
+        detached)."""
+        return self._pool() if self._pool is not None else None
+
     # -- wiring ---------------------------------------------------------------------------
 
-    def attach(self) -> None:
-        """Add every listener and wrap the pool's acquire step."""
+    def attach(self, on_engine_gone: Callable[[PoolTracker], object] | None = None) -> None:
+        """Add every listener and wrap the pool's acquire step; ``on_engine_gone(self)`` runs
+        (deferred to the next drain) once the engine is garbage-collected, unless detached."""
+        tell_features_off()
         g = self._hooks.guard
         listeners: list[tuple[str, Callable[..., Any]]] = [
             ("do_connect", g("do_connect", self._on_do_connect)),
@@ -146,16 +179,21 @@ class PoolTracker(PoolEvents):
             listeners.append(("reset", g("reset", self._on_reset)))
         if not self._wraps_return:
             listeners.append(("checkin", self._on_checkin))  # catches its own errors
-        self._listeners.extend((self.engine, identifier, fn) for identifier, fn in listeners)
+        self._listeners.extend(listeners)
+        engine = self.engine
+        if on_engine_gone is not None:  # runs inside the garbage collector: deferred
+            self._finalizers.append(
+                weakref.finalize(engine, self._hooks.pending.append, (on_engine_gone, self))
+            )
         # Any engine-level listener would send every statement of the engine through the
         # execution-event dispatch (+13-20 us a statement, bench/README.md), so the flag that
         # says so is put back as it was: engine_disposed is dispatched regardless, and
         # handle_error then fires only when something else (OpenTelemetry's instrumentation,
         # the app) listens to execution events; a different-loop error is also caught at
         # checkout and when SQLAlchemy invalidates the connection.
-        for target, identifier, fn in self._listeners:
-            listen_keeping_execution_flag(target, identifier, fn)
-        self._wrap(self.engine.pool)
+        for identifier, fn in self._listeners:
+            listen_keeping_execution_flag(engine, identifier, fn)
+        self._wrap(engine.pool)
 
     @property
     def waiting(self) -> int:
@@ -184,11 +222,12 @@ class PoolTracker(PoolEvents):
     def detach(self) -> None:
         """Remove every listener and wrapper this tracker added."""
         self.flush()
-        for target, identifier, fn in reversed(self._listeners):
-            if event.contains(target, identifier, fn):
-                event.remove(target, identifier, fn)
+        engine = self.engine_ref()  # None: collected, and its listeners with it
+        for identifier, fn in reversed(self._listeners if engine is not None else []):
+            if event.contains(engine, identifier, fn):
+                event.remove(engine, identifier, fn)
         self._listeners.clear()
-        for pool in [self._pool, *self._old_pools]:
+        for pool in [self.pool, *self._old_pools]:
             if pool is not None:
                 unwrap(pool, self)
         self._pool = None
@@ -218,7 +257,7 @@ class PoolTracker(PoolEvents):
         )
         if self._wraps_return:
             wrap_return(pool, self, lambda original: return_wrapper(original, self._on_checkin))
-        self._pool = pool
+        self._pool = weakref.ref(pool)
 
     def _key(self, pool: Pool) -> int:
         key = self._keys.get(pool)
@@ -229,9 +268,9 @@ class PoolTracker(PoolEvents):
     def _on_engine_disposed(self, engine: Engine) -> None:
         # dispose() swapped in a new pool; listeners moved with it (Pool.recreate copies the
         # dispatch), the wrapper did not. Connections still out of the old pool still count.
-        if engine.pool is self._pool:
+        old = self.pool
+        if engine.pool is old:
             return
-        old = self._pool
         if old is not None:
             self._old_pools.add(old)
             key = self._key(old)
@@ -251,7 +290,10 @@ class PoolTracker(PoolEvents):
 
     def state(self) -> PoolState:
         """The pool's numbers now, read from the pool itself where it keeps them."""
-        pool = self.engine.pool
+        engine = self.engine_ref()
+        pool = engine.pool if engine is not None else self.pool
+        if pool is None:
+            raise ReferenceError(f"pool {self.name!r} is no longer watched")
         waiting = self.waiting
         current = self._key(pool)
         stamps = list(self.held.values())  # one C call: no other thread runs meanwhile
@@ -269,3 +311,21 @@ class PoolTracker(PoolEvents):
             out_of_old_pools=len(stamps) - out_of_current,
             idle_in_old_pools=idle_in_old_pools,
         )
+
+
+def pool_states(
+    trackers: dict[int, PoolTracker], failed: Callable[[Exception], None]
+) -> list[tuple[PoolTracker, PoolState]]:
+    """Each tracker's pool state now. A tracker whose engine was garbage-collected is left out
+    (the Observer forgets it at its next drain); one whose state cannot be read is left out and
+    its error goes to ``failed``. Lock-free: scrapes and OpenTelemetry callbacks call this."""
+    states = []
+    for tracker in list(trackers.values()):
+        engine = tracker.engine_ref()  # held while its pool's state is read
+        if engine is None:
+            continue
+        try:
+            states.append((tracker, tracker.state()))
+        except Exception as exc:
+            failed(exc)
+    return states

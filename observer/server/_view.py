@@ -11,11 +11,11 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from observer.settings import ENV_PREFIX, Settings
+from observer.settings import ENV_PREFIX, OTEL_SERVICE_NAME, app_name_or_none
 
 # The name the library sets on the app's connections (observer.settings.Settings), so the
 # server view can select them.
-DEFAULT_APPLICATION_NAME = Settings.from_options({}, environ={}).application_name or ""
+DEFAULT_APPLICATION_NAME = ""  # the library sets none unless the app's name is known
 APPLICATION_NAME_ENV = ENV_PREFIX + "APPLICATION_NAME"
 # ``databases`` of read_activity that means every connectable database of the cluster.
 ALL_DATABASES = "*"
@@ -105,9 +105,13 @@ _TOTAL_SQL = text(
 
 
 def application_name_from_env(environ: Mapping[str, str] | None = None) -> str:
-    """The application_name the library sets on connections (``OBSERVER_APPLICATION_NAME``)."""
+    """The application_name the library sets on connections, learnt as the library does:
+    ``OBSERVER_APPLICATION_NAME``, else ``OTEL_SERVICE_NAME`` (else none: ``""``). An app that
+    names its connections otherwise (its FastAPI title, its own setting) needs the option."""
     env = os.environ if environ is None else environ
-    return env.get(APPLICATION_NAME_ENV) or DEFAULT_APPLICATION_NAME
+    if APPLICATION_NAME_ENV in env:
+        return env[APPLICATION_NAME_ENV]
+    return app_name_or_none(env.get(OTEL_SERVICE_NAME)) or DEFAULT_APPLICATION_NAME
 
 
 @dataclass(frozen=True)

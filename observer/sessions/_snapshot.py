@@ -21,11 +21,12 @@ def read_snapshot(
     live_pools: Callable[[], int],
     sessions: SessionTracker,
     failed: Callable[[Exception], None],
+    clock: Callable[[], float] = perf_counter,
 ) -> Snapshot:
     """Pools (``pools()`` leaves out a pool it cannot read), live pools, open sessions (oldest
     first) and leaks (most frequent first). A part that raises is empty (0 live pools) and its
     exception goes to ``failed``: this never raises."""
-    now = perf_counter()
+    now = clock()
     return Snapshot(
         pools=_read(lambda: [_pool(name, state) for name, state in pools()], [], failed),
         live_pools=_read(live_pools, 0, failed),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import weakref
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
@@ -73,13 +74,13 @@ class OpenSession:
         created = self.created
         return str(created) if created is not None and created != self.origin else None
 
-    def __call__(self, _: object) -> None:
+    def __call__(self, _: object, clock: Callable[[], float] = perf_counter) -> None:
         """The callback of :attr:`ref`: the session was garbage-collected while open. Runs in a
         finalizer, so lock-free work only. (The record is its own callback: a closure per
         session would be three more objects for the garbage collector.)"""
         tracker = self.tracker
         if tracker is not None:
-            tracker._hooks.pending.append((tracker._collected, self, perf_counter()))
+            tracker._hooks.pending.append((tracker._collected, self, clock()))
 
 
 class SessionTracker:
@@ -151,7 +152,11 @@ class SessionTracker:
             self._attached = True
 
     def remove_engine(self, engine: Engine) -> None:
-        self._engines.discard(id(engine))
+        self.forget_engine(id(engine))
+
+    def forget_engine(self, key: int) -> None:
+        """Stop tracking the sessions of the engine whose id is ``key`` (it may be gone)."""
+        self._engines.discard(key)
 
     def detach(self) -> None:
         for identifier, fn in self._listeners:
@@ -168,7 +173,12 @@ class SessionTracker:
             bind = bind.engine
         return bind is not None and id(bind) in self._engines
 
-    def _on_begin(self, session: Session, transaction: SessionTransaction) -> None:
+    def _on_begin(
+        self,
+        session: Session,
+        transaction: SessionTransaction,
+        clock: Callable[[], float] = perf_counter,
+    ) -> None:
         if transaction.parent is not None or not self._watched(session):
             return  # a nested transaction, or a session of an engine nobody watches
         key = id(session)
@@ -179,7 +189,7 @@ class SessionTracker:
             created = session.__dict__.get(_CREATED)  # set by the Session.__init__ wrapper
         record = OpenSession(
             key=key,
-            started=perf_counter(),
+            started=clock(),
             scope=scope,
             origin=origin,
             created=created,
@@ -201,7 +211,12 @@ class SessionTracker:
                 else:
                     scope.sessions.append(record)
 
-    def _on_end(self, session: Session, transaction: SessionTransaction) -> None:
+    def _on_end(
+        self,
+        session: Session,
+        transaction: SessionTransaction,
+        clock: Callable[[], float] = perf_counter,
+    ) -> None:
         if transaction.parent is not None:
             return
         record = self.open.pop(id(session), None)
@@ -209,7 +224,7 @@ class SessionTracker:
             return
         record.ref = None  # the session ended properly: its finalizer callback is dropped
         record.closed = True
-        now = perf_counter()
+        now = clock()
         self._ended(record, now)
         if record.reported is not None:
             self._resolved(record, "closed", now)
@@ -255,7 +270,7 @@ class SessionTracker:
                 created_at=record.created_at,
             )
 
-    def report(self, record: OpenSession, reason: str, now: float | None = None) -> None:
+    def report(self, record: OpenSession, reason: str, now: float) -> None:
         """Count and log one leak. A session counts once, under the reason it is first found
         with (``too_old``, ``request_end`` or ``garbage_collected``); what becomes of it later
         is counted by :meth:`_resolved`."""
@@ -268,18 +283,22 @@ class SessionTracker:
         key = (reason, route, where or "unknown")
         if key in self.leak_origins or len(self.leak_origins) < MAX_LEAK_ORIGINS:
             self.leak_origins[key] = self.leak_origins.get(key, 0) + 1
-        age = (perf_counter() if now is None else now) - record.started
+        age = now - record.started
         self._log.leak(record.scope, reason, route, where, record.created_at, age)
 
-    def check_request_end(self, records: list[OpenSession]) -> None:
+    def check_request_end(
+        self, records: list[OpenSession], clock: Callable[[], float] = perf_counter
+    ) -> None:
         """Report the sessions of a finished request that still hold their transaction."""
         for record in records:
             if not record.closed:
-                self.report(record, "request_end")
+                self.report(record, "request_end", clock())
 
-    def check_age(self, now: float | None = None) -> None:
+    def check_age(
+        self, now: float | None = None, clock: Callable[[], float] = perf_counter
+    ) -> None:
         """Report sessions open longer than the threshold (once each)."""
-        now = perf_counter() if now is None else now
+        now = clock() if now is None else now
         threshold = self._threshold
         for record in list(self.open.values()):
             if record.reported is None and now - record.started > threshold:

@@ -11,7 +11,12 @@ from typing import Any
 
 from observer import _values as values
 from observer._environment import unknown_variable
-from observer.server._view import ALL_DATABASES, APPLICATION_NAME_ENV, DEFAULT_APPLICATION_NAME
+from observer.server._view import (
+    ALL_DATABASES,
+    APPLICATION_NAME_ENV,
+    DEFAULT_APPLICATION_NAME,
+    application_name_from_env,
+)
 from observer.settings import token_problem
 
 DEFAULT_PORT = 9188  # next to postgres_exporter's 9187, so both can run on one host
@@ -168,7 +173,7 @@ def resolve(
     interval, timeout_ms = _poll_timing(raw, d)
     connect = _connect_timeout(raw, d)
     app_name = values.application_name(
-        raw.get("application_name", d.application_name), _name("application_name")
+        raw.get("application_name", application_name_from_env(env)), _name("application_name")
     )
     url = _database_url(raw)
     prune = _prune_dead_workers(raw)

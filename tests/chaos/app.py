@@ -108,5 +108,7 @@ def create() -> FastAPI:
 
         if env.get("CHAOS_BREAK_HOOK"):
             _break_hooks(env["CHAOS_BREAK_HOOK"])
-        observer.instrument(app, engine, sweep_interval_seconds=0.1)
+        observer.instrument(
+            app, engine, sweep_interval_seconds=0.1, application_name="pool-observer"
+        )
     return app

@@ -124,7 +124,7 @@ async def backends(database_url: str, application_name: str) -> int:
 
 
 def app_name(server: Server) -> str:
-    """The observer sets ``application_name=pool-observer`` on connections; bare asyncpg none."""
+    """The chaos app has the observer name its connections ``pool-observer``; bare asyncpg none."""
     return "pool-observer" if server.observer else ""
 
 

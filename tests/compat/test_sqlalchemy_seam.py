@@ -63,6 +63,23 @@ def test_pool_of_record_finds_the_pool_of_a_connection_record(make_sqlite: Any) 
     )
 
 
+def test_state_of_is_the_attribute_dict_of_the_checked_out_record(make_sqlite: Any) -> None:
+    """state_of reads the fairy's private record slot: the pool tracker keeps its
+    per-connection state in that record's own __dict__, apart from the user's info."""
+    engine = make_sqlite()
+    records = records_of(engine)
+    connection = engine.pool.connect()
+    try:
+        state = seam.state_of(connection)
+        assert len(records) == 1
+        assert state is vars(records[0]), broken(
+            "state_of", "_ConnectionFairy._connection_record no longer holds the record"
+        )
+        assert state is not connection.info
+    finally:
+        connection.close()
+
+
 def test_pool_dialect_is_the_engines_dialect_before_and_after_dispose(make_sqlite: Any) -> None:
     """pool_dialect reads Pool._dialect: the pools dispose() swaps in share the engine's."""
     engine = make_sqlite()
@@ -237,7 +254,7 @@ def test_unwrap_keeps_a_wrapper_someone_else_added_on_top(make_sqlite: Any) -> N
 
 def test_record_needs_gc_is_the_records_property_where_it_exists() -> None:
     """record_needs_gc is _ConnectionRecord.needs_gc's getter on releases that have it (2.1.9
-    when written), and a constant False before (2.0.x)."""
+    when written), and the fairy_ref fallback before (2.0.x)."""
     prop = getattr(sqlalchemy.pool.base._ConnectionRecord, "needs_gc", None)
     if Version(sqlalchemy.__version__) >= Version("2.1.9"):
         assert isinstance(prop, property), broken(
@@ -251,7 +268,8 @@ def test_record_needs_gc_is_the_records_property_where_it_exists() -> None:
 
 def test_record_needs_gc_tells_a_reclaimed_checkout_from_a_returned_one(make_sqlite: Any) -> None:
     """In the reset event of a sync connection, record_needs_gc is True only when the garbage
-    collector reclaims a checkout nobody returned (on releases with needs_gc)."""
+    collector reclaims a checkout nobody returned: with needs_gc, and with the fallback that
+    reads fairy_ref (2.0.x; run here on the installed release too)."""
     engine = make_sqlite()
     resets: list[bool] = []
 
@@ -259,13 +277,23 @@ def test_record_needs_gc_tells_a_reclaimed_checkout_from_a_returned_one(make_sql
         assert record is not None
         resets.append(seam.record_needs_gc(record))
 
+    fallback: list[bool] = []
+
+    def on_reset_fallback(dbapi: Any, record: ConnectionPoolEntry | None, state: Any) -> None:
+        assert record is not None
+        fallback.append(seam._fairy_collected(record))
+
     event.listen(engine, "reset", on_reset)
+    event.listen(engine, "reset", on_reset_fallback)
     with engine.connect():
         pass
     raw = engine.raw_connection()
     del raw
     gc.collect()
-    assert resets == [False, seam.NEEDS_GC_FOUND], broken(
+    assert fallback == [False, True], broken(
+        "record_needs_gc", f"the fairy_ref fallback saw {fallback}"
+    )
+    assert resets == [False, True], broken(
         "record_needs_gc", f"reset saw {resets} for a return then a garbage-collected checkout"
     )
 
@@ -392,3 +420,33 @@ def test_a_warning_raised_inside_the_pool_names_the_apps_line_not_the_observers(
         ("test_sqlalchemy_seam.py", connect_line, "inside the checkout"),
         ("test_sqlalchemy_seam.py", close_line, "inside the checkin"),
     ], broken("SKIPPED_BY_WARNINGS", f"warnings attributed to {where}")
+
+
+def test_no_feature_is_off_on_the_installed_release() -> None:
+    """Every internal the observer needs exists on the installed (supported) release."""
+    assert seam.features_off() == [], broken("features_off", "a feature is off")
+
+
+def test_a_feature_off_is_logged_once_with_the_release(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a release turns a feature off, the first watch logs observer.feature_off once,
+    naming the feature, the release and why."""
+    from structlog.testing import capture_logs
+
+    from observer.pool import _tracker
+
+    monkeypatch.setattr(_tracker, "features_off", lambda: [("sync_reclaimed", "no fairy_ref")])
+    monkeypatch.setattr(_tracker, "_features_told", [])
+    with capture_logs() as logs:
+        _tracker.tell_features_off()
+        _tracker.tell_features_off()
+    assert [e for e in logs if e["event"] == "observer.feature_off"] == [
+        {
+            "event": "observer.feature_off",
+            "log_level": "warning",
+            "feature": "sync_reclaimed",
+            "release": f"SQLAlchemy {sqlalchemy.__version__}",
+            "why": "no fairy_ref",
+            "route": None,
+            "request_id": None,
+        }
+    ]

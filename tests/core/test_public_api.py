@@ -41,6 +41,7 @@ DOCUMENTS = [
 # Dotted names in the docs that are not Python names, each with why.
 NOT_PYTHON = {
     "observer.hook_error": "a structlog event name (docs/logging.md), not an attribute",
+    "observer.feature_off": "a log event name (docs/compatibility.md), not an attribute",
 }
 FENCED = re.compile(r"^(```|~~~)[^\n]*\n(.*?)^\1", re.MULTILINE | re.DOTALL)
 SPAN = re.compile(r"(`+)(.+?)\1", re.DOTALL)

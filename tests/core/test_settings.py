@@ -16,7 +16,7 @@ def test_defaults() -> None:
     assert s.leak_threshold_seconds == 30.0
     assert s.sweep_interval_seconds == 1.0
     assert s.capture_origin is True
-    assert s.application_name == "pool-observer"
+    assert s.application_name is None  # the app's own name where known (issue #13 item 4)
     assert s.max_routes == 200
     assert s.metrics_token is None
     assert s.metrics_port is None

@@ -394,22 +394,6 @@ async def test_close_removes_every_listener_and_wrapper(
         assert (await conn.execute(text("SELECT 1"))).scalar() == 1
 
 
-async def test_application_name_is_set_unless_the_app_sets_its_own(
-    make_engine: Any, make_observer: Any
-) -> None:
-    """New connections carry application_name 'pool-observer' so the server view can be joined;
-    an application_name the app configured wins."""
-    obs = make_observer()
-    plain = make_engine()
-    own = make_engine(connect_args={"server_settings": {"application_name": "billing"}})
-    obs.watch(plain, name="plain")
-    obs.watch(own, name="own")
-    async with plain.connect() as conn:
-        assert (await conn.execute(text("SHOW application_name"))).scalar() == "pool-observer"
-    async with own.connect() as conn:
-        assert (await conn.execute(text("SHOW application_name"))).scalar() == "billing"
-
-
 async def test_database_down_gives_the_app_its_own_error_and_exact_gauges(
     make_observer: Any, registry: CollectorRegistry
 ) -> None:
@@ -481,13 +465,9 @@ async def test_an_async_engine_has_no_reset_listener_and_a_sync_engine_has_one(
         obs.watch(engine, name="async")
         obs.watch(sync, name="sync")
         async_reset = {
-            fn
-            for target, name, fn in obs._trackers[id(engine.sync_engine)]._listeners
-            if name == "reset"
+            fn for name, fn in obs._trackers[id(engine.sync_engine)]._listeners if name == "reset"
         }
-        sync_reset = {
-            fn for target, name, fn in obs._trackers[id(sync)]._listeners if name == "reset"
-        }
+        sync_reset = {fn for name, fn in obs._trackers[id(sync)]._listeners if name == "reset"}
         assert not async_reset
         assert len(sync_reset) == 1
     finally:
@@ -545,7 +525,7 @@ async def test_a_pool_without_return_conn_is_watched_through_the_checkin_event(
         obs.watch(engine, name=POOL)
         tracker = obs._trackers[id(sync)]
         assert not tracker._wraps_return
-        assert any(name == "checkin" for _, name, _ in tracker._listeners)
+        assert any(name == "checkin" for name, _ in tracker._listeners)
     finally:
         pool.__class__ = AsyncAdaptedQueuePool
     for _ in range(3):

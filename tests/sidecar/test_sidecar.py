@@ -180,7 +180,7 @@ def test_database_down_reports_pg_up_0_and_keeps_serving(
         pg.start()
         again = wait_for(url, lambda s: value(s, "pg_up") == 1, what="pg_up 1 after restart")
         assert value(again, "pg_stat_activity_count", datname="postgres", state="idle",
-                     application_name="pool-observer") == 0  # fmt: skip
+                     application_name="") == 0  # fmt: skip
     finally:
         pg.remove()
     messages = [r.getMessage() for r in caplog.records if r.name == "observer.sidecar"]
