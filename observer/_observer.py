@@ -46,8 +46,7 @@ from observer.sessions._tracker import SessionTracker
 from observer.settings import ConfigurationError, Options, Settings, connection_app_name
 
 if TYPE_CHECKING:
-    # OpenTelemetry is an optional extra; sqlalchemy.ext.asyncio needs greenlet (the asyncio
-    # extra) to import: both are for the type checker only.
+    # Optional extras (OpenTelemetry; greenlet, which sqlalchemy.ext.asyncio imports): typing only.
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -202,6 +201,8 @@ class Observer:
                 application_name=self.application_name,
                 limiter=self.limiter,
                 slow_checkout=self.settings.slow_checkout_seconds,
+                idle_gap_log=self.settings.idle_gap_log_seconds,
+                capture=origins.capture,
             )
             self._wire_otel(tracker, sync)
             tracker.attach(on_engine_gone=self._engine_collected)
@@ -298,10 +299,9 @@ class Observer:
         self.routes.unflushed(view)
 
     def _tick(self) -> None:
-        # Allocates nothing when there is no work: an allocation on the sweeper's thread can set
-        # off a garbage collection there, running SQLAlchemy's finalizer of a leaked async
-        # connection off the event loop (docs/reliability.md). In one process a scrape adds the
-        # per-thread sums no flush has moved yet (BatchedCollector), so the sweeper leaves them.
+        # Allocates nothing when there is no work: an allocation here can set off a garbage
+        # collection running SQLAlchemy's finalizer of a leaked async connection off the event
+        # loop (docs/reliability.md). A scrape adds the sums not flushed yet (BatchedCollector).
         try:
             if self.hooks.pending:
                 self.hooks.drain()

@@ -84,6 +84,10 @@ class Settings:
     """A checkout that waited longer than this logs ``pool.slow_checkout`` (0.001 to 3600
     seconds); ``None``: off."""
 
+    idle_gap_log_seconds: float | None = 1.0
+    """A checked-out connection that went longer than this with no statement running (held
+    across a non-database await) logs ``pool.held_idle`` (0.001 to 3600 seconds); ``None``: off."""
+
     tracing: bool = False
     """OpenTelemetry: query spans on the watched engines (with
     opentelemetry-instrumentation-sqlalchemy), pool wait/hold events on the current span and
@@ -161,6 +165,7 @@ class Options(TypedDict, total=False):
     server_timing: bool
     log_requests: bool
     slow_checkout_seconds: float | None
+    idle_gap_log_seconds: float | None
     tracing: bool
     metrics_token: str | None
     metrics_port: int | None
@@ -283,13 +288,17 @@ _SECONDS = {
     "slow_checkout_seconds": (
         0.001, 3600, "a checkout that waits longer is logged as pool.slow_checkout; None: off"
     ),
+    "idle_gap_log_seconds": (
+        0.001, 3600, "a connection held longer with no statement running is logged as "
+        "pool.held_idle; None: off"
+    ),
 }  # fmt: skip
 
 
 def _check_seconds(settings: Settings) -> None:
     for name, (low, high, meaning) in _SECONDS.items():
         value = getattr(settings, name)
-        if value is None and name == "slow_checkout_seconds":
+        if value is None and name in ("slow_checkout_seconds", "idle_gap_log_seconds"):
             continue
         if not in_range(value, low, high):
             raise ConfigurationError(

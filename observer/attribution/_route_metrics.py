@@ -20,10 +20,11 @@ class _Children(NamedTuple):
     wait: Counter
     hold: Counter
     requests: Counter
-    sums: ThreadSums  # requests, checkouts, wait, hold of finished requests, per thread
+    idle: Counter
+    sums: ThreadSums  # requests, checkouts, wait, hold, idle of finished requests, per thread
 
 
-_REQUESTS, _CHECKOUTS, _WAIT, _HOLD = range(4)
+_REQUESTS, _CHECKOUTS, _WAIT, _HOLD, _IDLE = range(5)
 
 
 class RouteMetrics:
@@ -60,7 +61,8 @@ class RouteMetrics:
                     m.route_wait.labels(label),
                     m.route_hold.labels(label),
                     m.route_requests.labels(label),
-                    ThreadSums(4),
+                    m.route_idle.labels(label),
+                    ThreadSums(5),
                 )
                 self._children[label] = found
             return found
@@ -93,6 +95,7 @@ class RouteMetrics:
         sink.count(m.route_checkouts, route, children.checkouts, delta[_CHECKOUTS])
         sink.count(m.route_wait, route, children.wait, delta[_WAIT])
         sink.count(m.route_hold, route, children.hold, delta[_HOLD])
+        sink.count(m.route_idle, route, children.idle, delta[_IDLE])
 
     def count_request(self, route: str) -> None:
         """A request that never used the pool finished: one more request on its route."""
@@ -109,6 +112,16 @@ class RouteMetrics:
         else:
             scope.hold_seconds += seconds
 
+    def idle(self, scope: RequestScope | None, seconds: float) -> None:
+        """A connection held ``seconds`` with no statement running came back: outside requests
+        and after the response counted at once, else with the request's totals."""
+        if scope is None:
+            self._none.idle.inc(seconds)
+        elif scope.finished:
+            self.children(scope.route).idle.inc(seconds)
+        else:
+            scope.idle_seconds += seconds
+
     @property
     def labels(self) -> list[str]:
         """Every route label counted so far."""
@@ -124,6 +137,7 @@ class RouteMetrics:
             sums[_CHECKOUTS] += scope.checkouts
             sums[_WAIT] += scope.wait_seconds
             sums[_HOLD] += scope.hold_seconds
+            sums[_IDLE] += scope.idle_seconds
             return
         children.requests.inc()
         if scope.checkouts:
@@ -132,3 +146,5 @@ class RouteMetrics:
             children.wait.inc(scope.wait_seconds)
         if scope.hold_seconds:
             children.hold.inc(scope.hold_seconds)
+        if scope.idle_seconds:
+            children.idle.inc(scope.idle_seconds)

@@ -30,6 +30,8 @@ class RequestScope:
     checkouts: int = 0
     wait_seconds: float = 0.0
     hold_seconds: float = 0.0
+    idle_seconds: float = 0.0
+    """Of ``hold_seconds``: time its connections were held with no statement running."""
     sessions_opened: int = 0
     sessions: list[Any] | None = None  # created on the first session: most requests have one
     """The ``OpenSession`` records (observer/sessions) of the sessions the request opened."""

@@ -116,6 +116,7 @@ def batched_families(metrics: Metrics) -> list[MetricWrapperBase]:
         metrics.route_wait,
         metrics.route_hold,
         metrics.route_requests,
+        metrics.route_idle,
     ]
 
 

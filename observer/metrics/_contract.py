@@ -271,14 +271,19 @@ LIBRARY: Final[tuple[MetricSpec, ...]] = (
         "counter",
         _ROUTE,
         "Time connections held by each route sat idle between queries.",
-        planned=True,
+        doc="Checked out with no statement running: from the checkout (or the end of a "
+        "statement, COMMIT or ROLLBACK) to the next one, and from the last one to the checkin. "
+        "Its share of `sqlalchemy_route_connection_hold_seconds_total` is the time the route "
+        "held connections across non-database awaits (docs/runbooks.md, held idle).",
     ),
     MetricSpec(
         "sqlalchemy_pool_connection_idle_gap_seconds",
         "histogram",
         _POOL,
-        "Idle gaps between queries on a checked-out connection.",
-        planned=True,
+        "Longest time a checked-out connection went with no statement running, per checkout.",
+        WAIT_BUCKETS,
+        doc="One observation per checkout: its longest gap with no statement running (the "
+        "whole hold when none ran). A gap over `idle_gap_log_seconds` logs `pool.held_idle`.",
     ),
 )
 

@@ -114,6 +114,7 @@ class PoolMetrics:
     checkout_duration: Histogram
     hold: Histogram
     connect_duration: Histogram
+    idle_gap: Histogram
     gauges: dict[str, Gauge]
 
 
@@ -149,6 +150,8 @@ class Metrics:
         self.route_wait = _counter(r, "sqlalchemy_route_checkout_wait_seconds_total")
         self.route_checkouts = _counter(r, "sqlalchemy_route_checkouts_total")
         self.route_requests = _counter(r, "sqlalchemy_route_requests_total")
+        self.route_idle = _counter(r, "sqlalchemy_route_connection_idle_seconds_total")
+        self.idle_gap = _histogram(r, "sqlalchemy_pool_connection_idle_gap_seconds")
         self.hook_errors = _counter(r, "observer_hook_errors_total")
         # Gauges: in one process a collector reads them from the pools at scrape time (exact,
         # free on the hot path). Under PROMETHEUS_MULTIPROC_DIR collectors are not aggregated,
@@ -182,6 +185,7 @@ class Metrics:
             checkout_duration=self.checkout_duration.labels(pool),
             hold=self.hold.labels(pool),
             connect_duration=self.connect_duration.labels(pool),
+            idle_gap=self.idle_gap.labels(pool),
             gauges={name: gauge.labels(pool) for name, gauge in self.pool_gauges.items()},
         )
 
@@ -199,6 +203,7 @@ class Metrics:
             self.checkout_duration,
             self.hold,
             self.connect_duration,
+            self.idle_gap,
         ):
             metric.remove(pool)
         for reason in CLOSE_REASONS:

@@ -225,6 +225,7 @@ class Checkouts(Handouts):
         otel = self.otel
         if otel is not None:
             otel.used(held, live and self.span_events)
+        self._idle.returned(stamp, now, live)  # of the hold, the time no statement ran
 
 
 def _exemplar() -> dict[str, str] | None:

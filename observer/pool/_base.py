@@ -77,6 +77,14 @@ class PoolOtel(Protocol):
         """A new connection took ``seconds`` to open."""
 
 
+class IdleSink(Protocol):
+    """Where a checkout's end goes to count its time with no statement running
+    (:class:`~observer.pool._idle.IdleWatch`)."""
+
+    def returned(self, stamp: Stamp, now: float, live: bool) -> None:
+        """The checkout ``stamp`` ended at ``now``."""
+
+
 class TrackerParts:
     """The attributes :class:`~observer.pool._tracker.PoolTracker` sets in its ``__init__``,
     declared once for the parts of it defined in other modules (one instance, no delegation:
@@ -102,6 +110,7 @@ class TrackerParts:
     _reclaiming: weakref.WeakKeyDictionary[ConnectionPoolEntry, Reclaimed]
     _listens_to_reset: bool
     _checkin_failed: Callable[[Exception], None]
+    _idle: IdleSink
 
     def state(self) -> PoolState:
         """The pool's numbers now (defined by the tracker)."""

@@ -42,6 +42,7 @@ from observer.pool._base import (
     Stamp,
 )
 from observer.pool._events import PoolEvents
+from observer.pool._idle import IdleWatch
 from observer.pool._state import PoolState, read_state
 
 __all__ = ["PoolState", "PoolTracker", "pool_states"]
@@ -64,6 +65,8 @@ def tell_features_off() -> None:
 class PoolTracker(PoolEvents):
     """Watches one engine: listeners on its pool, a wrapper around the pool's ``connect``."""
 
+    _idle: IdleWatch  # the parts in other modules know it as an IdleSink (observer/pool/_base.py)
+
     def __init__(
         self,
         engine: Engine,
@@ -75,9 +78,10 @@ class PoolTracker(PoolEvents):
         application_name: str | None,
         limiter: RateLimiter,
         slow_checkout: float | None = None,
+        idle_gap_log: float | None = None,
+        capture: Callable[[], object] | None = None,
     ) -> None:
-        # Held weakly: dropping a watched engine frees it (the Observer then forgets it).
-        self.engine_ref = weakref.ref(engine)
+        self.engine_ref = weakref.ref(engine)  # weakly: dropping the engine frees it (and us)
         self.name = name
         self._metrics = metrics
         self._m = metrics.bind_pool(name)
@@ -87,8 +91,7 @@ class PoolTracker(PoolEvents):
         self._limiter = limiter
         self._slow_checkout = float("inf") if slow_checkout is None else slow_checkout
         self._lock = threading.Lock()
-        # One item per checkout waiting for a connection: list.append and list.pop are atomic,
-        # so the acquire path takes no lock.
+        # One item per waiting checkout: list.append/pop are atomic, so acquiring takes no lock.
         self._waiters: list[None] = []
         self._sums = ThreadSums(_SIZE)
         self._slot = self._sums.slot
@@ -141,6 +144,7 @@ class PoolTracker(PoolEvents):
         # Returns are seen by wrapping the pool's return step (observer/_compat/sqlalchemy.py,
         # can_wrap_return); a pool without it gets the checkin listener instead.
         self._wraps_return = can_wrap_return(engine.pool)
+        self._idle = IdleWatch(name, self._m, routes, hooks, limiter, idle_gap_log, capture)
         self._record_timeout_safely = hooks.guard("checkout_timeout", self._record_timeout)
         self._loop_error_safely = hooks.guard("loop_mismatch", self._loop_mismatch)
 
@@ -193,6 +197,7 @@ class PoolTracker(PoolEvents):
         # checkout and when SQLAlchemy invalidates the connection.
         for identifier, fn in self._listeners:
             listen_keeping_execution_flag(engine, identifier, fn)
+        self._idle.attach(engine.dialect)
         self._wrap(engine.pool)
 
     @property
@@ -231,6 +236,7 @@ class PoolTracker(PoolEvents):
             if pool is not None:
                 unwrap(pool, self)
         self._pool = None
+        self._idle.detach()
         for finalizer in self._finalizers:
             finalizer.detach()
         self._finalizers.clear()
@@ -240,6 +246,7 @@ class PoolTracker(PoolEvents):
     def _wrap(self, pool: Pool) -> None:
         """Wrap the pool's acquire step (and its return step, when it has one)."""
         key = self._key(pool)
+        self._idle.pool_keys.add(key)
         if isinstance(pool, QueuePool):
             self._queue_pools.add(key)
         wrap_acquire(

@@ -450,3 +450,67 @@ def test_a_feature_off_is_logged_once_with_the_release(monkeypatch: pytest.Monke
             "request_id": None,
         }
     ]
+
+
+def test_the_dialect_steps_see_every_statement_commit_and_rollback_with_their_record(
+    make_sqlite: Any,
+) -> None:
+    """wrap_dialect replaces the dialect's execute, executemany, no-params, commit and rollback
+    steps on the instance; each sees its connection record (context_state through the
+    execution context, state_of through the pool's connection, also in the pool's reset);
+    unwrap_dialect leaves the instance as it was, and a wrapper stacked on ours stays."""
+    engine = make_sqlite()
+    dialect = engine.dialect
+    seen: list[tuple[str, int]] = []
+    owner = object()
+
+    def make(name: str, original: Any) -> Any:
+        def step(*args: Any, **kwargs: Any) -> Any:
+            if name in seam.CONNECTION_STEPS:
+                info = seam.state_of(args[0])
+            else:
+                info = seam.context_state(args[-1])
+            seen.append((name, id(info)))
+            return original(*args, **kwargs)
+
+        return step
+
+    records = records_of(engine)
+    with engine.connect():  # the first connect's own steps happen before
+        pass
+    replaced = seam.wrap_dialect(dialect, owner, make)
+    assert replaced == [*seam.STATEMENT_STEPS, *seam.CONNECTION_STEPS], broken(
+        "wrap_dialect", f"the dialect lacks a step ({replaced})"
+    )
+    with engine.connect() as conn:
+        conn.execution_options(no_parameters=True).exec_driver_sql("CREATE TABLE t (x INTEGER)")
+        conn.execute(text("INSERT INTO t (x) VALUES (:x)"), [{"x": 1}, {"x": 2}])
+        conn.commit()
+        conn.execute(text("SELECT x FROM t WHERE x > :x"), {"x": 0})
+        conn.rollback()
+    (record,) = records
+    names = [name for name, info in seen if info == id(record.__dict__)]
+    assert names == [
+        "do_execute_no_params",
+        "do_executemany",
+        "do_commit",
+        "do_execute",
+        "do_rollback",
+        "do_rollback",  # the pool's reset on return
+    ], broken("context_state/state_of", f"steps seen {seen}")
+    seam.unwrap_dialect(dialect, owner)
+    assert not set(seam.STATEMENT_STEPS + seam.CONNECTION_STEPS) & set(vars(dialect))
+    seam.wrap_dialect(dialect, owner, make)
+    on_top = dialect.do_execute
+    other = lambda *args: on_top(*args)  # noqa: E731 (someone else's wrapper)
+    dialect.do_execute = other
+    seam.unwrap_dialect(dialect, owner)
+    assert dialect.__dict__["do_execute"] is other
+    assert "do_commit" not in dialect.__dict__
+
+
+def test_context_state_fails_plainly_without_an_execution_context() -> None:
+    """A step called without a context (a dialect's own call) raises AttributeError, which the
+    idle watch takes as "not measured"."""
+    with pytest.raises(AttributeError):
+        seam.context_state(None)

@@ -173,6 +173,22 @@ SETTINGS: dict[str, Row] = {
         env_good=(("2.5", 2.5), ("none", None)),
         env_bad=(("inf", "OBSERVER_SLOW_CHECKOUT_SECONDS must be a number of seconds"),),
     ),
+    "idle_gap_log_seconds": Row(
+        good=(0.001, 1.0, 3600, None),
+        bad=(
+            (0, "idle_gap_log_seconds must be a number of seconds from 0.001 to 3600 (got 0)"),
+            (-1, "(got -1)"),
+            (INF, "(got inf)"),
+            (NAN, "(got nan)"),
+            ("1", "(got '1')"),
+            (True, "(got True)"),
+        ),
+        env_good=(("0.25", 0.25), ("off", None)),
+        env_bad=(
+            ("soon", "OBSERVER_IDLE_GAP_LOG_SECONDS must be a number of seconds"),
+            ("7200", "idle_gap_log_seconds must be a number of seconds from 0.001 to 3600"),
+        ),
+    ),
     "tracing": Row(
         good=(True, False),
         bad=((None, "tracing must be True or False (got None)"),),
