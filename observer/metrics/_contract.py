@@ -274,7 +274,8 @@ LIBRARY: Final[tuple[MetricSpec, ...]] = (
         doc="Checked out with no statement running: from the checkout (or the end of a "
         "statement, COMMIT or ROLLBACK) to the next one, and from the last one to the checkin. "
         "Its share of `sqlalchemy_route_connection_hold_seconds_total` is the time the route "
-        "held connections across non-database awaits (docs/runbooks.md, held idle).",
+        "held connections across non-database awaits (alert "
+        "`SQLAlchemyRouteHoldsConnectionsIdle`, docs/runbooks.md).",
     ),
     MetricSpec(
         "sqlalchemy_pool_connection_idle_gap_seconds",

@@ -33,9 +33,29 @@ def leaked_open(config: MonitoringConfig) -> str:
     )
 
 
+def held_idle(config: MonitoringConfig) -> str:
+    """The share of each route's connection hold time with no statement running, where the
+    route keeps at least ``held_idle_connections`` idle on average, on an instance one of whose
+    pools is over ``saturation_ratio`` checked out."""
+    c, sel, window = config, config.selector(), config.rate_window
+    idle = (
+        f"sum by ({BY_ROUTE}) (rate(sqlalchemy_route_connection_idle_seconds_total{sel}[{window}]))"
+    )
+    hold = (
+        f"sum by ({BY_ROUTE}) (rate(sqlalchemy_route_connection_hold_seconds_total{sel}[{window}]))"
+    )
+    return (
+        f"{idle}\n/ {hold}\n> {c.held_idle_ratio:g}\n"
+        f"and {idle}\n> {c.held_idle_connections:g}\n"
+        f"and on (job, instance) max by (job, instance) ({_rules.utilization(c)})"
+        f" > {c.saturation_ratio:g}"
+    )
+
+
 def held_alerts(config: MonitoringConfig) -> list[Alert]:
     """A connection held too long (per route), leaked sessions still open (per route), a pool
-    that hands no connection out while some are out."""
+    that hands no connection out while some are out, a route holding connections idle while
+    a pool is saturated."""
     c = config
     sel = c.selector()
     return [
@@ -78,5 +98,19 @@ def held_alerts(config: MonitoringConfig) -> list[Alert]:
             "that need one wait and time out. See SQLAlchemyConnectionHeldTooLong for the "
             "route that holds them.",
             POOL_DASHBOARD,
+        ),
+        Alert(
+            "SQLAlchemyRouteHoldsConnectionsIdle",
+            held_idle(c),
+            c.held_idle_for,
+            "warning",
+            "A route holds connections idle, with no statement running, while a pool is saturated.",
+            "Route {{ $labels.route }} of " + where(pool=False) + " held its connections with "
+            "no statement running for {{ $value | humanizePercentage }} of their hold time over "
+            f"the last {c.rate_window}, while a pool there is over {c.saturation_ratio:.0%} "
+            "checked out: it keeps a transaction open across non-database awaits (an HTTP "
+            "call, a queue, a sleep). The pool.held_idle log names the line where database "
+            "work resumed; do the slow await before or after the transaction.",
+            ROUTES_DASHBOARD,
         ),
     ]

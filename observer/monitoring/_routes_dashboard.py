@@ -17,12 +17,14 @@ from observer.monitoring.config import MonitoringConfig
 _HOLD = m("sqlalchemy_route_connection_hold_seconds_total", pool=False)
 _WAIT = m("sqlalchemy_route_checkout_wait_seconds_total", pool=False)
 _CHECKOUTS = m("sqlalchemy_route_checkouts_total", pool=False)
+_IDLE = m("sqlalchemy_route_connection_idle_seconds_total", pool=False)
 
 
 def routes(config: MonitoringConfig) -> Json:
     """Routes: which routes hold connections (culprits) and which wait for them (victims)."""
     layout = new_layout()
     layout.add(*_culprits_row())
+    layout.add(*_held_idle_panels())
     layout.add(*_victims_row())
     layout.add(*_traffic_row())
     return board(
@@ -70,6 +72,35 @@ def _culprits_row() -> tuple[Json, ...]:
                     "{{route}}",
                 )
             ),
+        ),
+    )
+
+
+def _held_idle_panels() -> tuple[Json, ...]:
+    """Held time split into executing and idle (no statement running) per route: the routes
+    that keep connections across non-database awaits (docs/runbooks.md, held idle)."""
+    hold, idle = f"sum by (route) (rate({_HOLD}{RATE}))", f"sum by (route) (rate({_IDLE}{RATE}))"
+    return (
+        timeseries(
+            "Held time by route: executing vs idle (top 10)",
+            "Connection-seconds per second each route held, split into time a statement (or "
+            "COMMIT, ROLLBACK) was running on the connection and time it sat idle in between: "
+            "idle is a connection held across a non-database await (an HTTP call, a queue, a "
+            "sleep). The pool.held_idle log names the line where database work resumed.",
+            "short",
+            targets(
+                (f"topk(10, {hold} - {idle})", "{{route}} executing"),
+                (f"topk(10, {idle})", "{{route}} idle"),
+            ),
+            stack=True,
+        ),
+        timeseries(
+            "Share of held time idle, by route (top 10)",
+            "Of the time each route held connections, the share with no statement running. "
+            "High on a route that holds many connections: move the slow await out of the "
+            "transaction, or release the connection for it.",
+            "percentunit",
+            targets((f"topk(10, {idle} / ({hold} > 0))", "{{route}}")),
         ),
     )
 

@@ -114,6 +114,11 @@ class MonitoringConfig:
     leaked_open_for: str = "5m"
     pool_stuck_window: str = "10m"
     pool_stuck_for: str = "5m"
+    # Held idle: a route whose connections sit idle (no statement running) for this share of
+    # their hold, at least this many connections on average, while a pool is saturated.
+    held_idle_ratio: float = 0.5
+    held_idle_connections: float = 0.5
+    held_idle_for: str = "10m"
     live_pools_threshold: float = 5.0
     pools_created_threshold: float = 10.0
     engine_per_request_window: str = "15m"

@@ -41,7 +41,7 @@ HINT = (
     "the connection sat in its transaction with no statement running (an HTTP call, a queue, a "
     "sleep or a slow computation awaited in between) while other requests may wait for the "
     "pool: do the slow await before or after the transaction, or release the connection for "
-    "it (docs/runbooks.md, held idle)"
+    "it (docs/runbooks.md#sqlalchemyrouteholdsconnectionsidle)"
 )
 
 

@@ -161,7 +161,7 @@ def test_rates_use_rate_interval(dashboards: dict[str, Any]) -> None:
             for _fn, _arg, window in RATE_RANGE.findall(expr):
                 assert window == "$__rate_interval", (title, expr)
                 checked += 1
-    assert checked == calls == 33
+    assert checked == calls == 38
 
 
 def test_heatmaps_show_prometheus_buckets(dashboards: dict[str, Any]) -> None:

@@ -247,7 +247,7 @@ def test_alerts_fire_rules_evaluate_and_every_panel_has_data(
 
         groups = prom.get("/api/v1/rules").json()["data"]["groups"]
         rules = [rule for group in groups for rule in group["rules"]]
-        assert len(rules) == 23  # 20 alerts, 3 recording rules
+        assert len(rules) == 24  # 21 alerts, 3 recording rules
         assert [(r["name"], r["health"], r.get("lastError", "")) for r in rules] == [
             (r["name"], "ok", "") for r in rules
         ]
@@ -279,7 +279,7 @@ def test_alerts_fire_rules_evaluate_and_every_panel_has_data(
             if not _query(prom, expr):
                 empty.append(where)
         assert empty == []
-        assert checked == 68  # 59 panel targets and 9 variable queries
+        assert checked == 71  # 62 panel targets and 9 variable queries
 
 
 # The shipped rules with short windows, so the incident plays in seconds (promtool tests in

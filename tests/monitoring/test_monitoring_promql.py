@@ -42,7 +42,7 @@ def test_metric_names_are_extracted_without_labels_functions_or_keywords() -> No
 def test_every_expression_parses_with_promtool(promtool: str, tmp_path: Path) -> None:
     """Dashboard queries and variable selectors, loaded as recording rules, pass promtool."""
     expressions = dashboard_expressions()
-    assert len(expressions) == 68  # 59 panel targets, 9 variable queries
+    assert len(expressions) == 71  # 62 panel targets, 9 variable queries
     rules = [
         {"record": f"dashboard_check:expr_{i}", "expr": expr}
         for i, (_where, expr) in enumerate(expressions)
@@ -99,6 +99,7 @@ def test_every_metric_used_is_exported() -> None:
         "sqlalchemy_route_connections_held",
         "sqlalchemy_route_oldest_checkout_seconds",
         "sqlalchemy_route_connection_hold_seconds_total",
+        "sqlalchemy_route_connection_idle_seconds_total",
         "sqlalchemy_route_checkout_wait_seconds_total",
         "sqlalchemy_route_checkouts_total",
         "observer_hook_errors_total",

@@ -29,6 +29,7 @@ EXPECTED_ALERTS = [
     "SQLAlchemyConnectionHeldTooLong",
     "SQLAlchemyLeakedSessionsOpen",
     "SQLAlchemyPoolStuck",
+    "SQLAlchemyRouteHoldsConnectionsIdle",
     "SQLAlchemyObserverHookErrors",
     "SQLAlchemyMetricsAbsent",
     "SQLAlchemyServerIdleInTransaction",
@@ -48,7 +49,7 @@ def test_promtool_check_rules_passes_with_every_lint(promtool: str) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 20 rules found" in result.stdout
+    assert "SUCCESS: 21 rules found" in result.stdout
     assert "SUCCESS: 3 rules found" in result.stdout
 
 
