@@ -19,7 +19,7 @@ from observer._engines import sync_engine_of
 from observer._hooks import Hooks
 from observer._logs import RateLimiter, emit
 from observer._sweeper import Sweeper
-from observer._types import Snapshot
+from observer._types import ConnectionSnapshot, Snapshot
 from observer.asgi._middleware import ObserverMiddleware
 from observer.asgi._requests import Requests
 from observer.attribution._route_metrics import RouteMetrics
@@ -37,7 +37,7 @@ from observer.metrics._collectors import (
 from observer.metrics._exposition import MetricsEndpoint
 from observer.metrics._families import Metrics, multiprocess_mode
 from observer.metrics._server import MetricsServer
-from observer.pool._held_now import held_now, push_held_now
+from observer.pool._held_now import connections_now, held_now, push_held_now
 from observer.pool._live import LivePools
 from observer.pool._tracker import PoolState, PoolTracker, pool_states
 from observer.sessions import _origin as origins
@@ -352,25 +352,23 @@ class Observer:
     def _pool_states(self) -> list[tuple[str, PoolState]]:
         """Each watched pool's state; a pool whose state cannot be read is left out and counted
         (``hook="pool_state"``, lock-free: scrapes and OpenTelemetry callbacks call this)."""
-        return [
-            (tracker.name, state)
-            for tracker, state in pool_states(self._trackers, self._state_failed)
-        ]
+        return [(t.name, state) for t, state in pool_states(self._trackers, self._state_failed)]
 
     def _sessions_open(self) -> int:
         return len(self.sessions.open)
 
     def held_now(self, clock: Callable[[], float] = perf_counter) -> HeldNow:
         """Who holds connections now: the oldest checkout's age by pool and by route, and the
-        connections held by route (every route counted so far is present, 0 when it holds
-        none)."""
+        connections held by route (each route counted so far, 0 when it holds none)."""
         return held_now(list(self._trackers.values()), self.routes, clock())
+
+    def _connections(self, clock: Callable[[], float] = perf_counter) -> list[ConnectionSnapshot]:
+        return connections_now(list(self._trackers.values()), self.routes, clock())
 
     # -- requests -----------------------------------------------------------------------------
 
     def begin_request(self, scope: Scope) -> RequestScope:
-        """The attribution scope of a new HTTP request (the middleware puts it in the
-        contextvar)."""
+        """The attribution scope of a new HTTP request (the middleware sets the contextvar)."""
         return self.requests.begin(scope)
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
@@ -388,13 +386,14 @@ class Observer:
     # -- inspection ---------------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
-        """Pools and open sessions right now, as plain data (for a health or debug endpoint).
-
-        Never raises: a part that cannot be read is left out (``pools`` lists the pools whose
-        state could be read) and counted in ``observer_hook_errors_total{hook="snapshot"}``
-        (``"pool_state"`` for a pool) before this call returns."""
+        """Pools, open sessions and checked-out connections now, as plain data (for a health or
+        debug endpoint). Never raises: a part that cannot be read is left out (``pools`` lists
+        the pools whose state could be read) and counted in ``observer_hook_errors_total`` with
+        ``hook="snapshot"`` (``"pool_state"`` for a pool) before this call returns."""
         self.flush()
         failed = self.hooks.reporter("snapshot")
-        snapshot = read_snapshot(self._pool_states, self.live_pools.count, self.sessions, failed)
+        snapshot = read_snapshot(
+            self._pool_states, self.live_pools.count, self.sessions, failed, self._connections
+        )
         self.hooks.drain()  # count this call's errors now
         return snapshot

@@ -36,10 +36,23 @@ class LeakSnapshot(TypedDict):
     count: int
 
 
+class ConnectionSnapshot(TypedDict):
+    """One checked-out connection: who holds it, and whether a statement runs on it now."""
+
+    pool: str
+    route: str
+    request_id: str | None
+    held_seconds: float  # since its checkout
+    state: str  # "executing" (a statement, COMMIT or ROLLBACK runs) or "idle"
+    state_seconds: float  # how long it has been in that state
+    session_origins: list[str]  # where the holding request's sessions were opened
+
+
 class Snapshot(TypedDict):
-    """:meth:`observer.Observer.snapshot`: pools and open sessions right now."""
+    """:meth:`observer.Observer.snapshot`: pools, open sessions and checked-out connections."""
 
     pools: list[PoolSnapshot]
     live_pools: int  # every connection pool of the process, watched or not
     sessions: list[SessionSnapshot]  # oldest first
     leaks: list[LeakSnapshot]  # most frequent first
+    connections: list[ConnectionSnapshot]  # longest held first

@@ -58,13 +58,13 @@ class Settings:
     """Most distinct route label values; further routes are counted as ``other``."""
 
     live_page_path: str | None = None
-    """Path of the live page (e.g. ``/observer``): pools and open sessions with age, route and
-    origin, refreshing every 2 s; ``<path>/snapshot.json`` is ``snapshot()`` as JSON; ``None``:
-    off. A path of its own (not ``/``, not ``metrics_path``, no ``..``). It shows routes and
-    code locations: serve it only where /metrics would be acceptable too. Both ask for
-    ``metrics_token`` when one is set: ``Authorization: Bearer <token>`` (``curl -H``), or in a
-    browser ``<path>?token=<token>`` (the page then sends it as the header and drops it from the
-    address bar)."""
+    """Path of the live page (e.g. ``/observer``): pools, checked-out connections (executing or
+    idle, and for how long) and open sessions with age, route and origin, refreshing every 2 s;
+    ``<path>/snapshot.json`` is ``snapshot()`` as JSON; ``None``: off. A path of its own (not
+    ``/``, not ``metrics_path``, no ``..``). It shows routes and code locations: serve it only
+    where /metrics would be acceptable too. Both ask for ``metrics_token`` when one is set:
+    ``Authorization: Bearer <token>`` (``curl -H``), or in a browser ``<path>?token=<token>``
+    (the page then sends it as the header and drops it from the address bar)."""
 
     request_end_grace_seconds: float = 1.0
     """How long after a response ended a session the request opened may still hold its

@@ -1,4 +1,5 @@
-"""The live page: pools and open sessions right now, refreshing, for someone without Grafana.
+"""The live page: pools, open sessions and checked-out connections (executing or idle) right now,
+refreshing, for someone without Grafana.
 
 Off by default (option ``live_page_path``): it shows routes and code locations, so it asks for
 ``metrics_token`` like /metrics does (as ``Authorization: Bearer``, or for a browser as
@@ -31,6 +32,7 @@ _STYLE = """
   td.num { text-align: right; font-variant-numeric: tabular-nums; }
   tr.leak td { background: #ffd6d6; }
   tr.busy td { background: #fff3c4; }
+  tr.idle td { background: #dde8ff; }
   .muted { color: #777; }
   code { font-size: .95em; }
 """
@@ -49,6 +51,10 @@ __STYLE__
 <table id="pools"><thead><tr>
   <th>pool</th><th>size</th><th>max</th><th>in use</th><th>idle</th><th>overflow</th>
   <th>waiting</th></tr></thead><tbody></tbody></table>
+<h2>Checked-out connections (longest held first)</h2>
+<table id="connections"><thead><tr>
+  <th>held (s)</th><th>state</th><th>for (s)</th><th>pool</th><th>route</th><th>request id</th>
+  <th>sessions opened at</th></tr></thead><tbody></tbody></table>
 <h2>Open sessions (oldest first)</h2>
 <table id="sessions"><thead><tr>
   <th>age (s)</th><th>route</th><th>opened at</th><th>leak</th><th>request id</th>
@@ -89,6 +95,12 @@ async function refresh() {
       cell(r, p.name); cell(r, p.size, "num"); cell(r, p.max_connections, "num");
       cell(r, p.checked_out, "num"); cell(r, p.checked_in, "num"); cell(r, p.overflow, "num");
       cell(r, p.waiting, "num");
+    });
+    fill("connections", snap.connections || [], (r, c) => {
+      if (c.state === "idle") r.className = "idle";  // held with no statement running
+      cell(r, c.held_seconds.toFixed(1), "num"); cell(r, c.state);
+      cell(r, c.state_seconds.toFixed(1), "num"); cell(r, c.pool); cell(r, c.route);
+      cell(r, c.request_id); cell(r, (c.session_origins || []).join(", "));
     });
     fill("sessions", snap.sessions, (r, s) => {
       if (s.leak) r.className = "leak";

@@ -15,6 +15,7 @@ import httpx
 MIX: tuple[tuple[str, int], ...] = (
     ("/orders/{n}", 60),
     ("/reports/daily", 12),
+    ("/orders/{n}/ship", 6),
     ("/cart/{n}", 10),
     ("/checkout/{n}", 8),
     ("/stats", 6),

@@ -37,7 +37,7 @@ class Findings:
         reason = event_dict.get("reason")
         what = f"{event} {reason}" if reason else event
         self.problems[(route, what, str(hint))] += 1
-        origin = event_dict.get("origin")
+        origin = event_dict.get("origin") or event_dict.get("resumed_at")  # pool.held_idle
         if origin:
             self.origins.setdefault(route, Counter())[str(origin)] += 1
 

@@ -80,13 +80,15 @@ def _routes(say: Say, registry: CollectorRegistry) -> None:
     hold = _by(registry, "sqlalchemy_route_connection_hold_seconds_total", "route")
     wait = _by(registry, "sqlalchemy_route_checkout_wait_seconds_total", "route")
     checkouts = _by(registry, "sqlalchemy_route_checkouts_total", "route")
-    say(f"  {'route':<24} {'checkouts':>9} {'held (s)':>9} {'waited (s)':>10}")
+    idle = _by(registry, "sqlalchemy_route_connection_idle_seconds_total", "route")
+    say(f"  {'route':<24} {'checkouts':>9} {'held (s)':>9} {'idle (s)':>9} {'waited (s)':>10}")
     for route in sorted(checkouts, key=lambda r: -hold.get(r, 0.0)):
         if checkouts[route] or hold.get(route) or wait.get(route):
             say(
                 f"  {route:<24} {checkouts[route]:>9.0f} {hold.get(route, 0.0):>9.2f}"
-                f" {wait.get(route, 0.0):>10.2f}"
+                f" {idle.get(route, 0.0):>9.2f} {wait.get(route, 0.0):>10.2f}"
             )
+    say("  (idle: held with no statement running, e.g. across an HTTP call in a transaction)")
 
 
 def _leaks(say: Say, snapshot: Snapshot) -> None:

@@ -118,6 +118,7 @@ async def main(
         engine,
         registry=registry,
         leak_threshold_seconds=2.0,
+        idle_gap_log_seconds=0.25,  # the ship endpoint's 0.3 s carrier call is logged
         sweep_interval_seconds=0.25,
         application_name="pool-observer-demo",
         live_page_path=LIVE_PAGE,

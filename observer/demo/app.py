@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select, text
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select, text, update
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -34,6 +34,7 @@ orders = Table(
 )
 ORDER_COUNT = 100
 SLOW_SECONDS = 0.2
+CARRIER_SECONDS = 0.3  # the carrier's API the ship endpoint awaits inside its transaction
 MAX_STRAY_ENGINES = 50  # bounds the engine-per-request bug so the demo stays small
 
 
@@ -99,6 +100,18 @@ def create_app(engine: AsyncEngine) -> FastAPI:
         total = (await session.execute(select(func.sum(orders.c.quantity)))).scalar_one()
         await asyncio.sleep(SLOW_SECONDS)  # the transaction (and its connection) stays open
         return {"total": total}
+
+    @app.get("/orders/{order_id}/ship")
+    async def ship_order(order_id: int, session: SessionDep) -> dict[str, Any]:
+        """Held idle: the transaction stays open across a call to the carrier's API (an HTTP
+        call, simulated). The connection sits idle in it, no statement running, while other
+        requests wait for the pool; pool.held_idle names the line where work resumed."""
+        where = orders.c.id == order_id
+        quantity = (await session.execute(select(orders.c.quantity).where(where))).scalar()
+        await asyncio.sleep(CARRIER_SECONDS)  # await carrier.book(order): not the database
+        await session.execute(update(orders).where(where).values(quantity=orders.c.quantity))
+        await session.commit()
+        return {"id": order_id, "shipped": quantity is not None}
 
     @app.get("/cart/{cart_id}")
     async def get_cart(cart_id: int) -> dict[str, Any]:

@@ -84,6 +84,9 @@ class IdleSink(Protocol):
     def returned(self, stamp: Stamp, now: float, live: bool) -> None:
         """The checkout ``stamp`` ended at ``now``."""
 
+    def activity(self, stamp: Stamp, now: float) -> tuple[str, float]:
+        """``("executing" | "idle", seconds)`` of the connection checked out as ``stamp``."""
+
 
 class TrackerParts:
     """The attributes :class:`~observer.pool._tracker.PoolTracker` sets in its ``__init__``,

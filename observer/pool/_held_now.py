@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from observer._types import ConnectionSnapshot
 from observer.attribution._route_metrics import RouteMetrics
 from observer.attribution._scope import route_of
 from observer.metrics._collectors import HeldNow
 from observer.metrics._families import Metrics
 from observer.pool._base import TrackerParts
+from observer.pool._handout import session_origins
+
+MAX_CONNECTIONS_SHOWN = 200
+"""At most this many checked-out connections in a snapshot (the longest held)."""
 
 
 def held_now(trackers: Iterable[TrackerParts], routes: RouteMetrics, now: float) -> HeldNow:
@@ -43,3 +48,29 @@ def push_held_now(metrics: Metrics, now: HeldNow) -> None:
     if metrics.route_oldest is not None:
         for route, age in now.routes_oldest.items():
             metrics.route_oldest.labels(route).set(age)
+
+
+def connections_now(
+    trackers: Iterable[TrackerParts], routes: RouteMetrics, now: float
+) -> list[ConnectionSnapshot]:
+    """The connections checked out of ``trackers``' pools at ``now``, longest held first (at
+    most :data:`MAX_CONNECTIONS_SHOWN`): pool, route, request, hold so far, and whether a
+    statement runs on it now (``executing``) or not (``idle``) and since when. Read-only."""
+    found: list[ConnectionSnapshot] = []
+    for tracker in trackers:
+        for stamp in list(tracker.held.values()):  # one C call: a consistent copy
+            started, scope, _ = stamp
+            state, seconds = tracker._idle.activity(stamp, now)
+            found.append(
+                ConnectionSnapshot(
+                    pool=tracker.name,
+                    route=routes.label(route_of(scope)),
+                    request_id=scope.request_id if scope is not None else None,
+                    held_seconds=round(max(0.0, now - started), 3),
+                    state=state,
+                    state_seconds=round(seconds, 3),
+                    session_origins=session_origins(scope),
+                )
+            )
+    found.sort(key=lambda c: -c["held_seconds"])
+    return found[:MAX_CONNECTIONS_SHOWN]

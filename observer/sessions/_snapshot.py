@@ -7,7 +7,13 @@ from dataclasses import asdict
 from time import perf_counter
 from typing import TYPE_CHECKING, TypeVar, cast
 
-from observer._types import LeakSnapshot, PoolSnapshot, SessionSnapshot, Snapshot
+from observer._types import (
+    ConnectionSnapshot,
+    LeakSnapshot,
+    PoolSnapshot,
+    SessionSnapshot,
+    Snapshot,
+)
 from observer.sessions._tracker import SessionTracker
 
 if TYPE_CHECKING:  # the pool layer is a sibling of this one: its state type is only named here
@@ -21,17 +27,20 @@ def read_snapshot(
     live_pools: Callable[[], int],
     sessions: SessionTracker,
     failed: Callable[[Exception], None],
+    connections: Callable[[], list[ConnectionSnapshot]] = list,
     clock: Callable[[], float] = perf_counter,
 ) -> Snapshot:
     """Pools (``pools()`` leaves out a pool it cannot read), live pools, open sessions (oldest
-    first) and leaks (most frequent first). A part that raises is empty (0 live pools) and its
-    exception goes to ``failed``: this never raises."""
+    first), leaks (most frequent first) and checked-out connections (``connections()``). A part
+    that raises is empty (0 live pools) and its exception goes to ``failed``: this never
+    raises."""
     now = clock()
     return Snapshot(
         pools=_read(lambda: [_pool(name, state) for name, state in pools()], [], failed),
         live_pools=_read(live_pools, 0, failed),
         sessions=_read(lambda: _open_sessions(sessions, now), [], failed),
         leaks=_read(lambda: _leaks(sessions), [], failed),
+        connections=_read(connections, [], failed),
     )
 
 

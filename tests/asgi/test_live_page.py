@@ -122,6 +122,68 @@ async def test_live_page_shows_the_pool_and_a_leaked_session(
         obs.close()
 
 
+async def test_live_page_shows_each_connection_executing_or_idle_and_for_how_long(
+    make_engine: Any, registry: CollectorRegistry, tmp_path: Path
+) -> None:
+    """While one request holds its transaction across a slow call (an await that is not the
+    database) and another runs a long statement, the page's connections table shows the first
+    as idle (highlighted) and the second as executing, each with its route and for how long."""
+    import httpx
+
+    engine = make_engine(pool_size=3, max_overflow=0)
+    app = FastAPI()
+    release = asyncio.Event()
+
+    @app.get("/checkout/{n}")
+    async def slow_call(n: int) -> int:
+        async with AsyncSession(engine) as session, session.begin():
+            await session.execute(text("SELECT 1"))
+            await release.wait()  # the slow HTTP call, inside the transaction
+        return n
+
+    @app.get("/report")
+    async def report() -> int:
+        async with AsyncSession(engine) as session:
+            await session.execute(text("SELECT pg_sleep(4)"))
+        return 0
+
+    obs = observer.instrument(app, engine, registry=registry, live_page_path="/observer")
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    try:
+        for _ in range(500):
+            if server.started:
+                break
+            await asyncio.sleep(0.02)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            calls = [
+                asyncio.create_task(client.get("/checkout/7")),
+                asyncio.create_task(client.get("/report")),
+            ]
+            await asyncio.sleep(0.5)
+            dom = await chromium(tmp_path, "--dump-dom", f"http://127.0.0.1:{port}/observer")
+            release.set()
+            assert [(await call).status_code for call in calls] == [200, 200]
+        table = re.search(r'<table id="connections">.*?<tbody>(.*?)</tbody>', dom, re.S)
+        assert table is not None
+        rows = re.findall(r"<tr( class=\"idle\")?>(.*?)</tr>", table.group(1), re.S)
+        shown = {}
+        for idle_class, row_html in rows:
+            cells = re.findall(r"<td[^>]*>(.*?)</td>", row_html)
+            shown[cells[4]] = (bool(idle_class), cells[1], float(cells[2]), float(cells[0]))
+        assert set(shown) == {"/checkout/{n}", "/report"}
+        assert shown["/checkout/{n}"][:2] == (True, "idle")
+        assert shown["/report"][:2] == (False, "executing")
+        for _, _, state_for, held in shown.values():
+            assert 0.3 <= state_for <= held + 0.1
+    finally:
+        release.set()
+        server.should_exit = True
+        await serving
+        obs.close()
+
+
 async def test_live_page_is_off_unless_enabled(
     make_engine: Any, registry: CollectorRegistry
 ) -> None:
@@ -195,6 +257,7 @@ async def test_live_page_serves_the_snapshot_callable_it_is_given() -> None:
         "live_pools": 1,
         "sessions": [],
         "leaks": [{"reason": "too_old", "route": "/r", "origin": "unknown", "count": 4}],
+        "connections": [],
     }
     calls: list[int] = []
 
@@ -263,7 +326,7 @@ async def test_snapshot_json_has_the_snapshot_keys_and_values(
     finally:
         obs.close()
     snap = response.json()
-    assert sorted(snap) == ["leaks", "live_pools", "pools", "sessions"]
+    assert sorted(snap) == ["connections", "leaks", "live_pools", "pools", "sessions"]
     assert snap["pools"] == [
         {
             "name": pool,
@@ -287,11 +350,21 @@ async def test_snapshot_json_has_the_snapshot_keys_and_values(
     }
     assert 0.2 <= age < 30
     assert snap["leaks"] == [{"reason": "too_old", "route": "none", "origin": origin, "count": 1}]
+    [connection] = snap["connections"]  # the session's, idle since its SELECT 1
+    held, idle_for = connection.pop("held_seconds"), connection.pop("state_seconds")
+    assert connection == {
+        "pool": pool,
+        "route": "none",
+        "request_id": None,
+        "state": "idle",
+        "session_origins": [],
+    }
+    assert 0.4 <= idle_for <= held < 30
 
 
 # -- the page behind the token, its headers, and what it embeds -----------------------------
 
-EMPTY: Any = {"pools": [], "live_pools": 0, "sessions": [], "leaks": []}
+EMPTY: Any = {"pools": [], "live_pools": 0, "sessions": [], "leaks": [], "connections": []}
 
 
 async def test_the_page_and_its_json_ask_for_the_metrics_token() -> None:

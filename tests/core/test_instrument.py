@@ -288,7 +288,8 @@ def test_a_pool_snapshot_has_every_field_of_the_pool_state() -> None:
 
 
 def test_snapshot_is_exported_with_its_keys() -> None:
-    """``observer.Snapshot`` is public and names the four parts of ``Observer.snapshot()``."""
+    """``observer.Snapshot`` is public and names the five parts of ``Observer.snapshot()``."""
+    parts = ["pools", "live_pools", "sessions", "leaks", "connections"]
     assert "Snapshot" in observer.__all__
-    assert list(observer.Snapshot.__annotations__) == ["pools", "live_pools", "sessions", "leaks"]
-    assert observer.Snapshot.__required_keys__ == {"pools", "live_pools", "sessions", "leaks"}
+    assert list(observer.Snapshot.__annotations__) == parts
+    assert observer.Snapshot.__required_keys__ == set(parts)

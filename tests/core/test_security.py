@@ -325,7 +325,13 @@ def test_a_failing_log_sink_never_escapes_flush_or_snapshot(failing_log_sink: st
         assert hook_errors(registry) == {"checkout": 1.0, "log": 1.0}
         obs.hooks.failed("checkin", RuntimeError("another one"))
         snapshot = obs.snapshot()
-        assert snapshot == {"pools": [], "live_pools": 0, "sessions": [], "leaks": []}
+        assert snapshot == {
+            "pools": [],
+            "live_pools": 0,
+            "sessions": [],
+            "leaks": [],
+            "connections": [],
+        }
         assert hook_errors(registry) == {"checkout": 1.0, "checkin": 1.0, "log": 2.0}
     finally:
         obs.close()
@@ -385,7 +391,7 @@ async def test_health_metrics_and_live_json_answer_while_logs_and_pool_state_fai
         errors = hook_errors(registry)
     finally:
         obs.close()
-    empty = {"pools": [], "live_pools": 0, "sessions": [], "leaks": []}  # it never connected
+    empty = {"pools": [], "live_pools": 0, "sessions": [], "leaks": [], "connections": []}
     assert (health.status_code, health.json()) == (200, empty)
     assert (live.status_code, live.json()) == (200, empty)
     assert metrics.status_code == 200

@@ -89,6 +89,17 @@ def check_summary(out: str) -> None:
     )
     for route, origin in (("/cart/{cart_id}", cart), ("/checkout/{cart_id}", checkout)):
         assert any(hint.startswith(dropped) for hint in blocks[f"  {route}, at {origin}"])
+    ship = line_of("await session.execute(update(orders)", "ship_order")
+    ship_block = blocks[
+        f"  /orders/{{order_id}}/ship, at observer/demo/app.py:{ship} in ship_order"
+    ]
+    assert len(ship_block) == 1  # held across the carrier call: the line after the await
+    assert ship_block[0].startswith("    - the connection sat in its transaction with no statement")
+    assert re.search(r"\[pool\.held_idle x\d+\]$", ship_block[0])
+    ship_row = re.search(r"^  /orders/\{order_id\}/ship +\d+ +([\d.]+) +([\d.]+) ", out, re.M)
+    assert ship_row is not None
+    assert float(ship_row[2]) >= 0.25
+    assert float(ship_row[2]) <= float(ship_row[1])
     stats = line_of("async with engine_here.connect() as conn:", "stats")
     engines = re.search(r"^  200 x\d+ .*/stats x(\d+)", out, re.M)  # one new pool per answer
     assert engines is not None
