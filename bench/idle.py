@@ -53,6 +53,12 @@ class _IdleOff:
     def detach(self) -> None:
         return None
 
+    def flush(self, sink: Any) -> None:
+        return None
+
+    def unflushed(self, view: Any) -> None:
+        return None
+
 
 def _attach(idle: bool) -> Callable[[Any], Observer]:
     def attach(engine: Any) -> Observer:

@@ -103,9 +103,8 @@ def create_app(engine: AsyncEngine) -> FastAPI:
 
     @app.get("/orders/{order_id}/ship")
     async def ship_order(order_id: int, session: SessionDep) -> dict[str, Any]:
-        """Held idle: the transaction stays open across a call to the carrier's API (an HTTP
-        call, simulated). The connection sits idle in it, no statement running, while other
-        requests wait for the pool; pool.held_idle names the line where work resumed."""
+        """Held idle: the transaction stays open across a (simulated) HTTP call to the carrier:
+        its connection sits idle while others wait; pool.held_idle names the line after it."""
         where = orders.c.id == order_id
         quantity = (await session.execute(select(orders.c.quantity).where(where))).scalar()
         await asyncio.sleep(CARRIER_SECONDS)  # await carrier.book(order): not the database

@@ -117,6 +117,7 @@ def batched_families(metrics: Metrics) -> list[MetricWrapperBase]:
         metrics.route_hold,
         metrics.route_requests,
         metrics.route_idle,
+        metrics.idle_gap,
     ]
 
 

@@ -114,7 +114,6 @@ class PoolMetrics:
     checkout_duration: Histogram
     hold: Histogram
     connect_duration: Histogram
-    idle_gap: Histogram
     gauges: dict[str, Gauge]
 
 
@@ -185,7 +184,6 @@ class Metrics:
             checkout_duration=self.checkout_duration.labels(pool),
             hold=self.hold.labels(pool),
             connect_duration=self.connect_duration.labels(pool),
-            idle_gap=self.idle_gap.labels(pool),
             gauges={name: gauge.labels(pool) for name, gauge in self.pool_gauges.items()},
         )
 

@@ -3,13 +3,15 @@ dialect's execute, commit and rollback steps of one watched engine.
 
 Cost model: each statement (and COMMIT / ROLLBACK) pays one wrapper call, two clock reads, a
 C attribute lookup and two dict lookups; each checkout pays one list at its first statement,
-and one dict pop, one histogram observation and one addition when it comes back. Nothing is
+and one dict pop and three additions to per-thread sums when it comes back (moved into the
+histogram and the ``route="none"`` counter on flush, as the tracker's own sums). Nothing is
 captured unless a gap is longer than ``idle_gap_log_seconds``: only then the app line where
 database work resumed is looked up and ``pool.held_idle`` logged (rate limited).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
@@ -25,7 +27,9 @@ from observer._compat.sqlalchemy import (
 from observer._hooks import Hooks
 from observer._logs import RateLimiter, emit
 from observer.attribution._route_metrics import RouteMetrics
-from observer.metrics._families import PoolMetrics
+from observer.attribution._scope import NO_ROUTE
+from observer.metrics._batching import HistogramSlots, Sink, ThreadSums, Unflushed, can_batch
+from observer.metrics._families import WAIT_BUCKETS, Metrics
 from observer.pool._base import CHECKOUT, Stamp
 from observer.pool._handout import session_origins
 
@@ -36,6 +40,11 @@ _IDLE = 2  # idle seconds so far
 _LONGEST = 3  # the longest gap so far
 _BUSY = 4  # perf_counter() when the running step started; 0.0 while idle
 State = list[Any]
+
+# The per-thread sums (single process): the longest gaps' histogram, then idle outside requests.
+_GAP = HistogramSlots(0, WAIT_BUCKETS)
+_GAP_START, _GAP_BOUNDS, _GAP_SUM = _GAP.start, _GAP.bounds, _GAP.sum
+_NONE_IDLE = _GAP.end
 
 HINT = (
     "the connection sat in its transaction with no statement running (an HTTP call, a queue, a "
@@ -52,7 +61,7 @@ class IdleWatch:
     def __init__(
         self,
         name: str,
-        m: PoolMetrics,
+        metrics: Metrics,
         routes: RouteMetrics,
         hooks: Hooks,
         limiter: RateLimiter,
@@ -62,7 +71,13 @@ class IdleWatch:
         """``log_after``: ``idle_gap_log_seconds``; ``capture``: finds the app line running now
         (observer/sessions/_origin.py, passed in: the pool layer does not import sessions)."""
         self.name = name
-        self._m = m
+        self._metrics = metrics
+        self._gap = metrics.idle_gap.labels(name)  # bound once (removed with the pool's series)
+        # Summed per thread and moved on flush like the tracker's (observer/metrics/_batching.py);
+        # multiprocess mode, or a histogram the accessors cannot add to, observes every checkout.
+        self._batched = not metrics.multiprocess and can_batch(self._gap, WAIT_BUCKETS)
+        self._sums = ThreadSums(_NONE_IDLE + 1)
+        self._slot = self._sums.slot
         self._routes = routes
         self._hooks = hooks
         self._limiter = limiter
@@ -92,6 +107,8 @@ class IdleWatch:
         self.pool_keys.clear()  # a wrapper another one was stacked on stays: it measures nothing
 
     def _wrapper(self, name: str, original: Any) -> Any:
+        """The measuring replacement of the dialect's step ``name`` (its exact signature: no
+        argument packing on the hot path)."""
         begin, failed, clock = self._begin, self._failed, perf_counter
         if name in CONNECTION_STEPS:  # do_commit(connection), do_rollback(connection)
             step = name.removeprefix("do_")  # "commit", "rollback": what ended a gap
@@ -113,18 +130,38 @@ class IdleWatch:
 
             return connection_step
 
-        def statement_step(*args: Any, **kwargs: Any) -> Any:
-            # do_execute(cursor, statement, parameters, context), do_executemany(same),
-            # do_execute_no_params(cursor, statement, context): the context comes last
+        if name == "do_execute_no_params":
+
+            def no_params_step(cursor: Any, statement: Any, context: Any = None) -> Any:
+                try:
+                    state = begin(context_state(context), clock(), "statement")
+                except AttributeError:  # no execution context: not measured
+                    state = None
+                except Exception as exc:
+                    state = None
+                    failed(exc)
+                try:
+                    return original(cursor, statement, context)
+                finally:
+                    if state is not None:
+                        state[_BUSY] = 0.0
+                        state[_LAST] = clock()
+
+            return no_params_step
+
+        def statement_step(
+            cursor: Any, statement: Any, parameters: Any, context: Any = None
+        ) -> Any:
+            # do_execute and do_executemany
             try:
-                state = begin(context_state(kwargs.get("context", args[-1])), clock(), "statement")
-            except AttributeError:  # no execution context (None): not measured
+                state = begin(context_state(context), clock(), "statement")
+            except AttributeError:  # no execution context: not measured
                 state = None
             except Exception as exc:
                 state = None
                 failed(exc)
             try:
-                return original(*args, **kwargs)
+                return original(cursor, statement, parameters, context)
             finally:
                 if state is not None:
                     state[_BUSY] = 0.0
@@ -166,10 +203,34 @@ class IdleWatch:
             gap = 0.0 if state[_BUSY] else now - state[_LAST]
             idle = state[_IDLE] + gap
             longest = max(state[_LONGEST], gap)
-        self._m.idle_gap.observe(longest)
-        self._routes.idle(stamp[1], idle)
+        scope = stamp[1]
+        if self._batched:
+            sums = self._slot()
+            sums[_GAP_START + bisect_left(_GAP_BOUNDS, longest)] += 1
+            sums[_GAP_SUM] += longest
+            if scope is None:
+                sums[_NONE_IDLE] += idle
+            else:
+                self._routes.idle(scope, idle)
+        else:
+            self._gap.observe(longest)
+            self._routes.idle(scope, idle)
         if live and gap > self._log_after:
             self._held_idle(stamp, gap, now, "checkin")
+
+    def flush(self, sink: Sink) -> None:
+        """Move the sums added since the last flush (the caller holds the batching LOCK)."""
+        self._put(self._sums.take(), sink)
+
+    def unflushed(self, view: Unflushed) -> None:
+        """Add to a scrape's ``view`` what :meth:`flush` would move now."""
+        self._put(self._sums.pending(), view)
+
+    def _put(self, delta: list[float], sink: Sink) -> None:
+        metrics, none = self._metrics, (NO_ROUTE,)
+        sink.histogram(metrics.idle_gap, (self.name,), self._gap, _GAP, delta)
+        outside = self._routes.children(NO_ROUTE).idle
+        sink.count(metrics.route_idle, none, outside, delta[_NONE_IDLE])
 
     # -- the rare path ----------------------------------------------------------------------
 

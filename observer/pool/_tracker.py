@@ -144,7 +144,7 @@ class PoolTracker(PoolEvents):
         # Returns are seen by wrapping the pool's return step (observer/_compat/sqlalchemy.py,
         # can_wrap_return); a pool without it gets the checkin listener instead.
         self._wraps_return = can_wrap_return(engine.pool)
-        self._idle = IdleWatch(name, self._m, routes, hooks, limiter, idle_gap_log, capture)
+        self._idle = IdleWatch(name, metrics, routes, hooks, limiter, idle_gap_log, capture)
         self._record_timeout_safely = hooks.guard("checkout_timeout", self._record_timeout)
         self._loop_error_safely = hooks.guard("loop_mismatch", self._loop_mismatch)
 
@@ -209,10 +209,12 @@ class PoolTracker(PoolEvents):
         """Move what the hot path summed per thread since the last flush into the metrics."""
         with LOCK:
             self._put(self._sums.take(), MOVE)
+            self._idle.flush(MOVE)
 
     def unflushed(self, view: Unflushed) -> None:
         """Add to a scrape's ``view`` what :meth:`flush` would move now (the caller holds LOCK)."""
         self._put(self._sums.pending(), view)
+        self._idle.unflushed(view)
 
     def _put(self, delta: list[float], sink: Sink) -> None:
         metrics, m, pool = self._metrics, self._m, (self.name,)
