@@ -236,8 +236,8 @@ class IdleWatch:
 
     def _held_idle(self, stamp: Stamp, gap: float, now: float, ended_by: str) -> None:
         """Log ``pool.held_idle``: a gap longer than ``idle_gap_log_seconds`` ended."""
-        if in_gc_cleanup() or not self._limiter.allow("pool.held_idle"):
-            return  # never log from inside the garbage collector's finalizer
+        if not self._limiter.allow("pool.held_idle") or in_gc_cleanup():
+            return  # past the rate limit, or inside the garbage collector's finalizer
         started, scope, _ = stamp
         where = self._capture() if self._capture is not None else None
         emit(

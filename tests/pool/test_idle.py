@@ -242,3 +242,25 @@ async def test_a_raising_idle_step_is_counted_and_the_statement_runs(
     obs.flush()
     assert sample(registry, "observer_hook_errors_total", hook="statement") == 3.0  # + the reset
     assert sample(registry, f"{GAP}_count", pool=POOL) == 1.0  # the checkin still counted
+
+
+async def test_close_puts_the_async_engines_dialect_back_and_sets_no_event_flag(
+    make_engine: Any, registry: CollectorRegistry
+) -> None:
+    """Watching an AsyncEngine wraps its sync dialect's steps without setting any
+    execution-event flag (statements keep SQLAlchemy's fast path); close() leaves the dialect
+    instance with none of the observer's methods, and statements still run."""
+    engine = make_engine(pool_size=1, max_overflow=0)
+    dialect = engine.sync_engine.dialect
+    flag = engine.sync_engine.__dict__.get("_has_events")
+    obs = Observer(registry=registry, idle_gap_log_seconds=None)
+    obs.watch(engine, name=POOL)
+    steps = {"do_execute", "do_execute_no_params", "do_executemany", "do_commit", "do_rollback"}
+    assert steps <= set(vars(dialect))
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT 2"))).scalar() == 2
+    assert engine.sync_engine.__dict__.get("_has_events") == flag  # the execution-event flag
+    obs.close()
+    assert not steps & set(vars(dialect))
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT 3"))).scalar() == 3
