@@ -26,6 +26,8 @@ class Alert:
     dashboard: str
     # Labels from the sidecar's target: the dashboard link sets the server_* variables.
     server: bool = False
+    # Per database server, over every job: the dashboard link sets no variable.
+    per_server: bool = False
 
     def rule(self, config: MonitoringConfig) -> dict[str, Any]:
         """The rule as it goes into the rules file."""
@@ -40,7 +42,8 @@ class Alert:
             if "$labels.pool" in self.description:
                 query += "&var-pool={{ $labels.pool }}"
             base = config.dashboard_url.rstrip("/")
-            annotations["dashboard_url"] = f"{base}/d/{self.dashboard}?{query}"
+            link = f"{base}/d/{self.dashboard}"
+            annotations["dashboard_url"] = link if self.per_server else f"{link}?{query}"
         return {
             "alert": self.name,
             "expr": self.expr,

@@ -14,6 +14,7 @@ from observer.monitoring._alert_base import (
 )
 from observer.monitoring._alert_base import increase_over as _increase
 from observer.monitoring._alert_base import where as _where
+from observer.monitoring._fleet_alerts import fleet_alerts
 from observer.monitoring._held_alerts import held_alerts
 from observer.monitoring.config import MonitoringConfig
 
@@ -328,6 +329,7 @@ def alert_groups(config: MonitoringConfig) -> dict[str, Any]:
         ("pool-observer.held", held_alerts(config)),
         ("pool-observer.observer", observer_alerts(config)),
         ("pool-observer.migrations", migration_alerts(config)),
+        ("pool-observer.fleet", fleet_alerts(config)),
     ]
     return {
         "groups": [
@@ -345,4 +347,5 @@ def all_alerts(config: MonitoringConfig) -> list[Alert]:
         *held_alerts(config),
         *observer_alerts(config),
         *migration_alerts(config),
+        *fleet_alerts(config),
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from observer.monitoring._dashboard_parts import BY_POOL, RATE, board, new_layout, quantiles
+from observer.monitoring._fleet_panels import fleet_row
 from observer.monitoring._held_panels import held_by_route, oldest_by_pool, oldest_by_route
 from observer.monitoring._panels import (
     Json,
@@ -27,6 +28,7 @@ def pools(config: MonitoringConfig) -> Json:
     """Pool overview: saturation, waits, hold time, errors, alerts and the server's view."""
     layout = new_layout()
     layout.add(*_saturation_row(config))
+    layout.add(*fleet_row(config))
     layout.add(
         row("Held now: who holds the connections right now"),
         oldest_by_pool(_LEGEND, BY_POOL),

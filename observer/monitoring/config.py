@@ -133,6 +133,14 @@ class MonitoringConfig:
     migration_failed_for: str = "1m"
     # Longer than a migration should hold a deploy (a backfill belongs in a batch job).
     migration_running_for: str = "30m"
+    # The fleet against its database server (docs/production.md): every live process's
+    # pool_size + max_overflow summed per server, over the server's available slots
+    # (max_connections minus the reserved ones), above this share for longer than a rolling
+    # deploy overlaps old and new replicas; and connections actually open above this share.
+    fleet_budget_ratio: float = 0.9
+    fleet_budget_for: str = "15m"
+    fleet_connections_ratio: float = 0.9
+    fleet_connections_for: str = "5m"
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

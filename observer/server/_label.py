@@ -20,7 +20,7 @@ DEFAULT_PORT: Final = 5432
 LABEL: Final = "server"
 # driver://host:port/database -> host:port (several hosts: all of them, as written). A pool
 # named by the app ("main"), a socket (no host) or an unreadable URL has no server.
-FROM_POOL: Final = r"[A-Za-z][A-Za-z0-9+.\-]*://([^/]+)/.*"
+FROM_POOL: Final = r"[A-Za-z][A-Za-z0-9+.-]*://([^/]+)/.*"
 # A host without a port (a name, an IPv4 address or a bracketed IPv6 one) gets PostgreSQL's.
 PORTLESS: Final = r"([^:\[\],/]+|\[[^\]]+\])"
 

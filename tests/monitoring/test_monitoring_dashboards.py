@@ -129,18 +129,30 @@ def test_every_panel_has_title_description_unit_and_templated_datasource(
 def test_every_selector_filters_on_job_and_instance(dashboards: dict[str, Any]) -> None:
     """dashboard-linter target-job and target-instance rules, for every selector of a target:
     app metrics follow $job and $instance, the sidecar's server view $server_job and
-    $server_instance (never the app's: the sidecar may be scraped as a job of its own)."""
-    server = 0
+    $server_instance (never the app's: the sidecar may be scraped as a job of its own); the
+    fleet's recorded series, summed over instances, follow $job (per job) or none (per server)."""
+    server = fleet = 0
     for board in dashboards.values():
         for title, expr in queries(board):
             selectors = SELECTOR.findall(expr)
             assert selectors, title
             for metric, matchers in selectors:
+                # The fleet's recorded series sum every instance: per job, or per database
+                # server over every job (only the servers known).
+                if metric.startswith("job_server:"):
+                    assert matchers == 'job=~"$job"', (title, expr)
+                    fleet += 1
+                    continue
+                if metric.startswith("server:"):
+                    assert matchers == 'server!=""', (title, expr)
+                    fleet += 1
+                    continue
                 prefix = "server_" if metric in SIDECAR_METRICS else ""
                 server += prefix == "server_"
                 assert f'job=~"${prefix}job"' in matchers, (title, expr)
                 assert f'instance=~"${prefix}instance"' in matchers, (title, expr)
     assert server == 6
+    assert fleet == 6
 
 
 def test_pool_metrics_filter_on_the_pool_variable(dashboards: dict[str, Any]) -> None:

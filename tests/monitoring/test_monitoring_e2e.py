@@ -21,6 +21,7 @@ import pytest
 
 from observer.monitoring._render import write
 from observer.monitoring.config import MonitoringConfig
+from observer.server._label import server_label
 from tests.helpers import require
 from tests.monitoring.promql import MACROS, dashboard_expressions, variable_queries
 from tests.monitoring.shipped import ALERTS, DASHBOARDS, ROOT, RULES
@@ -126,7 +127,14 @@ def test_alerts_fire_rules_evaluate_and_every_panel_has_data(
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                 "rule_files": [str(RULES), str(ALERTS)],
                 "scrape_configs": [
-                    {"job_name": JOB, "static_configs": [{"targets": [instance]}]},
+                    # The app's pools are named ("main"): the target names their server, as
+                    # docs/production.md tells, for the fleet's budget to join the sidecar's.
+                    {
+                        "job_name": JOB,
+                        "static_configs": [
+                            {"targets": [instance], "labels": {"server": server_label(pg_url)}}
+                        ],
+                    },
                     {"job_name": SIDECAR_JOB, "static_configs": [{"targets": [sidecar_instance]}]},
                 ],
             }
@@ -247,7 +255,7 @@ def test_alerts_fire_rules_evaluate_and_every_panel_has_data(
 
         groups = prom.get("/api/v1/rules").json()["data"]["groups"]
         rules = [rule for group in groups for rule in group["rules"]]
-        assert len(rules) == 23  # 20 alerts, 3 recording rules
+        assert len(rules) == 32  # 22 alerts, 10 recording rules
         assert [(r["name"], r["health"], r.get("lastError", "")) for r in rules] == [
             (r["name"], "ok", "") for r in rules
         ]
@@ -279,7 +287,7 @@ def test_alerts_fire_rules_evaluate_and_every_panel_has_data(
             if not _query(prom, expr):
                 empty.append(where)
         assert empty == []
-        assert checked == 68  # 59 panel targets and 9 variable queries
+        assert checked == 74  # 65 panel targets and 9 variable queries
 
 
 # The shipped rules with short windows, so the incident plays in seconds (promtool tests in

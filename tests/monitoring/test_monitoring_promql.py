@@ -42,7 +42,7 @@ def test_metric_names_are_extracted_without_labels_functions_or_keywords() -> No
 def test_every_expression_parses_with_promtool(promtool: str, tmp_path: Path) -> None:
     """Dashboard queries and variable selectors, loaded as recording rules, pass promtool."""
     expressions = dashboard_expressions()
-    assert len(expressions) == 68  # 59 panel targets, 9 variable queries
+    assert len(expressions) == 74  # 65 panel targets, 9 variable queries
     rules = [
         {"record": f"dashboard_check:expr_{i}", "expr": expr}
         for i, (_where, expr) in enumerate(expressions)
@@ -103,6 +103,9 @@ def test_every_metric_used_is_exported() -> None:
         "sqlalchemy_route_checkouts_total",
         "observer_hook_errors_total",
         "pg_up",
+        "pg_settings_max_connections",
+        "pg_settings_superuser_reserved_connections",
+        "pg_settings_reserved_connections",
         "pg_stat_activity_count",
         "pg_stat_activity_max_tx_duration",
         "pg_observer_idle_in_transaction_max_seconds",
