@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from observer._option_rows import OptionRow, option_rows
+from observer.metrics._cardinality import HOOKS, ORIGIN_EXTRAS, ROUTE_EXTRAS, budget
 from observer.metrics._contract import METRICS, Exporter, MetricSpec
 
 HEADER = """\
@@ -134,9 +135,56 @@ def render_options() -> str:
     return "\n".join([OPTIONS_INTRO, *table, *rows]) + "\n"
 
 
+CARDINALITY_INTRO = f"""\
+## Cardinality budget
+
+Series one `/metrics` exports, counted from the exported metrics above
+(`observer/metrics/_cardinality.py`; a test checks the figures on a real scrape). Each route
+count is the app's route templates served plus {len(ROUTE_EXTRAS)} (`none`, `unmatched`,
+`other`); each origin count the leaking code lines (at most `max_origins`) plus
+{len(ORIGIN_EXTRAS)} (`other`, `unknown`). The fixed part counts `observer_hook_errors_total`
+with {HOOKS} hooks. Series of a leak appear once sessions of that route leak (per reason). In
+multiprocess mode a replica's counters and histograms are summed over its workers (no
+`_created` series) and each pool gauge has one series per worker (`pid`). docs/production.md
+says how to plan a fleet with it.
+"""
+
+
+def render_cardinality() -> str:
+    """The cardinality budget: fixed, per pool, per route and per origin, and examples."""
+    one, lean = budget(), budget(leaks=False)
+    w1, w2, mp_lean = budget(workers=1), budget(workers=2), budget(workers=1, leaks=False)
+    per_worker = w2.per_pool - w1.per_pool
+    rows = [
+        "| exposition | fixed | per pool | per route | more per leaking route | per origin |",
+        "|---|---|---|---|---|---|",
+        f"| one process | {one.fixed} | {one.per_pool} | {lean.per_route} | "
+        f"{one.per_route - lean.per_route} | {one.per_origin} |",
+        f"| a multiprocess replica of W workers | {w1.fixed} | "
+        f"{w1.per_pool - per_worker} + {per_worker} W | {mp_lean.per_route} | "
+        f"{w1.per_route - mp_lean.per_route} | {w1.per_origin} |",
+        "",
+        "| example (one process) | series | 500 processes |",
+        "|---|---|---|",
+    ]
+    for pools, routes, origins, leaking in (
+        (1, 50, 0, False),
+        (1, 50, 100, True),
+        (3, 200, 100, True),
+    ):
+        b = one if leaking else lean
+        n = b.series(pools, routes, origins)
+        what = f"{pools} pool(s), {routes} routes" + (
+            f", every route leaking, {origins} origins" if leaking else ", no leak"
+        )
+        rows.append(f"| {what} | {n:,} | {500 * n:,} |")
+    return "\n".join([CARDINALITY_INTRO, *rows]) + "\n"
+
+
 def render() -> str:
     """The whole of docs/reference.md."""
-    return "\n".join([HEADER, INTRO, render_options(), render_metrics()]).rstrip("\n") + "\n"
+    parts = [HEADER, INTRO, render_options(), render_metrics(), render_cardinality()]
+    return "\n".join(parts).rstrip("\n") + "\n"
 
 
 if __name__ == "__main__":
