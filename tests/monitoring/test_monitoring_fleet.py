@@ -29,7 +29,7 @@ from tests.monitoring.shipped import ROOT
 
 pytestmark = [pytest.mark.promtool, pytest.mark.postgres, pytest.mark.slow]
 
-DEADLINE_SECONDS = 60
+DEADLINE_SECONDS = 90
 JOB = "fleet"
 APP = "fleet-test"  # the workers' application_name, which the sidecars watch
 WORKERS, POOL_SIZE, MAX_OVERFLOW = 2, 3, 2  # a budget of 5 connections per worker
