@@ -97,21 +97,31 @@ def recording_rules(config: MonitoringConfig) -> list[dict[str, Any]]:
     return rules
 
 
+def once(metric: str, config: MonitoringConfig, matcher: str) -> str:
+    """Each live process's pool gauge once. In multiprocess mode a worker's own series carries
+    its pid (liveall) and nothing aggregates them; a scrape that also shows a pid-less copy of
+    the same pool (an exposition that renders the process's own registry beside the workers'
+    files) would count it twice, so an instance's pid series win over its pid-less ones."""
+    sel, has_pid, no_pid = config.selector, 'pid!=""', 'pid=""'
+    return (
+        f"{metric}{sel(matcher, has_pid)}\n"
+        f"  or ({metric}{sel(matcher, no_pid)}"
+        f" unless on (job, instance, pool) {metric}{sel(has_pid)})"
+    )
+
+
 def fleet_rules(config: MonitoringConfig) -> list[dict[str, Any]]:
     """The fleet's connection budget and open connections per (job, server) and per server,
     the server's available slots, and their ratios (what the fleet alerts and panels read)."""
-    sel = config.selector
 
     def budget(matcher: str) -> str:
-        # Each live process's pool once (a worker's own series in multiprocess mode: liveall,
-        # label pid); `> 0` leaves out unbounded pools (-1), which have no budget to add.
-        return f"({BUDGET}{sel(matcher)} > 0)"
+        # `> 0` leaves out unbounded pools (-1), which have no budget to add.
+        return f"({once(BUDGET, config, matcher)}) > 0"
 
     def opened(matcher: str) -> str:
-        return (
-            f"(sqlalchemy_pool_checked_out_connections{sel(matcher)}"
-            f" + sqlalchemy_pool_checked_in_connections{sel(matcher)})"
-        )
+        out = once("sqlalchemy_pool_checked_out_connections", config, matcher)
+        idle = once("sqlalchemy_pool_checked_in_connections", config, matcher)
+        return f"(\n  {out}\n) + (\n  {idle}\n)"
 
     limit = "superuser_reserved_connections"
     rules = [
