@@ -125,6 +125,26 @@ SETTINGS: dict[str, Row] = {
             ("1_0", "OBSERVER_MAX_ROUTES must be a whole number in ASCII digits (got '1_0')"),
         ),
     ),
+    "max_origins": Row(
+        good=(1, 100, 10000),
+        bad=(
+            (
+                0,
+                "max_origins must be a whole number >= 1 and <= 10000 (got 0); it bounds the "
+                "origin label (each code line adds a series per leak reason); further values are "
+                "counted as 'other'",
+            ),
+            (10001, "max_origins must be a whole number >= 1 and <= 10000 (got 10001)"),
+            (2.5, "(got 2.5)"),
+            (False, "(got False)"),
+            ("100", "(got '100')"),
+        ),
+        env_good=(("25", 25),),
+        env_bad=(
+            ("ten", "OBSERVER_MAX_ORIGINS must be a whole number in ASCII digits (got 'ten')"),
+            ("-1", "max_origins must be a whole number >= 1 and <= 10000 (got -1)"),
+        ),
+    ),
     "live_page_path": Row(
         good=("/observer", "/_internal/observer", None),
         bad=(
