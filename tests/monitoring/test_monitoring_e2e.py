@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -92,6 +93,13 @@ def _load(app: str, stop: threading.Event) -> None:
             # Timed-out checkouts end in 500s, after which the server may drop the connection.
             with contextlib.suppress(httpx.TransportError):
                 client.get("/hold/2")
+
+
+def _line_of(code: str, function: str) -> int:
+    """The line of ``code`` in ``function`` of the e2e app (the origin of its sessions)."""
+    lines = (ROOT / "tests" / "monitoring" / "e2e_app.py").read_text().splitlines()
+    start = next(n for n, line in enumerate(lines) if f"def {function}(" in line)
+    return next(n for n in range(start, len(lines)) if code in lines[n]) + 1
 
 
 def _query(prom: httpx.Client, expr: str) -> list[dict[str, Any]]:
@@ -203,6 +211,7 @@ def test_alerts_fire_rules_evaluate_and_every_panel_has_data(
         }
         seen: dict[str, dict[str, str]] = {}
         seen_pools: set[tuple[str, str]] = set()
+        described: dict[str, str] = {}  # alert -> its description, as Prometheus expanded it
 
         def alerts_active() -> bool:
             for alert in prom.get("/api/v1/alerts").json()["data"]["alerts"]:
@@ -212,6 +221,7 @@ def test_alerts_fire_rules_evaluate_and_every_panel_has_data(
                 seen_pools.add((name, labels.get("pool", "")))
                 if name in expected and labels == expected[name]:
                     seen[name] = labels
+                    described[name] = alert["annotations"]["description"]
             return sorted(seen) == sorted(expected)
 
         try:
@@ -221,6 +231,13 @@ def test_alerts_fire_rules_evaluate_and_every_panel_has_data(
             for loader in loaders:
                 loader.join(timeout=15)
         assert seen == expected
+        # The leaking route's alert names the line of the app that leaked (its only route that
+        # leaks, so the pairing by reason is exact).
+        leak_line = f"tests/monitoring/e2e_app.py:{_line_of('await session.execute', 'leak')}"
+        assert re.search(
+            rf"\. Top leaking line: {re.escape(leak_line)} in leak \([123] leaks in 10m\)\.$",
+            described["SQLAlchemySessionsLeaking"],
+        ), described["SQLAlchemySessionsLeaking"]
         assert ("SQLAlchemyPoolExhausted", "leaky") not in seen_pools
         assert ("SQLAlchemyPoolSaturationHigh", "leaky") not in seen_pools
 
@@ -355,6 +372,8 @@ def test_a_pool_stuck_by_leaks_keeps_the_held_now_alerts_firing(
             "SQLAlchemyPoolStuck": {"pool": "stuck", "severity": "critical"},
         }
 
+        described: dict[str, str] = {}  # alert -> its description, as Prometheus expanded it
+
         def firing() -> dict[str, dict[str, str]]:
             found = {}
             for alert in prom.get("/api/v1/alerts").json()["data"]["alerts"]:
@@ -363,6 +382,7 @@ def test_a_pool_stuck_by_leaks_keeps_the_held_now_alerts_firing(
                 if alert["state"] == "firing":
                     assert (labels.pop("job"), labels.pop("instance")) == (JOB, instance)
                     found[name] = labels
+                    described[name] = alert["annotations"]["description"]
             return found
 
         leaking: list[dict[str, str]] = []  # SQLAlchemySessionsLeaking while it fired
@@ -378,6 +398,16 @@ def test_a_pool_stuck_by_leaks_keeps_the_held_now_alerts_firing(
 
         wait("the held-now alerts firing after the leak rate cleared", incident_as_lived)
         assert leaking[0] == {"route": "/login", "severity": "warning"}
+        # Both leak alerts name the planted bug's line, the one alone after the leaks stopped.
+        login = f"tests/monitoring/e2e_app.py:{_line_of('await session.execute', 'login')} in login"
+        assert re.search(
+            rf"\. Top leaking line: {re.escape(login)} \([34] leaks\)\.$",
+            described["SQLAlchemyLeakedSessionsOpen"],
+        ), described["SQLAlchemyLeakedSessionsOpen"]
+        assert re.search(
+            rf"\. Top leaking line: {re.escape(login)} \([1-4] leaks in 5s\)\.$",
+            described["SQLAlchemySessionsLeaking"],
+        ), described["SQLAlchemySessionsLeaking"]
         held = _query(prom, f'sqlalchemy_route_connections_held{{job="{JOB}", route="/login"}}')
         assert [r["value"][1] for r in held] == ["3"]
         oldest = _query(prom, f'sqlalchemy_pool_oldest_checkout_seconds{{job="{JOB}"}}')
