@@ -91,7 +91,9 @@ def _series(metric: str, matchers: str, window: str | None) -> str:
 def _first(query: str, args: str, text: str, otherwise: str = "") -> str:
     """A Go template: ``text`` about the first sample of ``query`` (printf'ed with ``args``),
     ``otherwise`` when it returns none."""
-    found = f"{{{{ with printf `{query}` {args} | query }}}}{{{{ with first . }}}}{text}{{{{ end }}}}"
+    found = (
+        f"{{{{ with printf `{query}` {args} | query }}}}{{{{ with first . }}}}{text}{{{{ end }}}}"
+    )
     return found + (f"{{{{ else }}}}{otherwise}{{{{ end }}}}" if otherwise else "{{ end }}")
 
 

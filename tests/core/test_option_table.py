@@ -419,6 +419,13 @@ FLAGS = [
     Flag("render", "--dashboard-url", (
         ("https://grafana example.com", "--dashboard-url must be an http(s) URL without spaces"),
     )),
+    Flag("render", "--source-url", (
+        ("https://github.com/org/repo/blob/main/{file}", "--source-url must contain {path}, "
+         "where the leaking line's file goes"),
+        ("github.com/{path}", "--source-url must be an http(s) URL without spaces"),
+        ("https://x.example/{path}?b=$B", "--source-url may hold only the placeholders {path} "
+         "and {line}, and no quote, backslash or '$'"),
+    )),
     Flag("render", "--scrape-interval", (
         ("15", "--scrape-interval: '15' is not a Prometheus duration"),
         ("0s", "--scrape-interval must be longer than 0s (got '0s')"),

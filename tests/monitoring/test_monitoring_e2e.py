@@ -20,10 +20,11 @@ from typing import Any
 import httpx
 import pytest
 
+from observer.monitoring._origin_table import leaking_lines_query
 from observer.monitoring._render import write
 from observer.monitoring.config import MonitoringConfig
 from tests.helpers import require
-from tests.monitoring.promql import MACROS, dashboard_expressions, variable_queries
+from tests.monitoring.promql import MACROS, dashboard_expressions, substitute, variable_queries
 from tests.monitoring.shipped import ALERTS, DASHBOARDS, ROOT, RULES
 
 pytestmark = [pytest.mark.promtool, pytest.mark.postgres, pytest.mark.slow]
@@ -296,7 +297,25 @@ def test_alerts_fire_rules_evaluate_and_every_panel_has_data(
             if not _query(prom, expr):
                 empty.append(where)
         assert empty == []
-        assert checked == 68  # 59 panel targets and 9 variable queries
+        assert checked == 69  # 60 panel targets and 9 variable queries
+        # The leaking code lines table: the leaking line, with its route (the only one leaking
+        # with request_end) and its three leaks; rendered with --source-url, its link.
+        source = MonitoringConfig(source_url="https://git.example.com/app/blob/main/{path}#L{line}")
+        table = substitute(leaking_lines_query(source), {**MACROS, **values})
+        rows = [(r["metric"], r["value"][1]) for r in _query(prom, table)]
+        line = _line_of("await session.execute", "leak")
+        assert rows == [
+            (
+                {
+                    "instance": instance,
+                    "origin": f"tests/monitoring/e2e_app.py:{line} in leak",
+                    "reason": "request_end",
+                    "route": "/leak/{n}",
+                    "url": f"https://git.example.com/app/blob/main/tests/monitoring/e2e_app.py#L{line}",
+                },
+                "3",
+            )
+        ]
 
 
 # The shipped rules with short windows, so the incident plays in seconds (promtool tests in
