@@ -37,8 +37,3 @@ class LeakOrigins:
         label = self.label(origin)
         self._counter.labels(label, reason).inc()
         return label
-
-    @property
-    def lines(self) -> list[str]:
-        """Every line counted under its own label so far."""
-        return sorted(self._lines)
