@@ -115,9 +115,11 @@ def test_alerts_fire_rules_evaluate_and_every_panel_has_data(
     pg_url: str, pg_database: str, tmp_path: Path
 ) -> None:
     """request_end leaks and an exhausted pool drive the matching alerts to pending/firing with
-    the exact labels; the healthy pool stays quiet; no rule fails to evaluate; the sidecar,
-    scraped as a job of its own, sees PostgreSQL and the leaked transactions; every dashboard
-    query, the server view's included, returns data with the variables set to this topology."""
+    the exact labels, the leak alert's description naming the app line that leaked; the healthy
+    pool stays quiet; no rule fails to evaluate; the sidecar, scraped as a job of its own, sees
+    PostgreSQL and the leaked transactions; every dashboard query, the server view's included,
+    returns data with the variables set to this topology, and the leaking code lines table
+    gives the line its route, its count and (with a source URL) its link."""
     prometheus_bin = shutil.which("prometheus")
     require(prometheus_bin is not None, "prometheus is not installed (apt-get install prometheus)")
     assert prometheus_bin is not None
@@ -341,7 +343,7 @@ def test_a_pool_stuck_by_leaks_keeps_the_held_now_alerts_firing(
     (3 connections held by /login, the oldest for seconds), and
     SQLAlchemyConnectionHeldTooLong and SQLAlchemyLeakedSessionsOpen (naming /login) and
     SQLAlchemyPoolStuck (naming the pool) fire and stay firing after SQLAlchemySessionsLeaking,
-    a rate of new leaks, has cleared."""
+    a rate of new leaks, has cleared. Both leak alerts name /login's leaking line."""
     prometheus_bin = shutil.which("prometheus")
     require(prometheus_bin is not None, "prometheus is not installed (apt-get install prometheus)")
     assert prometheus_bin is not None
