@@ -339,6 +339,16 @@ FLAGS = [
     )),
     Flag("doctor", "--fail-on", (("warn", "invalid choice: 'warn' (choose from 'error', 'warni"),)),
     Flag("doctor", "--json", (("yes", "ignored explicit argument 'yes'"),)),
+    Flag("doctor", "--prometheus", (
+        ("ftp://prom:9090", "--prometheus must be an http(s) URL; give the base URL of the Prom"),
+        ("http://prom:9090?x", "--prometheus takes no query or fragment"),
+    )),
+    Flag("doctor", "--job", (("", "--job must be the Prometheus job label of the app's scrape"),)),
+    Flag("doctor", "--range", (
+        ("7", "--range must be a Prometheus duration from 15m to 366d, such as 7d or 12h (got '7"),
+        ("1m", "(got '1m'); it is how much history doctor reads"),
+        ("400d", "(got '400d')"),
+    )),
     Flag("sidecar", "--address", (
         ("bad host", "--address must be an IP address or a host name, such as 127.0.0.1"),
     )),
