@@ -21,6 +21,7 @@ from pathlib import Path
 from observer.metrics._spec import HOLD_BUCKETS, WAIT_BUCKETS
 
 JOB = "api"
+OTHER_JOB = "worker"
 STEP = 30  # seconds between samples, as a 30 s scrape interval
 SPAN = 3 * 3600 + 600  # seconds of history: 3 h 10 min
 PEAK = (3600, 7200)  # the busy hour, in seconds before the end of the history
@@ -106,9 +107,12 @@ def openmetrics(truth: Truth, end: float) -> str:
         _labels(job=JOB, instance=B, pool="main"),
     )
     reports_b = _labels(job=JOB, instance=B, pool="reports")
+    # Another job on the same Prometheus (a queue worker): doctor must be told which.
+    other = _labels(job=OTHER_JOB, instance="worker:8000", pool="main")
     counter(
         "sqlalchemy_pool_checkouts",
-        {main_a: truth.served_per_process, main_b: truth.served_per_process, reports_b: 0.0},
+        {main_a: truth.served_per_process, main_b: truth.served_per_process, reports_b: 0.0}
+        | {other: 1.0},
     )
     counter(
         "sqlalchemy_pool_checkout_timeouts",

@@ -64,7 +64,7 @@ def test_recommended_sizes_match_the_known_answer(
     series say 100 - 3 = 97 connections: 2 replicas x 2 workers x 25 = 100 do not fit, 1 does."""
     monkeypatch.delenv("OBSERVER_DATABASE_URL", raising=False)
     code, out, err = doctor(
-        capsys, "--prometheus", _with_auth(prometheus), "--range", "3h", "--json"
+        capsys, "--prometheus", _with_auth(prometheus), "--job", JOB, "--range", "3h", "--json"
     )
     report = json.loads(out)
     assert (code, err, report["exit_code"]) == (1, "", 1)
@@ -83,6 +83,7 @@ def test_recommended_sizes_match_the_known_answer(
     peak = pool["peak"]
     assert (peak["instance"], peak["workers"]) == (A, WORKERS_A)
     assert _near(peak["arrival_rate"], TRUTH.arrival_rate), peak
+    assert _near(peak["timeout_rate"], TRUTH.timeouts_per_process), peak
     assert _near(peak["hold_seconds"], TRUTH.hold_seconds), peak
     assert _near(peak["concurrency"], load), peak
     assert _near(pool["observed"]["hold_p99_seconds"], p99)
@@ -109,7 +110,15 @@ def test_the_text_report_explains_each_number(
     the findings; --fail-on error still fails on the fleet that does not fit."""
     monkeypatch.delenv("OBSERVER_DATABASE_URL", raising=False)
     code, out, err = doctor(
-        capsys, "--prometheus", _with_auth(prometheus), "--range", "3h", "--fail-on", "error"
+        capsys,
+        "--prometheus",
+        _with_auth(prometheus),
+        "--job",
+        JOB,
+        "--range",
+        "3h",
+        "--fail-on",
+        "error",
     )
     assert (code, err) == (1, "")
     for line in [
@@ -152,7 +161,7 @@ def test_with_the_database_url_the_server_limits_come_from_the_database(
     most, reserved = asyncio.run(limits())
     url = f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{pg_database}"
     code, out, err = doctor(
-        capsys, url, "--prometheus", _with_auth(prometheus), "--range", "3h", "--json"
+        capsys, url, "--prometheus", _with_auth(prometheus), "--job", JOB, "--range", "3h", "--json"
     )
     report = json.loads(out)
     assert err == ""
@@ -184,12 +193,24 @@ def test_an_unknown_job_names_the_jobs_there(
     assert code == 2
     _one_line(err)
     assert "--job 'nope': Prometheus at http://***@127.0.0.1:" in err
-    assert err.rstrip().endswith("has no pool metrics for that job; jobs with them: api")
+    assert err.rstrip().endswith("has no pool metrics for that job; jobs with them: api, worker")
     assert json.loads(out) == {
         "prometheus": prometheus.replace("http://", "http://***@"),
         "error": err.removeprefix("observer doctor: ").rstrip("\n"),
         "exit_code": 2,
     }
+
+
+def test_without_job_doctor_asks_which_of_the_jobs(
+    prometheus: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two jobs have pool metrics: no guess, one line listing them and naming --job."""
+    code, out, err = doctor(capsys, "--prometheus", _with_auth(prometheus), "--range", "3h")
+    assert (code, out) == (2, "")
+    _one_line(err)
+    assert err.rstrip().endswith(
+        "over the last 3h has pools of several jobs (api, worker); choose one with --job"
+    ), err
 
 
 def test_a_wrong_password_is_refused_without_showing_it(
