@@ -219,6 +219,7 @@ def _routes(prom: Prometheus, sel: str, at: float, window: float) -> list[RouteL
         for route in set(requests) | set(held)
         if not (math.isnan(requests.get(route, 0.0)) or math.isnan(held.get(route, 0.0)))
     ]
+    loads = [r for r in loads if r.requests_per_second > 0 or r.connections > 0]
     loads.sort(key=lambda r: (-r.connections, -r.requests_per_second, r.route))
     return loads[:MAX_ROUTES]
 

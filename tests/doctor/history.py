@@ -150,7 +150,11 @@ def openmetrics(truth: Truth, end: float) -> str:
     routes = {
         _labels(job=JOB, instance=i, route=r): rate
         for i in (A, B)
-        for r, rate in (("/orders/{id}", truth.served_per_process * 0.75), ("/health", 5.0))
+        for r, rate in (
+            ("/orders/{id}", truth.served_per_process * 0.75),
+            ("/health", 5.0),
+            ("none", 0.0),
+        )
     }
     counter("sqlalchemy_route_requests", routes)
     counter(
