@@ -107,3 +107,21 @@ def test_a_url_that_is_not_one_is_refused(text: str, message: str) -> None:
     """Not http(s), no host, a bad port, a fragment, a control character: ValueError."""
     with pytest.raises(ValueError, match=r"^" + message.replace("(", r"\(").replace(")", r"\)")):
         connect(text, timeout=5, environ={})
+
+
+def test_every_metric_doctor_queries_is_in_the_contract() -> None:
+    """The names doctor --prometheus reads are the contract's (a rename there breaks here), with
+    the type its queries assume; only the sidecar's pg_settings_* may still be planned."""
+    from observer.doctor import _history as history
+    from observer.metrics._contract import BY_NAME
+
+    expected = {
+        "CHECKOUTS": "counter", "TIMEOUTS": "counter", "HOLD": "histogram", "WAIT": "histogram",
+        "CHECKED_OUT": "gauge", "WAITING": "gauge", "SIZE": "gauge", "MAX_CONNECTIONS": "gauge",
+        "ROUTE_REQUESTS": "counter", "ROUTE_HOLD": "counter", "SERVER_MAX": "gauge",
+        "SERVER_RESERVED": "gauge",
+    }  # fmt: skip
+    found = {const: BY_NAME[getattr(history, const)].type for const in expected}
+    assert found == expected
+    planned = {c for c in expected if BY_NAME[getattr(history, c)].planned}
+    assert planned <= {"SERVER_MAX", "SERVER_RESERVED"}
