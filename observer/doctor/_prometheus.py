@@ -98,7 +98,7 @@ class Prometheus:
             url, headers={"Accept": "application/json", **self.headers}
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with _OPENER.open(request, timeout=self.timeout) as response:
                 body = response.read(MAX_RESPONSE_BYTES + 1)
         except urllib.error.HTTPError as exc:
             body = exc.read(MAX_RESPONSE_BYTES + 1)
@@ -106,6 +106,12 @@ class Prometheus:
                 raise PrometheusError(
                     f"--prometheus {self.shown} refused the query (HTTP {exc.code}); give its "
                     f"credentials as https://user:password@host/ or a bearer token in ${TOKEN_ENV}"
+                ) from None
+            if 300 <= exc.code < 400:
+                raise PrometheusError(
+                    f"--prometheus {self.shown} redirected {path} (HTTP {exc.code}) to "
+                    f"{_location(exc)}; doctor follows no redirect (the credentials would go "
+                    "along): give the URL it redirects to"
                 ) from None
             if exc.code not in {400, 422, 503}:  # the API's own errors come with a JSON body
                 raise PrometheusError(
@@ -145,6 +151,28 @@ class Prometheus:
         for secret in (*self.secrets, *self.headers.values()):
             text = text.replace(secret, _MASK) if secret else text
         return text.splitlines()[0] if text else text
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are not followed: urllib would send the Authorization header along, to
+    whatever host the answer names."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # urllib then raises the 3xx as an HTTPError
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+def _location(exc: urllib.error.HTTPError) -> str:
+    """Where a redirect points, without its query or credentials."""
+    try:
+        parts = urllib.parse.urlsplit(exc.headers.get("Location", "") if exc.headers else "")
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return "an unreadable location"
+    where = f"{parts.scheme}://{host}{f':{port}' if port else ''}" if host else ""
+    return (where + parts.path) or "an unnamed location"
 
 
 def _labels(metric: object) -> Labels:

@@ -4,9 +4,11 @@ answer is known (tests/doctor/history.py), behind basic auth; and its bad inputs
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import math
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 
@@ -303,3 +305,50 @@ def test_a_token_and_a_password_together_are_refused(
     assert (code, out) == (2, "")
     assert "$OBSERVER_PROMETHEUS_TOKEN is set but is not a token" in err
     assert "tok-123456789abcdef" not in err
+
+
+def test_a_redirect_is_not_followed_so_the_credentials_stay(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An API that redirects elsewhere: doctor does not follow (urllib would send the
+    Authorization header to the other host); one line naming where it points, exit 2."""
+    seen: list[str] = []
+
+    class Elsewhere(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization", ""))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    elsewhere = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Elsewhere)
+    target = f"http://127.0.0.1:{elsewhere.server_address[1]}"
+
+    class Redirects(Elsewhere):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", f"{target}{self.path}")
+            self.end_headers()
+
+    redirecting = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirects)
+    threads = [
+        threading.Thread(target=s.serve_forever, daemon=True) for s in (elsewhere, redirecting)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        url = f"http://{USER}:{PASSWORD}@127.0.0.1:{redirecting.server_address[1]}"
+        code, out, err = doctor(capsys, "--prometheus", url)
+    finally:
+        for server in (elsewhere, redirecting):
+            server.shutdown()
+            server.server_close()
+    assert (code, out, seen) == (2, "", [])
+    _one_line(err)
+    assert (
+        f"redirected /api/v1/label/job/values (HTTP 302) to {target}/api/v1/label/job/values;"
+        in err
+    )
+    assert "doctor follows no redirect (the credentials would go along)" in err
