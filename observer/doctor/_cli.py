@@ -119,8 +119,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--connect-timeout", type=_seconds("--connect-timeout", 0.001, 3600), default=10.0,
         metavar="SECONDS",
-        help="seconds to wait for the database's answer (and for each of Prometheus' with "
-        "--prometheus); the whole check waits at most twice that (default: %(default)g)",
+        help="seconds to wait for the database's answer; the whole check waits at most twice "
+        "that; with --prometheus, the most each of its answers may take (default: %(default)g)",
     )  # fmt: skip
     parser.add_argument(
         "--fail-on", choices=FAIL_ON, default="warning",

@@ -592,7 +592,7 @@ def test_doctor_help_shows_defaults_and_units(capsys: pytest.CaptureFixture[str]
         "--workers N processes running the pool in each replica, e.g. uvicorn or gunicorn workers (default: 1)",  # noqa: E501
         "--replicas N copies of the app (containers, hosts) on the same database (default: 1)",
         "--pool-timeout SECONDS seconds a checkout waits for a free connection before it fails (default: 30, SQLAlchemy's, assumed)",  # noqa: E501
-        "--connect-timeout SECONDS seconds to wait for the database's answer (and for each of Prometheus' with --prometheus); the whole check waits at most twice that (default: 10)",  # noqa: E501
+        "--connect-timeout SECONDS seconds to wait for the database's answer; the whole check waits at most twice that; with --prometheus, the most each of its answers may take (default: 10)",  # noqa: E501
         "--fail-on {error,warning,info,drift} the lowest severity of a finding that makes the exit code 1, or 'drift' to fail on a schema drift only (default: warning)",  # noqa: E501
         "--request-timeout SECONDS seconds a client or proxy waits for a response (default: 30, assumed)",  # noqa: E501
     ]:  # fmt: skip
