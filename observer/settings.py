@@ -57,6 +57,9 @@ class Settings:
     max_routes: int = 200
     """Most distinct route label values; further routes are counted as ``other``."""
 
+    max_origins: int = 100
+    """Most distinct code lines (``origin`` label) of the leak origins metric; then ``other``."""
+
     live_page_path: str | None = None
     """Path of the live page (e.g. ``/observer``): pools and open sessions with age, route and
     origin, refreshing every 2 s; ``<path>/snapshot.json`` is ``snapshot()`` as JSON; ``None``:
@@ -156,6 +159,7 @@ class Options(TypedDict, total=False):
     capture_origin: bool
     application_name: str | None
     max_routes: int
+    max_origins: int
     live_page_path: str | None
     request_end_grace_seconds: float
     server_timing: bool
@@ -297,14 +301,11 @@ def _check_seconds(settings: Settings) -> None:
             )
 
 
+_FLAGS = ("capture_origin", "server_timing", "log_requests", "tracing", "metrics_port_shared")
+
+
 def _check_flags(settings: Settings) -> None:
-    for name in (
-        "capture_origin",
-        "server_timing",
-        "log_requests",
-        "tracing",
-        "metrics_port_shared",
-    ):
+    for name in _FLAGS:
         value = getattr(settings, name)
         if not isinstance(value, bool):
             raise ConfigurationError(f"{name} must be True or False (got {value!r})")
@@ -337,13 +338,20 @@ def _check_application_name(settings: Settings) -> None:
         )
 
 
-def _check_max_routes(settings: Settings) -> None:
-    routes = settings.max_routes
-    if not in_range(routes, 1, 10000, whole=True):
-        raise ConfigurationError(
-            f"max_routes must be a whole number >= 1 and <= 10000 (got {routes!r}); it bounds "
-            "the route label (each route adds series to several metrics)"
-        )
+_BOUNDS = {  # option -> what it bounds (a whole number from 1 to 10000)
+    "max_routes": "the route label (each route adds series to several metrics)",
+    "max_origins": "the origin label (each code line adds a series per leak reason)",
+}
+
+
+def _check_bounds(settings: Settings) -> None:
+    for name, bounds in _BOUNDS.items():
+        value = getattr(settings, name)
+        if not in_range(value, 1, 10000, whole=True):
+            raise ConfigurationError(
+                f"{name} must be a whole number >= 1 and <= 10000 (got {value!r}); it bounds "
+                f"{bounds}; further values are counted as 'other'"
+            )
 
 
 def _check_metrics_token(settings: Settings) -> None:
@@ -378,7 +386,7 @@ _CHECKS = (
     _check_seconds,
     _check_flags,
     _check_application_name,
-    _check_max_routes,
+    _check_bounds,
     _check_metrics_token,
     _check_metrics_listener,
 )

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from observer.metrics._contract import CLOSE_REASONS, LEAK_REASONS, LEAK_RESOLUTIONS, METRICS
 from observer.metrics._spec import MetricSpec
 
-# Values a label takes beyond the app's own: requests outside a route, unmatched paths, and
-# the overflow beyond max_routes; leaks without an app frame, and beyond max_origins.
+# Values the route label takes beyond the app's templates: requests outside a route, unmatched
+# paths, and the overflow beyond max_routes.
 ROUTE_EXTRAS = ("none", "unmatched", "other")
-ORIGIN_EXTRAS = ("other", "unknown")
 # One observer_hook_errors_total series per guarded hook, bound when the hook is installed
 # (20 in a process serving requests through the middleware today).
 HOOKS = 24
@@ -26,21 +25,25 @@ HOOKS = 24
 
 @dataclass(frozen=True)
 class Budget:
-    """Series of one exposition: fixed, and per pool, per route and per origin."""
+    """Series of one exposition: fixed, per pool, per route, and what leaks add."""
 
-    fixed: int
+    fixed: int  # with the leak series created up front (route none, origin unknown)
     per_pool: int
     per_route: int
-    per_origin: int
+    per_leaking_route: int  # a route value whose sessions leaked: its leak series
+    per_origin: int  # a leaking code line (or other) of the leak origins metric
 
-    def series(self, pools: int, routes: int, origins: int = 0) -> int:
-        """Series for ``pools`` watched engines, ``routes`` route templates served and
-        ``origins`` distinct leaking code lines (``max_origins`` at most)."""
+    def series(self, pools: int, routes: int, origins: int = 0, leaking_routes: int = 0) -> int:
+        """At most this many series for ``pools`` watched engines, ``routes`` route templates
+        served (plus ``none``, ``unmatched`` and ``other``), ``leaking_routes`` of those route
+        values with leaks, and ``origins`` leaking code lines (``max_origins`` at most; plus
+        ``other``)."""
         return (
             self.fixed
             + pools * self.per_pool
             + (routes + len(ROUTE_EXTRAS)) * self.per_route
-            + (origins + len(ORIGIN_EXTRAS)) * self.per_origin
+            + leaking_routes * self.per_leaking_route
+            + (origins + 1 if origins else 0) * self.per_origin
         )
 
 
@@ -66,22 +69,22 @@ def _fixed_labels(spec: MetricSpec) -> int:
     return n
 
 
-def budget(*, workers: int | None = None, leaks: bool = True) -> Budget:
+def budget(*, workers: int | None = None) -> Budget:
     """The budget of one process's ``/metrics`` (``workers=None``: prometheus-client in one
     process, ``_created`` series included), or of one replica of ``workers`` processes in
     multiprocess mode (counters and histograms summed over the workers, pool gauges one series
-    per worker: ``liveall``). ``leaks=False`` leaves out the series that appear only once
-    sessions leak (per route and reason, per origin). Metrics the contract marks planned are
-    not exported yet, so not counted."""
-    parts = {"fixed": 0, "pool": 0, "route": 0, "origin": 0}
+    per worker: ``liveall``). Metrics the contract marks planned are not exported yet, so not
+    counted."""
+    parts = dict.fromkeys(("fixed", "pool", "route", "leak", "origin"), 0)
     for spec in METRICS:
         if spec.exporter != "library" or spec.planned:
-            continue
-        if not leaks and spec.name.startswith("sqlalchemy_orm_session_leak"):
             continue
         n = _samples(spec, created=workers is None) * _fixed_labels(spec)
         if workers is not None and spec.multiprocess_mode == "liveall":
             n *= workers  # label pid: one series per live worker
         kind = next((k for k in ("pool", "route", "origin") if k in spec.labels), "fixed")
+        if spec.name.startswith("sqlalchemy_orm_session_leak"):
+            parts["fixed"] += n  # created up front for route none and origin unknown
+            kind = "leak" if kind == "route" else kind
         parts[kind] += n
-    return Budget(parts["fixed"], parts["pool"], parts["route"], parts["origin"])
+    return Budget(parts["fixed"], parts["pool"], parts["route"], parts["leak"], parts["origin"])

@@ -11,6 +11,8 @@ from observer.monitoring._alert_base import (
     SESSIONS_DASHBOARD,
     Alert,
     Severity,
+    top_origin,
+    top_origin_of_route,
 )
 from observer.monitoring._alert_base import increase_over as _increase
 from observer.monitoring._alert_base import where as _where
@@ -175,7 +177,7 @@ def session_alerts(config: MonitoringConfig) -> list[Alert]:
             "The floor of open ORM sessions keeps rising.",
             f"{_where(pool=False)}: the fewest open sessions over {c.leak_floor_window} is "
             f"{COUNT} higher than {c.leak_floor_offset} before, and still rising: "
-            "sessions are opened and never closed.",
+            "sessions are opened and never closed." + top_origin("too_old", c.leak_floor_offset),
             SESSIONS_DASHBOARD,
         ),
         Alert(
@@ -191,8 +193,8 @@ def session_alerts(config: MonitoringConfig) -> list[Alert]:
             "warning",
             "ORM sessions are leaking.",
             f"{COUNT} sessions opened by route {{{{ $labels.route }}}} of "
-            f"{_where(pool=False)} leaked in the last {c.leaks_window}; "
-            "the leak log events name where each was opened.",
+            f"{_where(pool=False)} leaked in the last {c.leaks_window}."
+            + top_origin_of_route(None, c.leaks_window),
             SESSIONS_DASHBOARD,
         ),
         Alert(

@@ -64,7 +64,7 @@ def test_docs_production_quotes_the_budget_of_the_contract() -> None:
     """docs/production.md's worked example (1 pool, 50 routes, no leak) has the figures the
     contract gives today: regenerate docs/reference.md and update that paragraph when a metric
     is added."""
-    lean = budget(leaks=False)
+    lean = budget()
     text = " ".join(PRODUCTION.read_text().split())
     assert (
         f"exports at most {lean.series(1, 50)} series without leaks ({lean.fixed} fixed, "
@@ -74,10 +74,10 @@ def test_docs_production_quotes_the_budget_of_the_contract() -> None:
 
 @pytest.mark.postgres
 async def test_one_pool_and_fifty_routes_stay_within_the_documented_budget(pg_url: str) -> None:
-    """1 pool and 50 routes served: at most the budget's series (694 today); each more pool
-    costs exactly the contract's per-pool figure (88) and each more route its per-route one
-    (10)."""
-    lean = budget(leaks=False)
+    """1 pool and 50 routes served, no leak: at most the budget's series (718 today); each
+    more pool costs exactly the contract's per-pool figure (88) and each more route its
+    per-route one (10)."""
+    lean = budget()
     one_pool = await _series(pg_url, 1, 50)
     assert one_pool <= lean.series(1, 50)
     assert await _series(pg_url, 2, 50) - one_pool == lean.per_pool

@@ -165,15 +165,44 @@ def test_pool_metrics_filter_on_the_pool_variable(dashboards: dict[str, Any]) ->
 
 
 def test_rates_use_rate_interval(dashboards: dict[str, Any]) -> None:
-    """dashboard-linter target-rate-interval rule: rate/irate/increase over $__rate_interval."""
+    """dashboard-linter target-rate-interval rule: rate/irate/increase over $__rate_interval,
+    but in the instant queries of tables, which count over the whole range ($__range)."""
     checked = calls = 0
     for board in dashboards.values():
-        for title, expr in queries(board):
-            calls += len(re.findall(r"\b(?:rate|irate|increase)\(", expr))
-            for _fn, _arg, window in RATE_RANGE.findall(expr):
-                assert window == "$__rate_interval", (title, expr)
-                checked += 1
-    assert checked == calls == 33
+        for panel in all_panels(board):
+            for target in panel.get("targets", []):
+                expr = target["expr"]
+                calls += len(re.findall(r"\b(?:rate|irate|increase)\(", expr))
+                table = panel["type"] == "table" and target.get("instant") is True
+                for _fn, _arg, window in RATE_RANGE.findall(expr):
+                    assert window == ("$__range" if table else "$__rate_interval"), expr
+                    checked += 1
+    assert checked == calls == 38  # 33 over $__rate_interval, 5 over $__range (the table)
+
+
+def test_tables_count_over_the_range_in_one_instant_query(dashboards: dict[str, Any]) -> None:
+    """The leaking code lines table: one instant query in table format whose offsets and
+    ranges are the dashboard's range, line first and most leaks first."""
+    tables = [
+        panel
+        for board in dashboards.values()
+        for panel in all_panels(board)
+        if panel["type"] == "table"
+    ]
+    assert [panel["title"] for panel in tables] == ["Leaking code lines"]
+    [table] = tables
+    [target] = table["targets"]
+    assert (target["format"], target["instant"], target["range"]) == ("table", True, False)
+    assert re.findall(r"offset (\S+)\)", target["expr"]) == ["$__range"] * 5
+    order = table["transformations"][0]["options"]["indexByName"]
+    assert sorted(order, key=order.__getitem__) == [
+        "origin",
+        "reason",
+        "route",
+        "instance",
+        "Value",
+    ]
+    assert table["options"]["sortBy"] == [{"desc": True, "displayName": "leaks"}]
 
 
 def test_heatmaps_show_prometheus_buckets(dashboards: dict[str, Any]) -> None:
