@@ -28,6 +28,7 @@ ROUTE_REQUESTS = "sqlalchemy_route_requests_total"
 ROUTE_HOLD = "sqlalchemy_route_connection_hold_seconds_total"
 SERVER_MAX = "pg_settings_max_connections"
 SERVER_RESERVED = "pg_settings_superuser_reserved_connections"
+SERVER_ROLE_RESERVED = "pg_settings_reserved_connections"  # PostgreSQL 16+, 0 before
 
 
 @dataclass(frozen=True)
@@ -227,10 +228,11 @@ def _routes(prom: Prometheus, sel: str, at: float, window: float) -> list[RouteL
 def _server(prom: Prometheus, sel: str, span: str, end: float) -> ServerRoom | None:
     """The server's connection limits from the sidecar's series of the same job, if any."""
     values = {}
-    for name in (SERVER_MAX, SERVER_RESERVED):
+    for name in (SERVER_MAX, SERVER_RESERVED, SERVER_ROLE_RESERVED):
         vector = prom.query(f"max(last_over_time({name}{{{sel}}}[{span}]))", end)
         values[name] = vector[0][1] if vector and not math.isnan(vector[0][1]) else None
-    most, reserved = values[SERVER_MAX], values[SERVER_RESERVED]
+    most = values[SERVER_MAX]
     if most is None:
         return None
-    return ServerRoom(int(most), int(reserved or 0), f"the sidecar's {SERVER_MAX}")
+    reserved = int(values[SERVER_RESERVED] or 0) + int(values[SERVER_ROLE_RESERVED] or 0)
+    return ServerRoom(int(most), reserved, f"the sidecar's {SERVER_MAX}")
