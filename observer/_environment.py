@@ -17,6 +17,7 @@ OWNED_PREFIXES = {
 SHARED = frozenset(
     {
         "OBSERVER_DATABASE_URL",  # observer doctor and observer sidecar
+        "OBSERVER_PROMETHEUS_TOKEN",  # observer doctor --prometheus: a bearer token for the API
         "OBSERVER_CHAOS_SCALE",  # tests/chaos
         "OBSERVER_CHAOS_REPORT",
         "OBSERVER_SOAK_SECONDS",

@@ -46,7 +46,7 @@ from observer.sessions._tracker import SessionTracker
 from observer.settings import ConfigurationError, Options, Settings, connection_app_name
 
 if TYPE_CHECKING:
-    # Optional extras (OpenTelemetry; greenlet, which sqlalchemy.ext.asyncio imports): typing only.
+    # Optional extras (OpenTelemetry; greenlet, which sqlalchemy.ext.asyncio needs): types only.
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -134,6 +134,7 @@ class Observer:
             leak_threshold=self.settings.leak_threshold_seconds,
             capture_origin=self.settings.capture_origin,
             limiter=self.limiter,
+            max_origins=self.settings.max_origins,
         )
         self._trackers: dict[int, PoolTracker] = {}  # by id(sync engine), held weakly
         self._query_spans: dict[int, tracing.QuerySpans] = {}  # by id(sync engine)

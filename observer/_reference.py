@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from observer._option_rows import OptionRow, option_rows
+from observer.metrics._cardinality import HOOKS, ROUTE_EXTRAS, budget
 from observer.metrics._contract import METRICS, Exporter, MetricSpec
 
 HEADER = """\
@@ -134,9 +135,54 @@ def render_options() -> str:
     return "\n".join([OPTIONS_INTRO, *table, *rows]) + "\n"
 
 
+CARDINALITY_INTRO = f"""\
+## Cardinality budget
+
+At most this many series in one `/metrics`, counted from the exported metrics above
+(`observer/metrics/_cardinality.py`; tests check the figures on real scrapes):
+
+    fixed + pools x per pool + (routes + {len(ROUTE_EXTRAS)}) x per route
+          + leaking route values x per leaking route + (origins + 1) x per origin
+
+`routes` counts the route templates served (at most `max_routes`), plus `none`, `unmatched`
+and `other`; a route value's leak series appear once its sessions leak; `origins` counts the
+leaking code lines (at most `max_origins`), plus `other` (`unknown` is created up front, with
+the leak series of route `none`, in the fixed part). The fixed part counts
+`observer_hook_errors_total` with {HOOKS} hooks. In multiprocess mode a replica's counters
+and histograms are summed over its workers (no `_created` series) and each pool gauge has one
+series per worker (`pid`). docs/production.md says how to plan a fleet with it.
+"""
+
+
+def render_cardinality() -> str:
+    """The cardinality budget: fixed, per pool, per route and what leaks add, and examples."""
+    one, w1, w2 = budget(), budget(workers=1), budget(workers=2)
+    per_worker = w2.per_pool - w1.per_pool
+    rows = [
+        "| exposition | fixed | per pool | per route | per leaking route | per origin |",
+        "|---|---|---|---|---|---|",
+        f"| one process | {one.fixed} | {one.per_pool} | {one.per_route} | "
+        f"{one.per_leaking_route} | {one.per_origin} |",
+        f"| a multiprocess replica of W workers | {w1.fixed} | "
+        f"{w1.per_pool - per_worker} + {per_worker} W | {w1.per_route} | "
+        f"{w1.per_leaking_route} | {w1.per_origin} |",
+        "",
+        "| example (one process) | series | 500 processes |",
+        "|---|---|---|",
+    ]
+    for pools, routes, origins, leaking in ((1, 50, 0, 0), (1, 50, 100, 53), (3, 200, 100, 203)):
+        n = one.series(pools, routes, origins, leaking)
+        what = f"{pools} pool(s), {routes} routes" + (
+            f", every route leaking, {origins} origins" if leaking else ", no leak"
+        )
+        rows.append(f"| {what} | {n:,} | {500 * n:,} |")
+    return "\n".join([CARDINALITY_INTRO, *rows]) + "\n"
+
+
 def render() -> str:
     """The whole of docs/reference.md."""
-    return "\n".join([HEADER, INTRO, render_options(), render_metrics()]).rstrip("\n") + "\n"
+    parts = [HEADER, INTRO, render_options(), render_metrics(), render_cardinality()]
+    return "\n".join(parts).rstrip("\n") + "\n"
 
 
 if __name__ == "__main__":

@@ -57,14 +57,17 @@ class Settings:
     max_routes: int = 200
     """Most distinct route label values; further routes are counted as ``other``."""
 
+    max_origins: int = 100
+    """Most distinct code lines (``origin`` label) of the leak origins metric; then ``other``."""
+
     live_page_path: str | None = None
     """Path of the live page (e.g. ``/observer``): pools, checked-out connections (executing or
-    idle, and for how long) and open sessions with age, route and origin, refreshing every 2 s;
-    ``<path>/snapshot.json`` is ``snapshot()`` as JSON; ``None``: off. A path of its own (not
-    ``/``, not ``metrics_path``, no ``..``). It shows routes and code locations: serve it only
-    where /metrics would be acceptable too. Both ask for ``metrics_token`` when one is set:
-    ``Authorization: Bearer <token>`` (``curl -H``), or in a browser ``<path>?token=<token>``
-    (the page then sends it as the header and drops it from the address bar)."""
+    idle) and open sessions with age, route and origin, refreshing every 2 s;
+    ``<path>/snapshot.json`` is ``snapshot()`` as JSON; ``None``: off. A path of its own (not ``/``,
+    not ``metrics_path``, no ``..``). It shows routes and code locations: serve it only where
+    /metrics would be acceptable too. Both ask for ``metrics_token`` when one is set:
+    ``Authorization: Bearer <token>`` (``curl -H``), or in a browser ``<path>?token=<token>`` (the
+    page then sends it as the header and drops it from the address bar)."""
 
     request_end_grace_seconds: float = 1.0
     """How long after a response ended a session the request opened may still hold its
@@ -85,8 +88,7 @@ class Settings:
     seconds); ``None``: off."""
 
     idle_gap_log_seconds: float | None = 1.0
-    """A checked-out connection that went longer than this with no statement running (held
-    across a non-database await) logs ``pool.held_idle`` (0.001 to 3600 seconds); ``None``: off."""
+    """A checkout with no statement running longer than this logs ``pool.held_idle``; None: off."""
 
     tracing: bool = False
     """OpenTelemetry: query spans on the watched engines (with
@@ -160,6 +162,7 @@ class Options(TypedDict, total=False):
     capture_origin: bool
     application_name: str | None
     max_routes: int
+    max_origins: int
     live_page_path: str | None
     request_end_grace_seconds: float
     server_timing: bool
@@ -273,8 +276,7 @@ def _check_paths(settings: Settings) -> None:
         )
 
 
-# option -> (lowest, highest seconds, what it is); NaN and infinities are never in range.
-_SECONDS = {
+_SECONDS = {  # option -> (lowest, highest seconds, what it is); NaN, inf never in range
     "leak_threshold_seconds": (
         0.01, 86400, "it is how long a session may hold a transaction before it is reported"
     ),
@@ -288,32 +290,25 @@ _SECONDS = {
     "slow_checkout_seconds": (
         0.001, 3600, "a checkout that waits longer is logged as pool.slow_checkout; None: off"
     ),
-    "idle_gap_log_seconds": (
-        0.001, 3600, "a connection held longer with no statement running is logged as "
-        "pool.held_idle; None: off"
-    ),
+    "idle_gap_log_seconds": (0.001, 3600, "a longer idle gap logs pool.held_idle; None: off"),
 }  # fmt: skip
+_OFF_WHEN_NONE = ("slow_checkout_seconds", "idle_gap_log_seconds")
 
 
 def _check_seconds(settings: Settings) -> None:
     for name, (low, high, meaning) in _SECONDS.items():
         value = getattr(settings, name)
-        if value is None and name in ("slow_checkout_seconds", "idle_gap_log_seconds"):
-            continue
-        if not in_range(value, low, high):
+        if (value is not None or name not in _OFF_WHEN_NONE) and not in_range(value, low, high):
             raise ConfigurationError(
                 f"{name} must be {describe(low, high, unit='seconds')} (got {value!r}); {meaning}"
             )
 
 
+_FLAGS = ("capture_origin", "server_timing", "log_requests", "tracing", "metrics_port_shared")
+
+
 def _check_flags(settings: Settings) -> None:
-    for name in (
-        "capture_origin",
-        "server_timing",
-        "log_requests",
-        "tracing",
-        "metrics_port_shared",
-    ):
+    for name in _FLAGS:
         value = getattr(settings, name)
         if not isinstance(value, bool):
             raise ConfigurationError(f"{name} must be True or False (got {value!r})")
@@ -346,13 +341,20 @@ def _check_application_name(settings: Settings) -> None:
         )
 
 
-def _check_max_routes(settings: Settings) -> None:
-    routes = settings.max_routes
-    if not in_range(routes, 1, 10000, whole=True):
-        raise ConfigurationError(
-            f"max_routes must be a whole number >= 1 and <= 10000 (got {routes!r}); it bounds "
-            "the route label (each route adds series to several metrics)"
-        )
+_BOUNDS = {  # option -> what it bounds (a whole number from 1 to 10000)
+    "max_routes": "the route label (each route adds series to several metrics)",
+    "max_origins": "the origin label (each code line adds a series per leak reason)",
+}
+
+
+def _check_bounds(settings: Settings) -> None:
+    for name, bounds in _BOUNDS.items():
+        value = getattr(settings, name)
+        if not in_range(value, 1, 10000, whole=True):
+            raise ConfigurationError(
+                f"{name} must be a whole number >= 1 and <= 10000 (got {value!r}); it bounds "
+                f"{bounds}; further values are counted as 'other'"
+            )
 
 
 def _check_metrics_token(settings: Settings) -> None:
@@ -387,7 +389,7 @@ _CHECKS = (
     _check_seconds,
     _check_flags,
     _check_application_name,
-    _check_max_routes,
+    _check_bounds,
     _check_metrics_token,
     _check_metrics_listener,
 )

@@ -17,6 +17,7 @@ from observer.demo._load import LoadResult
 from observer.demo._quiet import Findings
 
 Say = Callable[..., None]
+ORIGINS = "sqlalchemy_orm_session_leak_origins_total"
 
 
 @dataclass
@@ -91,14 +92,26 @@ def _routes(say: Say, registry: CollectorRegistry) -> None:
     say("  (idle: held with no statement running, e.g. across an HTTP call in a transaction)")
 
 
-def _leaks(say: Say, snapshot: Snapshot) -> None:
-    leaks = snapshot["leaks"]
-    if not leaks:
+def _leaks(say: Say, r: Report) -> None:
+    """The lines of code that leaked, from the origin counter, each with the routes the
+    snapshot saw leak from it (the counter has no route label)."""
+    lines = {
+        (labels["origin"], labels["reason"]): count
+        for labels, count in (
+            (dict(key), value) for key, value in _samples(r.registry, ORIGINS).items()
+        )
+        if count
+    }
+    if not lines:
         say("Session leaks: none found.")
         return
-    say("Session leaks, with the line that opened each session")
-    for leak in leaks:
-        say(f"  {leak['count']:>4} x {leak['reason']:<18} {leak['route']:<22} {leak['origin']}")
+    routes: dict[tuple[str, str], set[str]] = {}
+    for leak in r.snapshot["leaks"]:
+        routes.setdefault((leak["origin"], leak["reason"]), set()).add(leak["route"])
+    say(f"Session leaks by the line of code that began each session ({ORIGINS})")
+    for (origin, reason), count in sorted(lines.items(), key=lambda item: -item[1]):
+        on = ", ".join(sorted(routes.get((origin, reason), ()))) or "?"
+        say(f"  {count:>4.0f} x {reason:<18} {origin} <- {on}")
 
 
 def _pools(say: Say, r: Report) -> None:
@@ -213,7 +226,7 @@ def write_report(out: TextIO, report: Report, root: Path | None = None) -> None:
     say()
     _routes(say, report.registry)
     say()
-    _leaks(say, report.snapshot)
+    _leaks(say, report)
     say()
     _pools(say, report)
     say()

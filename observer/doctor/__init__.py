@@ -1,9 +1,10 @@
-"""``observer doctor``: check a pool's settings against the PostgreSQL server it talks to.
+"""``observer doctor``: check a pool's settings against the PostgreSQL server it talks to, or
+derive them from the fleet's history in Prometheus (``--prometheus``).
 
 From Python: ``await check_engine(engine, ...)`` or ``check_sync_engine(engine, ...)`` return a
 :class:`Report`. On the command line (``add_arguments`` and ``run``), the exit codes are:
 0 no finding at or above ``--fail-on`` (default: warning), 1 findings,
-2 usage error or the database could not be reached.
+2 usage error or the database (or Prometheus) could not be reached.
 """
 
 from __future__ import annotations

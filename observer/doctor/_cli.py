@@ -28,6 +28,7 @@ from observer.doctor._pool_checks import (
     PoolSettings,
 )
 from observer.doctor._report import EXIT_UNUSABLE, Report, render_text
+from observer.doctor._sizing_cli import add_sizing_arguments, run_sizing, usage_problem
 from observer.server._revisions import DEFAULT_VERSION_TABLE, CodeRevisions
 
 DATABASE_URL_ENV = "OBSERVER_DATABASE_URL"
@@ -56,7 +57,9 @@ def _existing(kind: str) -> Callable[[str], str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``observer doctor``; the pool options describe the app's pool (doctor cannot
     see it), SQLAlchemy's defaults (assumed, and said so) for those left out."""
-    parser.epilog = "exit codes: 0 clean, 1 findings, 2 usage error or database unreachable"
+    parser.epilog = (
+        "exit codes: 0 clean, 1 findings, 2 usage error or database (or Prometheus) unreachable"
+    )
     parser.add_argument(
         "database_url", nargs="?", metavar="DATABASE_URL",
         help=f"postgresql[+asyncpg]://user:password@host:port/db (default: ${DATABASE_URL_ENV})",
@@ -88,13 +91,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "assumed)",
     )  # fmt: skip
     parser.add_argument(
-        "--workers", type=_count("--workers", 1, 1024), default=1, metavar="N",
+        "--workers", type=_count("--workers", 1, 1024), metavar="N",
         help="processes running the pool in each replica, e.g. uvicorn or gunicorn workers "
-        "(default: %(default)s)",
+        "(default: 1)",
     )  # fmt: skip
     parser.add_argument(
-        "--replicas", type=_count("--replicas", 1, 10000), default=1, metavar="N",
-        help="copies of the app (containers, hosts) on the same database (default: %(default)s)",
+        "--replicas", type=_count("--replicas", 1, 10000), metavar="N",
+        help="copies of the app (containers, hosts) on the same database (default: 1)",
     )  # fmt: skip
     parser.add_argument(
         "--request-timeout", type=_seconds("--request-timeout", 0.001, 86400), metavar="SECONDS",
@@ -117,7 +120,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--connect-timeout", type=_seconds("--connect-timeout", 0.001, 3600), default=10.0,
         metavar="SECONDS",
         help="seconds to wait for the database's answer; the whole check waits at most twice "
-        "that (default: %(default)g)",
+        "that; with --prometheus, the most each of its answers may take (default: %(default)g)",
     )  # fmt: skip
     parser.add_argument(
         "--fail-on", choices=FAIL_ON, default="warning",
@@ -125,6 +128,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "on a schema drift only (default: %(default)s)",
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    add_sizing_arguments(parser)
 
 
 def _alembic_arguments(parser: argparse.ArgumentParser) -> None:
@@ -208,8 +212,8 @@ async def _check(
         return await asyncio.wait_for(
             check_engine(
                 engine,
-                workers=args.workers,
-                replicas=args.replicas,
+                workers=args.workers or 1,
+                replicas=args.replicas or 1,
                 request_timeout=args.request_timeout or DEFAULT_REQUEST_TIMEOUT,
                 network_idle_timeout=args.network_idle_timeout,
                 application_name=args.application_name,
@@ -223,9 +227,26 @@ async def _check(
         await engine.dispose()
 
 
+def _run_sizing(args: argparse.Namespace, raw: str | None) -> int:
+    """``--prometheus``: the database, when given, only for the server's limits."""
+    try:
+        url = _async_url(raw) if raw else None
+    except ValueError as exc:
+        print(f"observer doctor: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    shown = display_url(raw, user=True) if raw else ""
+    return run_sizing(args, url, lambda exc: _reason(exc, raw or ""), shown)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run doctor from parsed arguments; returns the exit code."""
     raw = args.database_url or os.environ.get(DATABASE_URL_ENV)
+    problem = usage_problem(args)
+    if problem is not None:
+        print(f"observer doctor: {problem}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if args.prometheus is not None:
+        return _run_sizing(args, raw)
     if not raw and not args.alembic_config:
         print(f"observer doctor: give DATABASE_URL (or set {DATABASE_URL_ENV})", file=sys.stderr)
         return EXIT_UNUSABLE

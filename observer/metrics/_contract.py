@@ -258,14 +258,20 @@ LIBRARY: Final[tuple[MetricSpec, ...]] = (
         ("hook",),
         "Exceptions swallowed inside observer hooks (the app went on).",
     ),
-    # Promised for upcoming work.
     MetricSpec(
         "sqlalchemy_orm_session_leak_origins_total",
         "counter",
         ("origin", "reason"),
-        "Leaked sessions by the code location that opened them and the leak reason.",
-        planned=True,
+        "Leaked sessions by the app line that began their transaction and the leak reason.",
+        doc="`origin` is `path/to/module.py:LINE in function`, relative to the app's working "
+        "directory, as the `origin` field of the `session.leak` log; at most `max_origins` "
+        "lines, then `other`; `unknown` when `capture_origin` is off or no app frame was found "
+        '(every reason has an `origin="unknown"` series from the start). Each leak counts '
+        "once here and once in `sqlalchemy_orm_session_leaks_total`, under the "
+        "same reason. No route label (lines times routes would multiply the series): "
+        "docs/dashboards.md says how the dashboard and alerts pair lines with routes.",
     ),
+    # Promised for upcoming work.
     MetricSpec(
         "sqlalchemy_route_connection_idle_seconds_total",
         "counter",

@@ -7,6 +7,12 @@ from typing import Final
 from observer.metrics._spec import MIGRATION_BUCKETS, MetricSpec
 
 _BY_STATE: Final = ("datname", "state", "application_name")
+_SERVER: Final = ("server",)
+_SETTING_DOC: Final = (
+    "postgres_exporter's name. `server` is the `host:port` of the sidecar's database URL "
+    "(port 5432 when it has none), the label the fleet's budget rules join on "
+    "(docs/production.md)."
+)
 
 SIDECAR: Final[tuple[MetricSpec, ...]] = (
     MetricSpec(
@@ -101,22 +107,29 @@ SIDECAR: Final[tuple[MetricSpec, ...]] = (
         "Dead worker pids whose live gauges the sidecar removed (mark_process_dead).",
         exporter="sidecar",
     ),
-    # Promised for upcoming work.
     MetricSpec(
         "pg_settings_max_connections",
         "gauge",
-        (),
-        "The server's max_connections setting (postgres_exporter's name).",
+        _SERVER,
+        "The server's max_connections setting.",
         exporter="sidecar",
-        planned=True,
+        doc=_SETTING_DOC,
     ),
     MetricSpec(
         "pg_settings_superuser_reserved_connections",
         "gauge",
-        (),
-        "The server's superuser_reserved_connections setting (postgres_exporter's name).",
+        _SERVER,
+        "The server's superuser_reserved_connections setting.",
         exporter="sidecar",
-        planned=True,
+        doc=_SETTING_DOC,
+    ),
+    MetricSpec(
+        "pg_settings_reserved_connections",
+        "gauge",
+        _SERVER,
+        "The server's reserved_connections setting (PostgreSQL 16+; 0 before).",
+        exporter="sidecar",
+        doc=_SETTING_DOC,
     ),
 )
 

@@ -27,6 +27,7 @@ __all__ = [
     "LEAK_REASONS",
     "LIVE_POOLS",
     "LIVE_POOLS_HELP",
+    "OTHER_ORIGIN",
     "POOL_GAUGES",
     "POOL_OLDEST",
     "POOL_OLDEST_HELP",
@@ -36,6 +37,7 @@ __all__ = [
     "ROUTE_OLDEST_HELP",
     "SESSIONS_OPEN",
     "SESSIONS_OPEN_HELP",
+    "UNKNOWN_ORIGIN",
     "WAIT_BUCKETS",
     "Metrics",
     "PoolMetrics",
@@ -59,6 +61,10 @@ SESSIONS_OPEN = "sqlalchemy_orm_sessions_open"
 SESSIONS_OPEN_HELP = BY_NAME[SESSIONS_OPEN].help
 ROUTE_HELD = "sqlalchemy_route_connections_held"
 ROUTE_HELD_HELP = BY_NAME[ROUTE_HELD].help
+OTHER_ORIGIN = "other"
+"""Origin label of the leaks from lines beyond ``max_origins``."""
+UNKNOWN_ORIGIN = "unknown"
+"""Origin label of the leaks whose line is unknown (``capture_origin`` off, no app frame)."""
 
 
 def _spec(name: str, kind: MetricType) -> MetricSpec:
@@ -141,6 +147,9 @@ class Metrics:
         self.session_leaks = _counter(r, "sqlalchemy_orm_session_leaks_total")
         for reason in LEAK_REASONS:  # a 0 series from the start, so rate() and panels work
             self.session_leaks.labels(reason, "none")
+        self.session_leak_origins = _counter(r, "sqlalchemy_orm_session_leak_origins_total")
+        for reason in LEAK_REASONS:  # the app's lines are known at their first leak only
+            self.session_leak_origins.labels(UNKNOWN_ORIGIN, reason)
         self.session_leaks_resolved = _counter(r, "sqlalchemy_orm_session_leaks_resolved_total")
         for reason in ("request_end", "too_old"):  # the reasons a session can outlive
             for how in LEAK_RESOLUTIONS:

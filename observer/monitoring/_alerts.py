@@ -11,9 +11,12 @@ from observer.monitoring._alert_base import (
     SESSIONS_DASHBOARD,
     Alert,
     Severity,
+    top_origin,
+    top_origin_of_route,
 )
 from observer.monitoring._alert_base import increase_over as _increase
 from observer.monitoring._alert_base import where as _where
+from observer.monitoring._fleet_alerts import fleet_alerts
 from observer.monitoring._held_alerts import held_alerts
 from observer.monitoring.config import MonitoringConfig
 
@@ -174,7 +177,7 @@ def session_alerts(config: MonitoringConfig) -> list[Alert]:
             "The floor of open ORM sessions keeps rising.",
             f"{_where(pool=False)}: the fewest open sessions over {c.leak_floor_window} is "
             f"{COUNT} higher than {c.leak_floor_offset} before, and still rising: "
-            "sessions are opened and never closed.",
+            "sessions are opened and never closed." + top_origin("too_old", c.leak_floor_offset),
             SESSIONS_DASHBOARD,
         ),
         Alert(
@@ -190,8 +193,8 @@ def session_alerts(config: MonitoringConfig) -> list[Alert]:
             "warning",
             "ORM sessions are leaking.",
             f"{COUNT} sessions opened by route {{{{ $labels.route }}}} of "
-            f"{_where(pool=False)} leaked in the last {c.leaks_window}; "
-            "the leak log events name where each was opened.",
+            f"{_where(pool=False)} leaked in the last {c.leaks_window}."
+            + top_origin_of_route(None, c.leaks_window),
             SESSIONS_DASHBOARD,
         ),
         Alert(
@@ -328,6 +331,7 @@ def alert_groups(config: MonitoringConfig) -> dict[str, Any]:
         ("pool-observer.held", held_alerts(config)),
         ("pool-observer.observer", observer_alerts(config)),
         ("pool-observer.migrations", migration_alerts(config)),
+        ("pool-observer.fleet", fleet_alerts(config)),
     ]
     return {
         "groups": [
@@ -345,4 +349,5 @@ def all_alerts(config: MonitoringConfig) -> list[Alert]:
         *held_alerts(config),
         *observer_alerts(config),
         *migration_alerts(config),
+        *fleet_alerts(config),
     ]

@@ -14,6 +14,7 @@ from observer.monitoring._render import stale, write
 from observer.monitoring.config import (
     MonitoringConfig,
     check_selector,
+    check_source_url,
     check_url,
     duration_seconds,
 )
@@ -80,6 +81,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Grafana base URL for dashboard_url annotations (default: none)",
     )  # fmt: skip
     parser.add_argument(
+        "--source-url", type=_checked(check_source_url, "--source-url"), metavar="TEMPLATE",
+        help="link each line of the sessions dashboard's leaking code lines table to its "
+        "source: a URL with {path} and {line}, e.g. "
+        "https://github.com/org/repo/blob/main/{path}#L{line} (default: no links)",
+    )  # fmt: skip
+    parser.add_argument(
         "--scrape-interval", type=_checked(_duration, "--scrape-interval"), metavar="DURATION",
         help="scrape interval of the app's jobs, a Prometheus duration such as 15s or 1m "
         f"(default: {d.scrape_interval})",
@@ -100,7 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from(args: argparse.Namespace) -> MonitoringConfig:
     """The configuration the command line asks for."""
     changes: dict[str, Any] = {}
-    for option in ("job_selector", "server_selector", "runbook_url", "dashboard_url"):
+    for option in ("job_selector", "server_selector", "runbook_url", "dashboard_url", "source_url"):
         if getattr(args, option) is not None:
             changes[option] = getattr(args, option)
     if args.scrape_interval is not None:

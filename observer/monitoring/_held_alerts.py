@@ -13,18 +13,20 @@ from observer.monitoring._alert_base import (
     POOL_DASHBOARD,
     SESSIONS_DASHBOARD,
     Alert,
+    top_origin_of_route,
     where,
 )
 from observer.monitoring.config import MonitoringConfig
 
 ROUTES_DASHBOARD = "pool-observer-routes"
 BY_ROUTE = "job, instance, route"
+LEAKED_OPEN = "request_end|too_old"  # the reasons a leaked session can still be open with
 
 
 def leaked_open(config: MonitoringConfig) -> str:
     """Leaked sessions still open, by (job, instance, route): the leaks found while they were
     open (request_end, too_old) minus those resolved later (closed, garbage-collected)."""
-    leaks = "sqlalchemy_orm_session_leaks_total" + config.selector('reason=~"request_end|too_old"')
+    leaks = "sqlalchemy_orm_session_leaks_total" + config.selector(f'reason=~"{LEAKED_OPEN}"')
     resolved = "sqlalchemy_orm_session_leaks_resolved_total" + config.selector()
     # `or ... * 0`: a route whose first leak is not resolved yet has no resolved series
     return (
@@ -80,8 +82,7 @@ def held_alerts(config: MonitoringConfig) -> list[Alert]:
             "ORM sessions reported as leaked are still open.",
             f"{COUNT} sessions opened by route {{{{ $labels.route }}}} of {where(pool=False)} "
             "leaked and are still open (neither closed nor garbage-collected), each holding "
-            "its transaction and maybe a connection; the session.leak log events name where "
-            "each was created.",
+            "its transaction and maybe a connection." + top_origin_of_route(LEAKED_OPEN, None),
             SESSIONS_DASHBOARD,
         ),
         Alert(

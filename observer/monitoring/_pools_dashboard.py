@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from observer.monitoring import _rules
 from observer.monitoring._dashboard_parts import BY_POOL, RATE, board, new_layout, quantiles
+from observer.monitoring._fleet_panels import fleet_row
 from observer.monitoring._held_panels import held_by_route, oldest_by_pool, oldest_by_route
 from observer.monitoring._panels import (
+    POOL,
     Json,
     Layout,
     annotation,
@@ -27,6 +30,7 @@ def pools(config: MonitoringConfig) -> Json:
     """Pool overview: saturation, waits, hold time, errors, alerts and the server's view."""
     layout = new_layout()
     layout.add(*_saturation_row(config))
+    layout.add(*fleet_row(config))
     layout.add(
         row("Held now: who holds the connections right now"),
         oldest_by_pool(_LEGEND, BY_POOL),
@@ -56,9 +60,11 @@ def _saturation_row(config: MonitoringConfig) -> tuple[Json, ...]:
         stat(
             "Busiest pool utilisation",
             "Highest share of a pool's connections checked out (per worker in multiprocess "
-            "mode). Unbounded pools (max_overflow=-1) have no capacity and are left out.",
+            "mode), from the recording rule the saturation alerts read: one series per pool "
+            "however many workers. Unbounded pools (max_overflow=-1) have no capacity and are "
+            "left out.",
             "percentunit",
-            f"max(max by (job, instance, pool) ({_OUT} / {_CAP}))",
+            f"max({_rules.utilization(config)}{{{POOL}}})",
             steps=[("green", None), ("orange", config.saturation_ratio), ("red", 1)],
         ),
         stat(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from observer.monitoring._dashboard_parts import RATE, board, new_layout, quantiles
 from observer.monitoring._held_panels import leaked_open_by_route, leaked_open_stat, oldest_by_route
+from observer.monitoring._origin_table import leaking_lines_table
 from observer.monitoring._panels import (
     Json,
     heatmap,
@@ -23,7 +24,7 @@ def sessions(config: MonitoringConfig) -> Json:
     """Sessions and leaks: open sessions with their floor, leaks by reason and route."""
     layout = new_layout()
     layout.add(*_sessions_row(config))
-    layout.add(*_leaks_row())
+    layout.add(*_leaks_row(config))
     layout.add(*_lifetime_row())
     return board(
         config,
@@ -77,9 +78,9 @@ def _sessions_row(config: MonitoringConfig) -> tuple[Json, ...]:
     )
 
 
-def _leaks_row() -> tuple[Json, ...]:
+def _leaks_row(config: MonitoringConfig) -> tuple[Json, ...]:
     """The damage now (leaked sessions still open, connections held and for how long, by
-    route), then new leaks by reason and by route."""
+    route), then new leaks by reason and by route, and the lines of code that leaked."""
     return (
         row("Leaks"),
         leaked_open_by_route(),
@@ -97,12 +98,12 @@ def _leaks_row() -> tuple[Json, ...]:
         ),
         timeseries(
             "New leaks by route (top 10)",
-            "Which routes leak sessions. The leak log events carry the code location that "
-            "opened each session ('origin').",
+            "Which routes leak sessions; the table below names the lines of code that leaked.",
             "cps",
             targets((f"topk(10, sum by (route) (rate({_LEAKS}{RATE})))", "{{route}}")),
             stack=True,
         ),
+        leaking_lines_table(config),
     )
 
 

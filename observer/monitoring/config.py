@@ -59,6 +59,29 @@ def check_url(name: str, url: str, *, empty: bool = False) -> None:
         )
 
 
+SOURCE_URL_EXAMPLE = "https://github.com/org/repo/blob/main/{path}#L{line}"
+
+
+def check_source_url(name: str, url: str) -> None:
+    """ValueError unless ``url`` is empty or an http(s) URL template with ``{path}`` (and
+    maybe ``{line}``) and no other placeholder, quote, backslash or ``$``."""
+    if url == "":
+        return
+    check_url(name, url, empty=True)
+    placeholders = re.findall(r"\{[^{}]*\}", url)
+    if "{path}" not in placeholders:
+        raise ValueError(
+            f"{name} must contain {{path}}, where the leaking line's file goes (got {url!r}); "
+            f"e.g. {SOURCE_URL_EXAMPLE}"
+        )
+    rest = re.sub(r"\{(?:path|line)\}", "", url)
+    if re.search(r'[{}"\\$`]', rest):
+        raise ValueError(
+            f"{name} may hold only the placeholders {{path}} and {{line}}, and no quote, "
+            f"backslash or '$' (got {url!r}); e.g. {SOURCE_URL_EXAMPLE}"
+        )
+
+
 def duration_seconds(value: str) -> float:
     """Seconds in a Prometheus duration such as ``1h30m``; ValueError when it is not one."""
     if not isinstance(value, str) or not _DURATION.fullmatch(value):
@@ -82,6 +105,9 @@ class MonitoringConfig:
     runbook_url: str = DEFAULT_RUNBOOK_URL
     # Grafana base URL (https://grafana.example.com); when set, alerts get a dashboard_url.
     dashboard_url: str = ""
+    # Where the "Leaking code lines" table links each line: a URL with {path} (the file, as the
+    # origin names it: relative to the app's working directory) and maybe {line}; empty: none.
+    source_url: str = ""
     # The scrape interval of the app's jobs: the metrics-absent alert waits at least two.
     scrape_interval: str = "15s"
     # Range of the recorded rates and quantiles (recording rules).
@@ -138,6 +164,14 @@ class MonitoringConfig:
     migration_failed_for: str = "1m"
     # Longer than a migration should hold a deploy (a backfill belongs in a batch job).
     migration_running_for: str = "30m"
+    # The fleet against its database server (docs/production.md): every live process's
+    # pool_size + max_overflow summed per server, over the server's available slots
+    # (max_connections minus the reserved ones), above this share for longer than a rolling
+    # deploy overlaps old and new replicas; and connections actually open above this share.
+    fleet_budget_ratio: float = 0.9
+    fleet_budget_for: str = "15m"
+    fleet_connections_ratio: float = 0.9
+    fleet_connections_for: str = "5m"
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -171,6 +205,7 @@ class MonitoringConfig:
             )
         check_url("runbook_url", self.runbook_url)
         check_url("dashboard_url", self.dashboard_url, empty=True)
+        check_source_url("source_url", self.source_url)
 
     def selector(self, *matchers: str) -> str:
         """``{<job_selector>, <matchers>...}``: the selector of an app metric."""

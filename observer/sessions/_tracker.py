@@ -36,6 +36,7 @@ from observer.sessions import _created
 from observer.sessions import _origin as origins
 from observer.sessions._created import ATTRIBUTE as _CREATED
 from observer.sessions._leak_log import LeakLog
+from observer.sessions._leak_origins import LeakOrigins
 
 MAX_LEAK_ORIGINS = 100  # distinct (reason, route, origin) kept for snapshot(); counters go on
 
@@ -95,6 +96,7 @@ class SessionTracker:
         leak_threshold: float,
         capture_origin: bool,
         limiter: RateLimiter,
+        max_origins: int = 100,
     ) -> None:
         self._m = metrics
         self._hooks = hooks
@@ -103,6 +105,7 @@ class SessionTracker:
         self._capture_origin = capture_origin
         self._limiter = limiter
         self._log = LeakLog(limiter)
+        self._origins = LeakOrigins(metrics.session_leak_origins, max_origins=max_origins)
         self._engines: set[int] = set()  # id() of watched sync engines
         self.open: dict[int, OpenSession] = {}
         # (reason, route, origin) -> leaks: where leaks come from, for snapshot() and reports
@@ -279,7 +282,8 @@ class SessionTracker:
         record.reported = reason
         route = self._routes.label(record.route)
         self._m.session_leaks.labels(reason, route).inc()
-        where = record.where
+        where = record.where  # formatted here, once per leak: never on the per-session path
+        self._origins.count(where, reason)
         key = (reason, route, where or "unknown")
         if key in self.leak_origins or len(self.leak_origins) < MAX_LEAK_ORIGINS:
             self.leak_origins[key] = self.leak_origins.get(key, 0) + 1

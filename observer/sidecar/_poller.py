@@ -15,7 +15,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from observer._dsn import display_url
-from observer.server._view import Activity, read_activity
+from observer.metrics._contract import BY_NAME
+from observer.server._label import server_label
+from observer.server._view import Activity, ServerSettings, read_activity, read_settings
 
 log = logging.getLogger("observer.sidecar")
 
@@ -28,6 +30,7 @@ class Poll:
 
     up: bool = False
     activity: Activity | None = None
+    settings: ServerSettings | None = None
     duration_seconds: float = 0.0
     finished_at: float = 0.0  # time.time() of the end of the latest poll, 0 before the first
     polls: int = 0
@@ -54,6 +57,7 @@ class ServerPoller:
     ) -> None:
         self.url = make_url(database_url).set(drivername="postgresql+asyncpg")
         self.shown = display_url(database_url)  # for logs: never the password or the query
+        self.server = server_label(database_url)  # host:port, the label the rules join on
         self.application_name = application_name
         self.interval = interval
         self.statement_timeout_ms = statement_timeout_ms
@@ -126,6 +130,7 @@ class ServerPoller:
             async with asyncio.timeout(self.poll_deadline):
                 async with engine.connect() as conn:
                     activity = await read_activity(conn, self.application_name, self.databases)
+                    settings = await read_settings(conn)
                     await conn.rollback()
         except Exception as exc:
             error = type(exc).__name__
@@ -146,6 +151,7 @@ class ServerPoller:
             poll = Poll(
                 up=True,
                 activity=activity,
+                settings=settings,
                 duration_seconds=time.perf_counter() - started,
                 finished_at=time.time(),
                 polls=previous.polls + 1,
@@ -231,3 +237,18 @@ class ServerViewCollector:
             longest.add_metric([datname], seconds)
         yield waiting
         yield longest
+        if poll.settings is not None:
+            yield from _settings(poll.settings, self.poller.server)
+
+
+# postgres_exporter's names (and its server label); help and labels from the contract.
+_SETTINGS = ("max_connections", "superuser_reserved_connections", "reserved_connections")
+
+
+def _settings(settings: ServerSettings, server: str) -> Iterator[Metric]:
+    """The connection limits of the server, labelled with its ``host:port``."""
+    for setting in _SETTINGS:
+        spec = BY_NAME[f"pg_settings_{setting}"]
+        family = GaugeMetricFamily(spec.name, spec.help, labels=list(spec.labels))
+        family.add_metric([server], getattr(settings, setting))
+        yield family

@@ -125,6 +125,26 @@ SETTINGS: dict[str, Row] = {
             ("1_0", "OBSERVER_MAX_ROUTES must be a whole number in ASCII digits (got '1_0')"),
         ),
     ),
+    "max_origins": Row(
+        good=(1, 100, 10000),
+        bad=(
+            (
+                0,
+                "max_origins must be a whole number >= 1 and <= 10000 (got 0); it bounds the "
+                "origin label (each code line adds a series per leak reason); further values are "
+                "counted as 'other'",
+            ),
+            (10001, "max_origins must be a whole number >= 1 and <= 10000 (got 10001)"),
+            (2.5, "(got 2.5)"),
+            (False, "(got False)"),
+            ("100", "(got '100')"),
+        ),
+        env_good=(("25", 25),),
+        env_bad=(
+            ("ten", "OBSERVER_MAX_ORIGINS must be a whole number in ASCII digits (got 'ten')"),
+            ("-1", "max_origins must be a whole number >= 1 and <= 10000 (got -1)"),
+        ),
+    ),
     "live_page_path": Row(
         good=("/observer", "/_internal/observer", None),
         bad=(
@@ -355,6 +375,16 @@ FLAGS = [
     )),
     Flag("doctor", "--fail-on", (("warn", "invalid choice: 'warn' (choose from 'error', 'warni"),)),
     Flag("doctor", "--json", (("yes", "ignored explicit argument 'yes'"),)),
+    Flag("doctor", "--prometheus", (
+        ("ftp://prom:9090", "--prometheus must be an http(s) URL; give the base URL of the Prom"),
+        ("http://prom:9090?x", "--prometheus takes no query or fragment"),
+    )),
+    Flag("doctor", "--job", (("", "--job must be the Prometheus job label of the app's scrape"),)),
+    Flag("doctor", "--range", (
+        ("7", "--range must be a Prometheus duration from 15m to 366d, such as 7d or 12h (got '7"),
+        ("1m", "(got '1m'); it is how much history doctor reads"),
+        ("400d", "(got '400d')"),
+    )),
     Flag("sidecar", "--address", (
         ("bad host", "--address must be an IP address or a host name, such as 127.0.0.1"),
     )),
@@ -414,6 +444,13 @@ FLAGS = [
     )),
     Flag("render", "--dashboard-url", (
         ("https://grafana example.com", "--dashboard-url must be an http(s) URL without spaces"),
+    )),
+    Flag("render", "--source-url", (
+        ("https://github.com/org/repo/blob/main/{file}", "--source-url must contain {path}, "
+         "where the leaking line's file goes"),
+        ("github.com/{path}", "--source-url must be an http(s) URL without spaces"),
+        ("https://x.example/{path}?b=$B", "--source-url may hold only the placeholders {path} "
+         "and {line}, and no quote, backslash or '$'"),
     )),
     Flag("render", "--scrape-interval", (
         ("15", "--scrape-interval: '15' is not a Prometheus duration"),
@@ -598,7 +635,7 @@ def test_doctor_help_shows_defaults_and_units(capsys: pytest.CaptureFixture[str]
         "--workers N processes running the pool in each replica, e.g. uvicorn or gunicorn workers (default: 1)",  # noqa: E501
         "--replicas N copies of the app (containers, hosts) on the same database (default: 1)",
         "--pool-timeout SECONDS seconds a checkout waits for a free connection before it fails (default: 30, SQLAlchemy's, assumed)",  # noqa: E501
-        "--connect-timeout SECONDS seconds to wait for the database's answer; the whole check waits at most twice that (default: 10)",  # noqa: E501
+        "--connect-timeout SECONDS seconds to wait for the database's answer; the whole check waits at most twice that; with --prometheus, the most each of its answers may take (default: 10)",  # noqa: E501
         "--fail-on {error,warning,info,drift} the lowest severity of a finding that makes the exit code 1, or 'drift' to fail on a schema drift only (default: warning)",  # noqa: E501
         "--request-timeout SECONDS seconds a client or proxy waits for a response (default: 30, assumed)",  # noqa: E501
     ]:  # fmt: skip

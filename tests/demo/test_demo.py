@@ -53,12 +53,19 @@ def check_summary(out: str) -> None:
     problem's fix from its log event's hint, and the next steps last."""
     assert re.search(r"^Served 150 requests in [\d.]+ s:$", out, re.M)
     assert re.search(r"^  200 x\d+ +/orders/\{n\} x\d+", out, re.M)
-    leaks = {
-        (m["reason"], m["route"]): m["origin"]
-        for m in re.finditer(
-            r"^\s+\d+ x (?P<reason>\w+)\s+(?P<route>\S+)\s+(?P<origin>\S+ in \w+)$", out, re.M
-        )
-    }
+    # The leaking lines, from the origin counter, each with the routes that leaked from it.
+    section = out.split(
+        "Session leaks by the line of code that began each session "
+        "(sqlalchemy_orm_session_leak_origins_total)\n",
+        1,
+    )[1].split("\n\n", 1)[0]
+    rows = [
+        re.fullmatch(r"  +(\d+) x (\w+) +(\S+ in \w+) <- (.+)", line)
+        for line in section.splitlines()
+    ]
+    assert rows, out
+    assert all(rows), section
+    leaks = {(m[2], route): m[3] for m in rows if m for route in m[4].split(", ")}
     # The two leaking endpoints, each with the line that opened its session. Under PostgreSQL a
     # healthy request can be collateral damage of those leaks (its connection is left busy, its
     # close fails, its session is collected open: seen with and without the observer), so other

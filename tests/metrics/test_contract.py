@@ -21,7 +21,7 @@ from observer.alembic._schema_drift import SchemaMetrics
 from observer.metrics._contract import METRICS, MetricSpec, exported
 from observer.metrics._families import Metrics
 from observer.metrics._multiprocess import MultiprocessDirectory
-from observer.server._view import Activity
+from observer.server._view import Activity, ServerSettings
 from observer.sidecar._poller import Poll, ServerViewCollector
 
 REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "reference.md"
@@ -70,19 +70,13 @@ def test_docs_reference_is_the_rendering_of_the_contract_and_the_settings() -> N
 
 def test_every_planned_name_is_documented_and_the_table_has_no_duplicates() -> None:
     """The planned names of issue #12 are in the table, marked planned (the double handouts are
-    exported since issue #21, the held-idle pair since issue #18), and each name is listed
-    once."""
-    assert planned_names() == {
-        "sqlalchemy_orm_session_leak_origins_total",
-        "pg_settings_max_connections",
-        "pg_settings_superuser_reserved_connections",
-    }
+    exported since issue #21, the leak origins and the held-idle pair since issue #18, the
+    server's connection settings since issue #19), and each name is listed once."""
+    assert planned_names() == set()
     assert len({s.name for s in METRICS}) == len(METRICS)
     assert Counter((s.exporter, s.planned) for s in METRICS) == {
-        ("library", False): 34,
-        ("library", True): 1,
-        ("sidecar", False): 12,
-        ("sidecar", True): 2,
+        ("library", False): 35,
+        ("sidecar", False): 15,
         ("alembic", False): 8,
     }
     assert all(s.name.endswith("_total") == (s.type == "counter") for s in METRICS)
@@ -155,11 +149,13 @@ def test_multiprocess_gauges_follow_the_contract() -> None:
 
 
 def test_the_sidecar_exports_exactly_the_sidecar_contract(tmp_path: Path) -> None:
-    """The sidecar's server view (a poll that found backends and a lock wait) and its
-    multiprocess directory export every exported sidecar name of the table, nothing more."""
+    """The sidecar's server view (a poll that found backends, a lock wait and the server's
+    settings) and its multiprocess directory export every exported sidecar name of the table,
+    nothing more."""
 
     class Poller:
         application_name = "app"
+        server = "db:5432"
         latest = Poll(
             up=True,
             activity=Activity(
@@ -167,6 +163,15 @@ def test_the_sidecar_exports_exactly_the_sidecar_contract(tmp_path: Path) -> Non
                 database="app",
                 by_state={("app", "active"): (1, 0.5)},
                 lock_waits={"app": (1, 2.0)},
+            ),
+            settings=ServerSettings(
+                max_connections=100,
+                superuser_reserved_connections=3,
+                reserved_connections=0,
+                idle_session_timeout=None,
+                idle_in_transaction_session_timeout=None,
+                statement_timeout=None,
+                tcp_keepalives_idle=None,
             ),
             duration_seconds=0.01,
             polls=3,

@@ -35,6 +35,8 @@ def substitute(expr: str, macros: dict[str, str] = MACROS) -> str:
 
     def value(match: re.Match[str]) -> str:
         name = (match.group(1) or match.group(2) or match.group(3)).split(":")[0]
+        if name.isdigit():  # label_replace's ${1}: no variable, Grafana leaves it alone
+            return match.group(0)
         return macros.get(name, ".+")
 
     return _VARIABLE.sub(value, expr)

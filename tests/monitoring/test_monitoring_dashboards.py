@@ -129,18 +129,30 @@ def test_every_panel_has_title_description_unit_and_templated_datasource(
 def test_every_selector_filters_on_job_and_instance(dashboards: dict[str, Any]) -> None:
     """dashboard-linter target-job and target-instance rules, for every selector of a target:
     app metrics follow $job and $instance, the sidecar's server view $server_job and
-    $server_instance (never the app's: the sidecar may be scraped as a job of its own)."""
-    server = 0
+    $server_instance (never the app's: the sidecar may be scraped as a job of its own); the
+    fleet's recorded series, summed over instances, follow $job (per job) or none (per server)."""
+    server = fleet = 0
     for board in dashboards.values():
         for title, expr in queries(board):
             selectors = SELECTOR.findall(expr)
             assert selectors, title
             for metric, matchers in selectors:
+                # The fleet's recorded series sum every instance: per job, or per database
+                # server over every job (only the servers known).
+                if metric.startswith("job_server:"):
+                    assert matchers == 'job=~"$job"', (title, expr)
+                    fleet += 1
+                    continue
+                if metric.startswith("server:"):
+                    assert matchers == 'server!=""', (title, expr)
+                    fleet += 1
+                    continue
                 prefix = "server_" if metric in SIDECAR_METRICS else ""
                 server += prefix == "server_"
                 assert f'job=~"${prefix}job"' in matchers, (title, expr)
                 assert f'instance=~"${prefix}instance"' in matchers, (title, expr)
     assert server == 6
+    assert fleet == 6
 
 
 def test_pool_metrics_filter_on_the_pool_variable(dashboards: dict[str, Any]) -> None:
@@ -153,15 +165,44 @@ def test_pool_metrics_filter_on_the_pool_variable(dashboards: dict[str, Any]) ->
 
 
 def test_rates_use_rate_interval(dashboards: dict[str, Any]) -> None:
-    """dashboard-linter target-rate-interval rule: rate/irate/increase over $__rate_interval."""
+    """dashboard-linter target-rate-interval rule: rate/irate/increase over $__rate_interval,
+    but in the instant queries of tables, which count over the whole range ($__range)."""
     checked = calls = 0
     for board in dashboards.values():
-        for title, expr in queries(board):
-            calls += len(re.findall(r"\b(?:rate|irate|increase)\(", expr))
-            for _fn, _arg, window in RATE_RANGE.findall(expr):
-                assert window == "$__rate_interval", (title, expr)
-                checked += 1
-    assert checked == calls == 38
+        for panel in all_panels(board):
+            for target in panel.get("targets", []):
+                expr = target["expr"]
+                calls += len(re.findall(r"\b(?:rate|irate|increase)\(", expr))
+                table = panel["type"] == "table" and target.get("instant") is True
+                for _fn, _arg, window in RATE_RANGE.findall(expr):
+                    assert window == ("$__range" if table else "$__rate_interval"), expr
+                    checked += 1
+    assert checked == calls == 43  # 38 over $__rate_interval, 5 over $__range (the table)
+
+
+def test_tables_count_over_the_range_in_one_instant_query(dashboards: dict[str, Any]) -> None:
+    """The leaking code lines table: one instant query in table format whose offsets and
+    ranges are the dashboard's range, line first and most leaks first."""
+    tables = [
+        panel
+        for board in dashboards.values()
+        for panel in all_panels(board)
+        if panel["type"] == "table"
+    ]
+    assert [panel["title"] for panel in tables] == ["Leaking code lines"]
+    [table] = tables
+    [target] = table["targets"]
+    assert (target["format"], target["instant"], target["range"]) == ("table", True, False)
+    assert re.findall(r"offset (\S+)\)", target["expr"]) == ["$__range"] * 5
+    order = table["transformations"][0]["options"]["indexByName"]
+    assert sorted(order, key=order.__getitem__) == [
+        "origin",
+        "reason",
+        "route",
+        "instance",
+        "Value",
+    ]
+    assert table["options"]["sortBy"] == [{"desc": True, "displayName": "leaks"}]
 
 
 def test_heatmaps_show_prometheus_buckets(dashboards: dict[str, Any]) -> None:

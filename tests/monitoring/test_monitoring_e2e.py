@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,10 +20,12 @@ from typing import Any
 import httpx
 import pytest
 
+from observer.monitoring._origin_table import leaking_lines_query
 from observer.monitoring._render import write
 from observer.monitoring.config import MonitoringConfig
+from observer.server._label import server_label
 from tests.helpers import require
-from tests.monitoring.promql import MACROS, dashboard_expressions, variable_queries
+from tests.monitoring.promql import MACROS, dashboard_expressions, substitute, variable_queries
 from tests.monitoring.shipped import ALERTS, DASHBOARDS, ROOT, RULES
 
 pytestmark = [pytest.mark.promtool, pytest.mark.postgres, pytest.mark.slow]
@@ -94,6 +97,13 @@ def _load(app: str, stop: threading.Event) -> None:
                 client.get("/hold/2")
 
 
+def _line_of(code: str, function: str) -> int:
+    """The line of ``code`` in ``function`` of the e2e app (the origin of its sessions)."""
+    lines = (ROOT / "tests" / "monitoring" / "e2e_app.py").read_text().splitlines()
+    start = next(n for n, line in enumerate(lines) if f"def {function}(" in line)
+    return next(n for n in range(start, len(lines)) if code in lines[n]) + 1
+
+
 def _query(prom: httpx.Client, expr: str) -> list[dict[str, Any]]:
     """The instant vector of ``expr``."""
     result = prom.get("/api/v1/query", params={"query": expr}).json()
@@ -106,9 +116,11 @@ def test_alerts_fire_rules_evaluate_and_every_panel_has_data(
     pg_url: str, pg_database: str, tmp_path: Path
 ) -> None:
     """request_end leaks and an exhausted pool drive the matching alerts to pending/firing with
-    the exact labels; the healthy pool stays quiet; no rule fails to evaluate; the sidecar,
-    scraped as a job of its own, sees PostgreSQL and the leaked transactions; every dashboard
-    query, the server view's included, returns data with the variables set to this topology."""
+    the exact labels, the leak alert's description naming the app line that leaked; the healthy
+    pool stays quiet; no rule fails to evaluate; the sidecar, scraped as a job of its own, sees
+    PostgreSQL and the leaked transactions; every dashboard query, the server view's included,
+    returns data with the variables set to this topology, and the leaking code lines table
+    gives the line its route, its count and (with a source URL) its link."""
     prometheus_bin = shutil.which("prometheus")
     require(prometheus_bin is not None, "prometheus is not installed (apt-get install prometheus)")
     assert prometheus_bin is not None
@@ -126,7 +138,14 @@ def test_alerts_fire_rules_evaluate_and_every_panel_has_data(
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                 "rule_files": [str(RULES), str(ALERTS)],
                 "scrape_configs": [
-                    {"job_name": JOB, "static_configs": [{"targets": [instance]}]},
+                    # The app's pools are named ("main"): the target names their server, as
+                    # docs/production.md tells, for the fleet's budget to join the sidecar's.
+                    {
+                        "job_name": JOB,
+                        "static_configs": [
+                            {"targets": [instance], "labels": {"server": server_label(pg_url)}}
+                        ],
+                    },
                     {"job_name": SIDECAR_JOB, "static_configs": [{"targets": [sidecar_instance]}]},
                 ],
             }
@@ -203,6 +222,7 @@ def test_alerts_fire_rules_evaluate_and_every_panel_has_data(
         }
         seen: dict[str, dict[str, str]] = {}
         seen_pools: set[tuple[str, str]] = set()
+        described: dict[str, str] = {}  # alert -> its description, as Prometheus expanded it
 
         def alerts_active() -> bool:
             for alert in prom.get("/api/v1/alerts").json()["data"]["alerts"]:
@@ -212,6 +232,7 @@ def test_alerts_fire_rules_evaluate_and_every_panel_has_data(
                 seen_pools.add((name, labels.get("pool", "")))
                 if name in expected and labels == expected[name]:
                     seen[name] = labels
+                    described[name] = alert["annotations"]["description"]
             return sorted(seen) == sorted(expected)
 
         try:
@@ -221,6 +242,13 @@ def test_alerts_fire_rules_evaluate_and_every_panel_has_data(
             for loader in loaders:
                 loader.join(timeout=15)
         assert seen == expected
+        # The leaking route's alert names the line of the app that leaked (its only route that
+        # leaks, so the pairing by reason is exact).
+        leak_line = f"tests/monitoring/e2e_app.py:{_line_of('await session.execute', 'leak')}"
+        assert re.search(
+            rf"\. Top leaking line: {re.escape(leak_line)} in leak \([123] leaks in 10m\)\.$",
+            described["SQLAlchemySessionsLeaking"],
+        ), described["SQLAlchemySessionsLeaking"]
         assert ("SQLAlchemyPoolExhausted", "leaky") not in seen_pools
         assert ("SQLAlchemyPoolSaturationHigh", "leaky") not in seen_pools
 
@@ -247,7 +275,7 @@ def test_alerts_fire_rules_evaluate_and_every_panel_has_data(
 
         groups = prom.get("/api/v1/rules").json()["data"]["groups"]
         rules = [rule for group in groups for rule in group["rules"]]
-        assert len(rules) == 24  # 21 alerts, 3 recording rules
+        assert len(rules) == 33  # 23 alerts, 10 recording rules
         assert [(r["name"], r["health"], r.get("lastError", "")) for r in rules] == [
             (r["name"], "ok", "") for r in rules
         ]
@@ -279,7 +307,25 @@ def test_alerts_fire_rules_evaluate_and_every_panel_has_data(
             if not _query(prom, expr):
                 empty.append(where)
         assert empty == []
-        assert checked == 71  # 62 panel targets and 9 variable queries
+        assert checked == 78  # 69 panel targets and 9 variable queries
+        # The leaking code lines table: the leaking line, with its route (the only one leaking
+        # with request_end) and its three leaks; rendered with --source-url, its link.
+        source = MonitoringConfig(source_url="https://git.example.com/app/blob/main/{path}#L{line}")
+        table = substitute(leaking_lines_query(source), {**MACROS, **values})
+        rows = [(r["metric"], r["value"][1]) for r in _query(prom, table)]
+        line = _line_of("await session.execute", "leak")
+        assert rows == [
+            (
+                {
+                    "instance": instance,
+                    "origin": f"tests/monitoring/e2e_app.py:{line} in leak",
+                    "reason": "request_end",
+                    "route": "/leak/{n}",
+                    "url": f"https://git.example.com/app/blob/main/tests/monitoring/e2e_app.py#L{line}",
+                },
+                "3",
+            )
+        ]
 
 
 # The shipped rules with short windows, so the incident plays in seconds (promtool tests in
@@ -305,7 +351,7 @@ def test_a_pool_stuck_by_leaks_keeps_the_held_now_alerts_firing(
     (3 connections held by /login, the oldest for seconds), and
     SQLAlchemyConnectionHeldTooLong and SQLAlchemyLeakedSessionsOpen (naming /login) and
     SQLAlchemyPoolStuck (naming the pool) fire and stay firing after SQLAlchemySessionsLeaking,
-    a rate of new leaks, has cleared."""
+    a rate of new leaks, has cleared. Both leak alerts name /login's leaking line."""
     prometheus_bin = shutil.which("prometheus")
     require(prometheus_bin is not None, "prometheus is not installed (apt-get install prometheus)")
     assert prometheus_bin is not None
@@ -355,6 +401,8 @@ def test_a_pool_stuck_by_leaks_keeps_the_held_now_alerts_firing(
             "SQLAlchemyPoolStuck": {"pool": "stuck", "severity": "critical"},
         }
 
+        described: dict[str, str] = {}  # alert -> its description, as Prometheus expanded it
+
         def firing() -> dict[str, dict[str, str]]:
             found = {}
             for alert in prom.get("/api/v1/alerts").json()["data"]["alerts"]:
@@ -363,6 +411,7 @@ def test_a_pool_stuck_by_leaks_keeps_the_held_now_alerts_firing(
                 if alert["state"] == "firing":
                     assert (labels.pop("job"), labels.pop("instance")) == (JOB, instance)
                     found[name] = labels
+                    described[name] = alert["annotations"]["description"]
             return found
 
         leaking: list[dict[str, str]] = []  # SQLAlchemySessionsLeaking while it fired
@@ -378,6 +427,16 @@ def test_a_pool_stuck_by_leaks_keeps_the_held_now_alerts_firing(
 
         wait("the held-now alerts firing after the leak rate cleared", incident_as_lived)
         assert leaking[0] == {"route": "/login", "severity": "warning"}
+        # Both leak alerts name the planted bug's line, the one alone after the leaks stopped.
+        login = f"tests/monitoring/e2e_app.py:{_line_of('await session.execute', 'login')} in login"
+        assert re.search(
+            rf"\. Top leaking line: {re.escape(login)} \([34] leaks\)\.$",
+            described["SQLAlchemyLeakedSessionsOpen"],
+        ), described["SQLAlchemyLeakedSessionsOpen"]
+        assert re.search(
+            rf"\. Top leaking line: {re.escape(login)} \([1-4] leaks in 5s\)\.$",
+            described["SQLAlchemySessionsLeaking"],
+        ), described["SQLAlchemySessionsLeaking"]
         held = _query(prom, f'sqlalchemy_route_connections_held{{job="{JOB}", route="/login"}}')
         assert [r["value"][1] for r in held] == ["3"]
         oldest = _query(prom, f'sqlalchemy_pool_oldest_checkout_seconds{{job="{JOB}"}}')

@@ -42,7 +42,7 @@ def test_metric_names_are_extracted_without_labels_functions_or_keywords() -> No
 def test_every_expression_parses_with_promtool(promtool: str, tmp_path: Path) -> None:
     """Dashboard queries and variable selectors, loaded as recording rules, pass promtool."""
     expressions = dashboard_expressions()
-    assert len(expressions) == 71  # 62 panel targets, 9 variable queries
+    assert len(expressions) == 78  # 69 panel targets, 9 variable queries
     rules = [
         {"record": f"dashboard_check:expr_{i}", "expr": expr}
         for i, (_where, expr) in enumerate(expressions)
@@ -95,6 +95,7 @@ def test_every_metric_used_is_exported() -> None:
         "sqlalchemy_orm_sessions_closed_total",
         "sqlalchemy_orm_session_leaks_total",
         "sqlalchemy_orm_session_leaks_resolved_total",
+        "sqlalchemy_orm_session_leak_origins_total",
         "sqlalchemy_pool_oldest_checkout_seconds",
         "sqlalchemy_route_connections_held",
         "sqlalchemy_route_oldest_checkout_seconds",
@@ -104,6 +105,9 @@ def test_every_metric_used_is_exported() -> None:
         "sqlalchemy_route_checkouts_total",
         "observer_hook_errors_total",
         "pg_up",
+        "pg_settings_max_connections",
+        "pg_settings_superuser_reserved_connections",
+        "pg_settings_reserved_connections",
         "pg_stat_activity_count",
         "pg_stat_activity_max_tx_duration",
         "pg_observer_idle_in_transaction_max_seconds",

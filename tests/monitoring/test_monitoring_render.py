@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -205,3 +206,35 @@ def test_selectors_are_checked_as_promql_does(promtool: str, tmp_path: Path) -> 
     assert verdicts == {s: (True, True) for s in ACCEPTED_SELECTORS}
     verdicts = {s: (renderer_accepts(s), promtool_accepts(s)) for s in REFUSED_SELECTORS}
     assert verdicts == {s: (False, False) for s in REFUSED_SELECTORS}
+
+
+def test_source_url_links_the_leaking_code_lines(tmp_path: Path) -> None:
+    """--source-url: the sessions dashboard's table builds each line's URL in its query and
+    links the line cell to it; without it the table has no link and says how to get one."""
+    template = "https://github.com/org/shop/blob/main/backend/{path}#L{line}"
+    assert main(["render", "--out", str(tmp_path), "--source-url", template]) == 0
+
+    def table(board: Path) -> Any:
+        panels = json.loads(board.read_text())["panels"]
+        return next(p for p in panels if p["title"] == "Leaking code lines")
+
+    linked = table(tmp_path / "dashboards/pool-observer-sessions.json")
+    expr = linked["targets"][0]["expr"]
+    assert expr.endswith(
+        '"url", "https://github.com/org/shop/blob/main/backend/${1}#L${2}", "origin", '
+        '"(.+):([0-9]+) in .+"\n)'
+    )
+    origin = linked["fieldConfig"]["overrides"][0]
+    assert origin["matcher"] == {"id": "byName", "options": "origin"}
+    assert origin["properties"][1] == {
+        "id": "links",
+        "value": [{"targetBlank": True, "title": "Open the source", "url": "${__data.fields.url}"}],
+    }
+    shipped = table(ROOT / "dashboards/pool-observer-sessions.json")
+    assert '"url"' not in shipped["targets"][0]["expr"]
+    assert [p["id"] for p in shipped["fieldConfig"]["overrides"][0]["properties"]] == [
+        "displayName"
+    ]
+    assert str(shipped["description"]).endswith(
+        "Render with --source-url to link each line to its source."
+    )

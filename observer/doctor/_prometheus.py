@@ -1,0 +1,230 @@
+"""A small client of the Prometheus HTTP API: instant and range queries, bounded, secrets hidden."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import math
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+TOKEN_ENV = "OBSERVER_PROMETHEUS_TOKEN"
+# A 7-day range at a 10-minute step is ~1000 points a series: a few MB for a large fleet.
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+_MASK = "***"
+_FIX = "give the base URL of the Prometheus HTTP API, e.g. --prometheus http://prometheus:9090"
+
+Labels = dict[str, str]
+T = TypeVar("T")
+
+
+class PrometheusError(Exception):
+    """Prometheus could not answer a query; the message names the option and the fix, and
+    never a credential."""
+
+
+@dataclass(frozen=True)
+class Prometheus:
+    """Where the API is (``base``: scheme, host, port and path, without credentials), how to
+    authenticate, and how long one request may take."""
+
+    base: str
+    shown: str  # what output names: the URL with its userinfo masked
+    timeout: float
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    secrets: tuple[str, ...] = field(default=(), repr=False)  # masked in every message
+
+    def query(self, expr: str, at: float | None = None) -> list[tuple[Labels, float]]:
+        """The instant vector of ``expr`` (at ``at``, a Unix time; now when None)."""
+        params = {"query": expr, **({} if at is None else {"time": f"{at:.3f}"})}
+        data = self._get("/api/v1/query", params)
+
+        def vector() -> list[tuple[Labels, float]]:
+            if data["resultType"] != "vector":
+                raise TypeError(data["resultType"])
+            return [(_labels(r["metric"]), _number(r["value"][1])) for r in data["result"]]
+
+        return self._parsed("/api/v1/query", vector)
+
+    def query_range(
+        self, expr: str, start: float, end: float, step: float
+    ) -> list[tuple[Labels, list[tuple[float, float]]]]:
+        """The range of ``expr``: per series, (Unix time, value) pairs."""
+        params = {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
+        data = self._get("/api/v1/query_range", params)
+
+        def matrix() -> list[tuple[Labels, list[tuple[float, float]]]]:
+            return [
+                (_labels(r["metric"]), [(float(t), _number(v)) for t, v in r["values"]])
+                for r in data["result"]
+            ]
+
+        return self._parsed("/api/v1/query_range", matrix)
+
+    def label_values(self, label: str, match: str, start: float, end: float) -> list[str]:
+        """Values of ``label`` on the series ``match`` selects from ``start`` to ``end``."""
+        params = {"match[]": match, "start": f"{start:.3f}", "end": f"{end:.3f}"}
+        path = f"/api/v1/label/{urllib.parse.quote(label)}/values"
+        values = self._get(path, params)
+
+        def names() -> list[str]:
+            if not isinstance(values, list):
+                raise TypeError(type(values).__name__)
+            return sorted(str(v) for v in values)
+
+        return self._parsed(path, names)
+
+    def _parsed(self, path: str, parse: Callable[[], T]) -> T:
+        """``parse()`` of an answer; one not shaped as the API's is a PrometheusError, not a
+        traceback."""
+        try:
+            return parse()
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+            raise PrometheusError(
+                f"--prometheus {self.shown} did not answer {path} as the Prometheus HTTP API "
+                f"does; {_FIX}"
+            ) from None
+
+    def _get(self, path: str, params: Mapping[str, str]) -> Any:
+        """One GET of the API; the ``data`` of a successful answer, else PrometheusError."""
+        url = f"{self.base}{path}?{urllib.parse.urlencode(params)}"
+        request = urllib.request.Request(
+            url, headers={"Accept": "application/json", **self.headers}
+        )
+        try:
+            with _OPENER.open(request, timeout=self.timeout) as response:
+                body = response.read(MAX_RESPONSE_BYTES + 1)
+        except urllib.error.HTTPError as exc:
+            body = exc.read(MAX_RESPONSE_BYTES + 1)
+            if exc.code in {401, 403}:
+                raise PrometheusError(
+                    f"--prometheus {self.shown} refused the query (HTTP {exc.code}); give its "
+                    f"credentials as https://user:password@host/ or a bearer token in ${TOKEN_ENV}"
+                ) from None
+            if 300 <= exc.code < 400:
+                raise PrometheusError(
+                    f"--prometheus {self.shown} redirected {path} (HTTP {exc.code}) to "
+                    f"{_location(exc)}; doctor follows no redirect (the credentials would go "
+                    "along): give the URL it redirects to"
+                ) from None
+            if exc.code not in {400, 422, 503}:  # the API's own errors come with a JSON body
+                raise PrometheusError(
+                    f"--prometheus {self.shown} answered HTTP {exc.code} to {path}; {_FIX}"
+                ) from None
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise PrometheusError(
+                f"--prometheus {self.shown} could not be reached ({self._clean(reason)}); check "
+                f"its host and port, or raise --connect-timeout; {_FIX}"
+            ) from None
+        return self._data(body, path)
+
+    def _data(self, body: bytes, path: str) -> Any:
+        if len(body) > MAX_RESPONSE_BYTES:
+            raise PrometheusError(
+                f"--prometheus {self.shown} sent more than {MAX_RESPONSE_BYTES >> 20} MiB for "
+                f"{path}; narrow --job or shorten --range"
+            )
+        try:
+            answer = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            answer = None
+        if not isinstance(answer, dict) or "status" not in answer:
+            raise PrometheusError(
+                f"--prometheus {self.shown} did not answer as the Prometheus HTTP API does "
+                f"({path}); {_FIX}"
+            )
+        if answer["status"] != "success":
+            error = self._clean(str(answer.get("error", "no reason given")))
+            raise PrometheusError(f"--prometheus {self.shown} refused a query: {error}")
+        return answer["data"]
+
+    def _clean(self, reason: object) -> str:
+        """An error text without the URL's credentials or the token."""
+        text = str(reason)
+        for secret in (*self.secrets, *self.headers.values()):
+            text = text.replace(secret, _MASK) if secret else text
+        return text.splitlines()[0] if text else text
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are not followed: urllib would send the Authorization header along, to
+    whatever host the answer names."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # urllib then raises the 3xx as an HTTPError
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+def _location(exc: urllib.error.HTTPError) -> str:
+    """Where a redirect points, without its query or credentials."""
+    try:
+        parts = urllib.parse.urlsplit(exc.headers.get("Location", "") if exc.headers else "")
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return "an unreadable location"
+    where = f"{parts.scheme}://{host}{f':{port}' if port else ''}" if host else ""
+    return (where + parts.path) or "an unnamed location"
+
+
+def _labels(metric: object) -> Labels:
+    """A series' labels, as strings."""
+    if not isinstance(metric, dict):
+        raise TypeError(type(metric).__name__)
+    return {str(k): str(v) for k, v in metric.items()}
+
+
+def _number(text: str) -> float:
+    """A sample value as Prometheus spells it ("NaN", "+Inf" too)."""
+    value = float(text)
+    return value if math.isfinite(value) else math.nan
+
+
+def connect(text: str, *, timeout: float, environ: Mapping[str, str]) -> Prometheus:
+    """The API ``text`` names: an http(s) URL, its userinfo (if any) sent as basic auth and
+    masked in output; ``$OBSERVER_PROMETHEUS_TOKEN`` sent as a bearer token. ValueError naming
+    ``--prometheus`` for a URL that cannot be one, never repeating a credential."""
+    parts = urllib.parse.urlsplit(text.strip()) if text.isprintable() else None
+    try:
+        host, port = (parts.hostname, parts.port) if parts else (None, None)
+    except ValueError:  # a port that is not a number or out of range
+        host = port = None
+    if parts is None or parts.scheme not in {"http", "https"} or not host:
+        raise ValueError(f"--prometheus must be an http(s) URL; {_FIX}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"--prometheus takes no query or fragment; {_FIX}")
+    netloc = host if ":" not in host else f"[{host}]"
+    netloc += f":{port}" if port else ""
+    base = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    headers: dict[str, str] = {}
+    secrets: list[str] = []
+    shown = base
+    if parts.username is not None or parts.password is not None:
+        user = urllib.parse.unquote(parts.username or "")
+        secret = urllib.parse.unquote(parts.password or "")
+        pair = base64.b64encode(f"{user}:{secret}".encode()).decode("ascii")
+        headers["Authorization"] = f"Basic {pair}"
+        secrets += [user, secret]
+        shown = base.replace("://", f"://{_MASK}@", 1)
+    token = environ.get(TOKEN_ENV)
+    if token is not None:
+        if not token.strip() or re.search(r"\s", token.strip()) or not token.isprintable():
+            raise ValueError(
+                f"${TOKEN_ENV} is set but is not a token (empty, or with blanks or control "
+                "characters): set it to the bearer token, or unset it"
+            )
+        if headers:
+            raise ValueError(
+                f"--prometheus has a user and password and ${TOKEN_ENV} is set: give one of them"
+            )
+        headers["Authorization"] = f"Bearer {token.strip()}"
+        secrets.append(token.strip())
+    return Prometheus(base, shown, timeout, headers, tuple(s for s in secrets if len(s) > 2))
