@@ -290,9 +290,10 @@ def unwrap(pool: Pool, owner: object) -> None:
 # pool's connection. Public methods of the dialect, replaced on the dialect instance of one engine
 # (which its pool shares as ``Pool._dialect``): unlike a ``do_execute`` *event*, which sets
 # ``dialect._has_events`` and sends every statement through the dispatch, a replaced method
-# costs one call. Read: 2.0.38-2.0.52, 2.1.0b1-b4; run: 2.1.9 (tests/compat/test_sqlalchemy_seam.py
-# and SQLAlchemy's own suite, scripts/sqla-suite). Missing (a dialect without one): that step is
-# left alone and its time counts as idle.
+# costs one call. Read: 2.0.38 and 2.1.9 (the same call sites); run: 2.1.9 and 2.0.38
+# (tests/compat/test_sqlalchemy_seam.py, also under scripts/matrix floors) and SQLAlchemy's own
+# suite on 2.1.9 (scripts/sqla-suite, SQLite and PostgreSQL). Missing (a dialect without one):
+# that step is left alone and its time counts as idle.
 STATEMENT_STEPS = ("do_execute", "do_execute_no_params", "do_executemany")
 CONNECTION_STEPS = ("do_commit", "do_rollback")
 
@@ -301,8 +302,8 @@ context_state: Callable[[Any], dict[str, Any]] = operator.attrgetter(
 )
 """The attribute dict of the connection record an execution context runs on: the private
 ``DefaultExecutionContext._dbapi_connection`` (the pool's proxied connection, set by every
-``_init_*`` of the context), then :data:`state_of`'s path. One C call. Read: 2.0.38-2.0.52,
-2.1.0b1-b4; run: 2.1.9. Missing: AttributeError, and the statement is not measured."""
+``_init_*`` of the context), then :data:`state_of`'s path. One C call. Read: 2.0.38, 2.1.9;
+run: 2.0.38, 2.1.9. Missing: AttributeError, and the statement is not measured."""
 
 
 def wrap_dialect(dialect: Any, owner: object, make: Callable[[str, Any], Any]) -> list[str]:
