@@ -3,6 +3,11 @@
 ``--tiny`` runs the same code on tiny counts in seconds (what CI runs to keep the harness from
 rotting; its figures mean nothing). Results go to ``--out`` (``bench/results/`` for a full run)
 as ``latest.json`` and ``latest.md``; the report is printed too.
+
+``--check`` runs the parts the targets need (checkout and e2e, unless ``--only`` says
+otherwise), prints the targets table and exits 1 unless every target is met (a miss the run
+cannot tell from its own A/A noise counts as not met). Not part of CI's required path: a shared
+CI machine is too noisy for it.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from bench.common import (
 )
 
 PARTS = ("checkout", "asgi", "e2e", "scale")
+CHECK_PARTS = ("checkout", "e2e")  # what the targets of report.targets() are computed from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +69,8 @@ FULL = Sizes(
     asgi_requests=2_000,
     asgi_rounds=6,
     e2e_rounds=6,
-    e2e_seconds=3,
-    e2e_warmup=1,
+    e2e_seconds=8,
+    e2e_warmup=2,
     e2e_connections=32,
     render_pools=10,
     render_routes=200,
@@ -83,8 +89,8 @@ TINY = Sizes(
     asgi_requests=50,
     asgi_rounds=1,
     e2e_rounds=1,
-    e2e_seconds=1,
-    e2e_warmup=0,
+    e2e_seconds=2,
+    e2e_warmup=1,
     e2e_connections=8,
     render_pools=10,
     render_routes=200,
@@ -216,8 +222,13 @@ def main(argv: list[str] | None = None) -> int:
         "--tiny", action="store_true", help="tiny counts: seconds, figures meaningless"
     )
     parser.add_argument(
+        "--check",
+        action="store_true",
+        help="run what the targets need (checkout, e2e) and exit 1 unless every target is met",
+    )
+    parser.add_argument(
         "--only",
-        default=",".join(PARTS),
+        default=None,
         help=f"comma-separated parts (default: all of {', '.join(PARTS)})",
     )
     parser.add_argument(
@@ -234,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         help="rounds of every side-by-side comparison (more: slower, less noise)",
     )
     args = parser.parse_args(argv)
-    parts = [p.strip() for p in args.only.split(",") if p.strip()]
+    only = args.only or (",".join(CHECK_PARTS) if args.check else ",".join(PARTS))
+    parts = [p.strip() for p in only.split(",") if p.strip()]
     unknown = set(parts) - set(PARTS)
     if unknown:
         parser.error(f"unknown part(s) {', '.join(sorted(unknown))}; known: {', '.join(PARTS)}")
@@ -246,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             sizes, checkout_rounds=args.rounds, asgi_rounds=args.rounds, e2e_rounds=args.rounds
         )
     out = args.out
-    if out is None and not args.tiny:
+    if out is None and not args.tiny and not args.check:
         out = Path(__file__).resolve().parent / "results"
 
     plan = pinning_plan()
@@ -310,7 +322,24 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "latest.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
         (out / "latest.md").write_text(text)
+    if args.check:
+        return check(results)
     return 0
+
+
+def check(results: dict[str, Any]) -> int:
+    """Print each target's verdict; 0 when every one is met, else 1."""
+    found = report.targets(results)
+    width = max((len(target) for target, _, _ in found), default=0)
+    print("\n--check:")
+    for target, measured, verdict in found:
+        print(f"  {verdict.split(':')[0]:>14}  {target:<{width}}  {measured}")
+    missed = [target for target, _, verdict in found if verdict != "met"]
+    if not found:
+        print("  no target was measured (run the checkout and e2e parts)")
+        return 1
+    print(f"--check: {len(found) - len(missed)} of {len(found)} targets met")
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":
