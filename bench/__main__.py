@@ -36,8 +36,8 @@ from bench.common import (
     versions,
 )
 
-PARTS = ("checkout", "asgi", "e2e", "scale")
-CHECK_PARTS = ("checkout", "e2e")  # what the targets of report.targets() are computed from
+PARTS = ("checkout", "instructions", "asgi", "e2e", "scale")
+CHECK_PARTS = ("checkout", "instructions", "e2e")  # what report.targets() is computed from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +60,8 @@ class Sizes:
     traced_cycles: int
     traced_requests: int
     traced_distinct: int
+    instruction_cycles: int  # checkout cycles per valgrind run (0: the part is skipped)
+    instruction_sessions: int
 
 
 FULL = Sizes(
@@ -71,7 +73,7 @@ FULL = Sizes(
     e2e_rounds=6,
     e2e_seconds=8,
     e2e_warmup=2,
-    e2e_connections=32,
+    e2e_connections=8,
     render_pools=10,
     render_routes=200,
     renders=20,
@@ -81,6 +83,8 @@ FULL = Sizes(
     traced_cycles=100_000,
     traced_requests=10_000,
     traced_distinct=10_000,
+    instruction_cycles=1_000,
+    instruction_sessions=200,
 )
 TINY = Sizes(
     cycles=200,
@@ -101,6 +105,8 @@ TINY = Sizes(
     traced_cycles=1_000,
     traced_requests=200,
     traced_distinct=100,
+    instruction_cycles=0,  # valgrind's start-up alone takes minutes: not in --tiny
+    instruction_sessions=0,
 )
 
 ASGI_ARMS = ("bare", "observer", "otel", "bare (A/A)", "passthrough (the floor)")
@@ -293,6 +299,15 @@ def main(argv: list[str] | None = None) -> int:
                 },
             )
             results["checkout"] = [{**dataclasses.asdict(r), "summary": r.summary()} for r in found]
+        if "instructions" in parts and sizes.instruction_cycles:
+            from bench import instructions
+
+            if instructions.available():
+                results["instructions"] = instructions.run(
+                    server.url(database), sizes.instruction_cycles, sizes.instruction_sessions
+                )
+            else:
+                print("valgrind is not installed: no instruction counts", file=sys.stderr)
         if "asgi" in parts:
             results["asgi"] = run_asgi(server, database, sizes, plan)
         if "e2e" in parts:

@@ -175,3 +175,37 @@ def test_check_exits_non_zero_unless_every_target_is_met(
     noisy = _results(noop=0.975, cycle=1.05, session=1.02, aa=1.02)
     assert targets(noisy)[0][2].startswith("not resolvable")
     assert check(noisy) == 1
+
+
+def test_with_instruction_counts_the_checkout_and_session_targets_are_decided_on_them() -> None:
+    """With valgrind's counts in the results (bench/instructions.py), the checkout and session
+    targets are decided on instructions per operation, not on times that move with the
+    machine's load; the A/A pair of the counts is their noise floor."""
+    from bench.report import targets
+
+    results = _results(noop=0.985, cycle=1.20, session=1.20)  # times say: missed
+    results["instructions"] = {
+        "sizes": {"cycle": 1000, "session": 200},
+        "per_op": {
+            "cycle": {
+                "bare": 200_000.0,
+                "bare (A/A)": 201_000.0,
+                "observer": 210_000.0,
+                "observer, in a request": 211_000.0,
+            },
+            "session": {
+                "bare": 900_000.0,
+                "bare (A/A)": 899_000.0,
+                "observer, capture_origin=False": 915_000.0,
+                "observer, capture_origin=True": 920_000.0,
+            },
+        },
+    }
+    verdicts = {target: verdict for target, _, verdict in targets(results)}
+    cycle = next(t for t in verdicts if t.startswith("checkout cycle (asyncpg)"))
+    session = next(t for t in verdicts if t.startswith("ORM session"))
+    assert "(instructions)" in cycle
+    assert "(instructions)" in session
+    assert verdicts[cycle] == "met"  # 1.055 against 1.06, A/A 1.005
+    assert verdicts[session] == "met"  # 1.022 against 1.03, A/A 0.999
+    assert len([t for t in verdicts if t.startswith("checkout cycle (asyncpg)")]) == 1
