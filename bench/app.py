@@ -27,7 +27,7 @@ import gc
 import json
 import os
 import resource
-from time import perf_counter
+from time import thread_time
 from typing import Any
 
 from fastapi import FastAPI
@@ -41,7 +41,9 @@ STATS_PATH = "/_bench/stats"
 
 class Stats:
     """What the server process spent: CPU time (all threads) and, per generation, the
-    garbage collections and the seconds they took (a ``gc.callbacks`` hook, in every arm)."""
+    garbage collections and the CPU seconds they took (a ``gc.callbacks`` hook, in every arm;
+    thread CPU time, not wall time: with every arm's server on one core, a collection's wall
+    time also counts the other servers' turns)."""
 
     def __init__(self) -> None:
         self.collections = [0, 0, 0]
@@ -51,9 +53,9 @@ class Stats:
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
-            self._started = perf_counter()
+            self._started = thread_time()
         else:
-            self.gc_seconds += perf_counter() - self._started
+            self.gc_seconds += thread_time() - self._started
             self.collections[info["generation"]] += 1
 
     def read(self) -> dict[str, Any]:
@@ -117,13 +119,18 @@ SELECT_1 = text("SELECT 1")
 def create_app(arm: str, dsn: str, **observer_options: Any) -> tuple[FastAPI, AsyncEngine]:
     if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r}; one of {', '.join(ARMS)}")
-    engine = create_async_engine(dsn, pool_size=10, max_overflow=10)
+    # BENCH_POOL="size,overflow": the e2e run keeps it small (every arm's server at once must
+    # fit in PostgreSQL's max_connections next to whatever else the machine runs)
+    size, overflow = (int(x) for x in os.environ.get("BENCH_POOL", "10,10").split(","))
+    engine = create_async_engine(dsn, pool_size=size, max_overflow=overflow)
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     stats = Stats()
 
     @app.get(STATS_PATH)
-    async def read_stats() -> dict[str, Any]:
+    async def read_stats(settle: bool = False) -> dict[str, Any]:
+        if settle:  # a full collection now: no arm pays its import-time heap's first one later
+            gc.collect()
         return stats.read()
 
     @app.get("/noop", response_class=PlainTextResponse)

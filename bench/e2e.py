@@ -43,6 +43,7 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "otel": ("otel", {}),
 }
 ENDPOINTS = ("/noop", "/db")
+POOL = "4,0"  # pool_size, max_overflow per server: 4 connections each, 24 for six arms
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 
@@ -122,6 +123,7 @@ class Server:
             BENCH_ARM=kind,
             BENCH_OBSERVER_OPTIONS=json.dumps(options),
             BENCH_DSN=dsn,
+            BENCH_POOL=POOL,
             PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
         )
         cmd = [
@@ -150,8 +152,8 @@ class Server:
                 raise RuntimeError(f"the {self.arm} server did not start in {seconds:g} s")
             time.sleep(0.1)
 
-    def stats(self) -> dict[str, Any]:
-        status, body = _get(self.port, STATS_PATH)
+    def stats(self, settle: bool = False) -> dict[str, Any]:
+        status, body = _get(self.port, STATS_PATH + ("?settle=true" if settle else ""))
         if status != 200:
             raise RuntimeError(f"the {self.arm} server answered {status} on {STATS_PATH}")
         found: dict[str, Any] = json.loads(body)
@@ -193,8 +195,11 @@ def together(
     core: int | None,
     server_core: int | None,
 ) -> dict[str, WrkRun]:
-    """Load every server at once, each with its own wrk, for the same ``seconds``."""
-    before = {srv.arm: srv.stats() for srv in servers}
+    """Load every server at once, each with its own wrk, for the same ``seconds``. Each server
+    runs a full collection first (``settle``): a fresh process's first full collection walks
+    the whole import-time heap (hundreds of ms on a loaded core), which would land in one arm's
+    measured seconds and not another's by chance."""
+    before = {srv.arm: srv.stats(settle=True) for srv in servers}
     busy = _cpu_times(server_core) if server_core is not None else None
     loads = [
         (srv, start_wrk(srv.url(path), seconds=seconds, connections=connections, core=core))
