@@ -134,7 +134,14 @@ class _Sender:
                     message = _with_server_timing(message, request, self.observer)
             await self.send(message)
         elif kind == "http.response.body" and not message.get("more_body", False):
-            await self.send(message)
+            # The server may schedule work that copies the context inside the last send
+            # (uvicorn's keep-alive timer: it stays in the loop's heap for seconds, cancelled
+            # or not): it gets a context without this request, so nothing of ours lives on.
+            token = current_http.set(None)
+            try:
+                await self.send(message)
+            finally:
+                current_http.reset(token)
             request = self.http.request
             if request is not None and request is not ENDED:
                 request.response_end = clock()

@@ -117,6 +117,37 @@ async def test_a_served_requests_scope_is_not_kept_alive_by_the_keep_alive_timer
     assert hook_errors(registry) == 0.0
 
 
+async def test_nothing_of_the_observer_outlives_a_request_served_with_keep_alive(
+    registry: CollectorRegistry,
+) -> None:
+    """The last ``send`` of a response runs in a context without the request: the keep-alive
+    timer uvicorn schedules there (kept in the loop's heap for seconds) holds neither the
+    request's holder nor its finished RequestScope, so a request that used the pool leaves
+    no object of the observer alive once it ended."""
+    from observer.attribution._scope import HttpRequest, RequestScope
+
+    def alive() -> int:
+        gc.collect()
+        return sum(isinstance(o, HttpRequest | RequestScope) for o in gc.get_objects())
+
+    obs = observer.Observer(registry=registry, metrics_path=None)
+    try:
+        before = alive()
+        async with (
+            serving(obs.middleware(probing_app({}))) as url,
+            httpx.AsyncClient(base_url=url) as http,
+        ):
+            for path in ("/used-1", "/used-2", "/used-3"):  # one keep-alive connection
+                assert (await http.get(path)).text == "ok"
+            await asyncio.sleep(0.05)
+            left = alive() - before
+        obs.flush()
+    finally:
+        obs.close()
+    assert left == 0
+    assert sample(registry, "sqlalchemy_route_requests_total", route="unmatched") == 3.0
+
+
 async def test_a_task_the_request_left_running_keeps_only_the_small_holder(
     registry: CollectorRegistry,
 ) -> None:
