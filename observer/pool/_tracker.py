@@ -92,6 +92,7 @@ class PoolTracker(PoolEvents):
         self._waiters: list[None] = []
         self._sums = ThreadSums(_SIZE)
         self._slot = self._sums.slot
+        self._by_thread = self._sums.by_thread
         # Batched only in a single process, where every read of the registry adds the sums not
         # moved yet (metrics/_collectors.py); in multiprocess mode another process reads the
         # files at any time (and a worker can die between two flushes), so every event goes to
