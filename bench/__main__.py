@@ -3,6 +3,11 @@
 ``--tiny`` runs the same code on tiny counts in seconds (what CI runs to keep the harness from
 rotting; its figures mean nothing). Results go to ``--out`` (``bench/results/`` for a full run)
 as ``latest.json`` and ``latest.md``; the report is printed too.
+
+``--check`` runs the parts the targets need (checkout and e2e, unless ``--only`` says
+otherwise), prints the targets table and exits 1 unless every target is met (a miss the run
+cannot tell from its own A/A noise counts as not met). Not part of CI's required path: a shared
+CI machine is too noisy for it.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from bench.common import (
     versions,
 )
 
-PARTS = ("checkout", "asgi", "e2e", "scale")
+PARTS = ("checkout", "instructions", "asgi", "e2e", "scale")
+CHECK_PARTS = ("checkout", "instructions", "e2e")  # what report.targets() is computed from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +60,8 @@ class Sizes:
     traced_cycles: int
     traced_requests: int
     traced_distinct: int
+    instruction_cycles: int  # checkout cycles per valgrind run (0: the part is skipped)
+    instruction_sessions: int
 
 
 FULL = Sizes(
@@ -63,9 +71,9 @@ FULL = Sizes(
     asgi_requests=2_000,
     asgi_rounds=6,
     e2e_rounds=6,
-    e2e_seconds=3,
-    e2e_warmup=1,
-    e2e_connections=32,
+    e2e_seconds=8,
+    e2e_warmup=2,
+    e2e_connections=8,
     render_pools=10,
     render_routes=200,
     renders=20,
@@ -75,6 +83,8 @@ FULL = Sizes(
     traced_cycles=100_000,
     traced_requests=10_000,
     traced_distinct=10_000,
+    instruction_cycles=1_000,
+    instruction_sessions=200,
 )
 TINY = Sizes(
     cycles=200,
@@ -83,8 +93,8 @@ TINY = Sizes(
     asgi_requests=50,
     asgi_rounds=1,
     e2e_rounds=1,
-    e2e_seconds=1,
-    e2e_warmup=0,
+    e2e_seconds=2,
+    e2e_warmup=1,
     e2e_connections=8,
     render_pools=10,
     render_routes=200,
@@ -95,6 +105,8 @@ TINY = Sizes(
     traced_cycles=1_000,
     traced_requests=200,
     traced_distinct=100,
+    instruction_cycles=0,  # valgrind's start-up alone takes minutes: not in --tiny
+    instruction_sessions=0,
 )
 
 ASGI_ARMS = ("bare", "observer", "otel", "bare (A/A)", "passthrough (the floor)")
@@ -216,8 +228,13 @@ def main(argv: list[str] | None = None) -> int:
         "--tiny", action="store_true", help="tiny counts: seconds, figures meaningless"
     )
     parser.add_argument(
+        "--check",
+        action="store_true",
+        help="run what the targets need (checkout, e2e) and exit 1 unless every target is met",
+    )
+    parser.add_argument(
         "--only",
-        default=",".join(PARTS),
+        default=None,
         help=f"comma-separated parts (default: all of {', '.join(PARTS)})",
     )
     parser.add_argument(
@@ -234,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         help="rounds of every side-by-side comparison (more: slower, less noise)",
     )
     args = parser.parse_args(argv)
-    parts = [p.strip() for p in args.only.split(",") if p.strip()]
+    only = args.only or (",".join(CHECK_PARTS) if args.check else ",".join(PARTS))
+    parts = [p.strip() for p in only.split(",") if p.strip()]
     unknown = set(parts) - set(PARTS)
     if unknown:
         parser.error(f"unknown part(s) {', '.join(sorted(unknown))}; known: {', '.join(PARTS)}")
@@ -246,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             sizes, checkout_rounds=args.rounds, asgi_rounds=args.rounds, e2e_rounds=args.rounds
         )
     out = args.out
-    if out is None and not args.tiny:
+    if out is None and not args.tiny and not args.check:
         out = Path(__file__).resolve().parent / "results"
 
     plan = pinning_plan()
@@ -281,6 +299,15 @@ def main(argv: list[str] | None = None) -> int:
                 },
             )
             results["checkout"] = [{**dataclasses.asdict(r), "summary": r.summary()} for r in found]
+        if "instructions" in parts and sizes.instruction_cycles:
+            from bench import instructions
+
+            if instructions.available():
+                results["instructions"] = instructions.run(
+                    server.url(database), sizes.instruction_cycles, sizes.instruction_sessions
+                )
+            else:
+                print("valgrind is not installed: no instruction counts", file=sys.stderr)
         if "asgi" in parts:
             results["asgi"] = run_asgi(server, database, sizes, plan)
         if "e2e" in parts:
@@ -310,7 +337,24 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "latest.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
         (out / "latest.md").write_text(text)
+    if args.check:
+        return check(results)
     return 0
+
+
+def check(results: dict[str, Any]) -> int:
+    """Print each target's verdict; 0 when every one is met, else 1."""
+    found = report.targets(results)
+    width = max((len(target) for target, _, _ in found), default=0)
+    print("\n--check:")
+    for target, measured, verdict in found:
+        print(f"  {verdict.split(':')[0]:>14}  {target:<{width}}  {measured}")
+    missed = [target for target, _, verdict in found if verdict != "met"]
+    if not found:
+        print("  no target was measured (run the checkout and e2e parts)")
+        return 1
+    print(f"--check: {len(found) - len(missed)} of {len(found)} targets met")
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":

@@ -10,12 +10,24 @@ The arm comes from ``BENCH_ARM`` (one fresh process per arm), the database from 
   exporter, the pool metric to an in-memory reader);
 - ``passthrough``: :class:`PassThrough`, the thinnest middleware that still watches the
   response: what any pure ASGI middleware costs at least (the floor the observer's is read
-  against).
+  against);
+- ``scopevar``: the same, plus a contextvar set to the ASGI scope for the request (what the
+  observer's middleware did until the fix of bench/README.md, "The HTTP gap"): the cause of the
+  gap, reproduced without the observer.
+
+``BENCH_OBSERVER_OPTIONS`` (JSON) adds keyword arguments to ``instrument()``: an arm for one
+feature's cost. Every arm serves ``GET /_bench/stats`` (see :class:`Stats`): the process's CPU
+time and its garbage collections, read before and after each measured run.
 """
 
 from __future__ import annotations
 
+import contextvars
+import gc
+import json
 import os
+import resource
+from time import thread_time
 from typing import Any
 
 from fastapi import FastAPI
@@ -23,7 +35,36 @@ from fastapi.responses import PlainTextResponse
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
-ARMS = ("bare", "observer", "otel", "passthrough")
+ARMS = ("bare", "observer", "otel", "passthrough", "scopevar")
+STATS_PATH = "/_bench/stats"
+
+
+class Stats:
+    """What the server process spent: CPU time (all threads) and, per generation, the
+    garbage collections and the CPU seconds they took (a ``gc.callbacks`` hook, in every arm;
+    thread CPU time, not wall time: with every arm's server on one core, a collection's wall
+    time also counts the other servers' turns)."""
+
+    def __init__(self) -> None:
+        self.collections = [0, 0, 0]
+        self.gc_seconds = 0.0
+        self._started = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = thread_time()
+        else:
+            self.gc_seconds += thread_time() - self._started
+            self.collections[info["generation"]] += 1
+
+    def read(self) -> dict[str, Any]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return {
+            "cpu_seconds": usage.ru_utime + usage.ru_stime,
+            "collections": list(self.collections),
+            "gc_seconds": self.gc_seconds,
+        }
 
 
 class PassThrough:
@@ -53,15 +94,44 @@ class _Send:
         await self.send(message)
 
 
+_request_scope: contextvars.ContextVar[Any] = contextvars.ContextVar("bench_scope")
+
+
+class ScopeVar(PassThrough):
+    """:class:`PassThrough` that also sets a contextvar to the request's ASGI scope (reset at
+    the end, as the observer's middleware did): a keep-alive timer the server schedules inside
+    the last ``send`` captures the context, and with it the scope, for seconds."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        token = _request_scope.set(scope)
+        try:
+            await self.app(scope, receive, _Send(send))
+        finally:
+            _request_scope.reset(token)
+
+
 SELECT_1 = text("SELECT 1")
 
 
 def create_app(arm: str, dsn: str, **observer_options: Any) -> tuple[FastAPI, AsyncEngine]:
     if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r}; one of {', '.join(ARMS)}")
-    engine = create_async_engine(dsn, pool_size=10, max_overflow=10)
+    # BENCH_POOL="size,overflow": the e2e run keeps it small (every arm's server at once must
+    # fit in PostgreSQL's max_connections next to whatever else the machine runs)
+    size, overflow = (int(x) for x in os.environ.get("BENCH_POOL", "10,10").split(","))
+    engine = create_async_engine(dsn, pool_size=size, max_overflow=overflow)
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    stats = Stats()
+
+    @app.get(STATS_PATH)
+    async def read_stats(settle: bool = False) -> dict[str, Any]:
+        if settle:  # a full collection now: no arm pays its import-time heap's first one later
+            gc.collect()
+        return stats.read()
 
     @app.get("/noop", response_class=PlainTextResponse)
     async def noop() -> str:
@@ -85,6 +155,8 @@ def create_app(arm: str, dsn: str, **observer_options: Any) -> tuple[FastAPI, As
         observer.instrument(app, engine, **observer_options)
     elif arm == "passthrough":
         app.add_middleware(PassThrough)
+    elif arm == "scopevar":
+        app.add_middleware(ScopeVar)
     elif arm == "otel":
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
@@ -103,7 +175,8 @@ def _from_env() -> FastAPI:
     dsn = os.environ.get("BENCH_DSN")
     if not dsn:
         raise RuntimeError("BENCH_DSN is not set (python -m bench sets it)")
-    app, _ = create_app(os.environ.get("BENCH_ARM", "bare"), dsn)
+    options = json.loads(os.environ.get("BENCH_OBSERVER_OPTIONS") or "{}")
+    app, _ = create_app(os.environ.get("BENCH_ARM", "bare"), dsn, **options)
     return app
 
 

@@ -59,8 +59,16 @@ class Flags:
                 target._has_events = value
 
 
+# A feature's cost as its own ratio: label -> Observer options, each one more arm ("observer +
+# <label>") in the cycle, select1 and session benchmarks, e.g. {"idle gaps": {"<option>": True}}.
+FEATURES: dict[str, dict[str, Any]] = {}
+
+
 def _observer(
-    capture_origin: bool, in_request: bool = False, no_engine_flag: bool = False
+    capture_origin: bool,
+    in_request: bool = False,
+    no_engine_flag: bool = False,
+    options: dict[str, Any] | None = None,
 ) -> tuple[Callable[[AsyncEngine], Any], Callable[[Any], None]]:
     """Attach a fresh Observer. ``in_request``: the cycles run inside a request scope, as the
     middleware sets it (per-route totals are then added once per request, not per checkout);
@@ -71,7 +79,9 @@ def _observer(
 
     def attach(engine: AsyncEngine) -> Observer:
         flags = Flags(engine)
-        obs = Observer(registry=CollectorRegistry(), capture_origin=capture_origin)
+        obs = Observer(
+            registry=CollectorRegistry(), capture_origin=capture_origin, **(options or {})
+        )
         obs.watch(engine, name="bench")
         if no_engine_flag:
             flags.restore()
@@ -146,6 +156,9 @@ def arms(session: bool) -> list[Arm]:
         found.append(Arm("observer, in a request", a, d, count))
         a, d = _observer(capture_origin=True, no_engine_flag=True)
         found.append(Arm("observer, no execution-event flag (what-if)", a, d, count))
+    for label, options in FEATURES.items():
+        a, d = _observer(capture_origin=True, options=options)
+        found.append(Arm(f"observer + {label}", a, d, count))
     found.append(Arm("otel-sqlalchemy", _otel_attach, _otel_detach, _otel_spans))
     return found
 
@@ -199,6 +212,9 @@ class Result:
                     "spread": spread(values),
                     "delta_us": median(v - b for v, b in zip(values, bare, strict=True)),
                     "ratio": median(values) / median(bare),
+                    # the headline: median over rounds of (arm / bare in the same round)
+                    "ratio_paired": median(v / b for v, b in zip(values, bare, strict=True)),
+                    "cpu_ratio_paired": median(v / b for v, b in zip(cpu, bare_cpu, strict=True)),
                     "cpu_us": median(cpu),
                     "cpu_spread": spread(cpu),
                     "cpu_delta_us": median(v - b for v, b in zip(cpu, bare_cpu, strict=True)),

@@ -115,21 +115,54 @@ def _asgi(results: dict[str, Any]) -> list[str]:
     return out
 
 
+def _instructions(results: dict[str, Any]) -> list[str]:
+    from bench.instructions import WORKLOADS, summary
+
+    found = results["instructions"]
+    out = ["## 1b. Instructions per operation (valgrind, asyncpg)", ""]
+    out.append(
+        "Machine instructions the process executes per `async with engine.connect(): pass` "
+        f"cycle ({found['sizes']['cycle']:,} and {3 * found['sizes']['cycle']:,} cycles) and per "
+        f"`async with Session() as s: await s.execute(SELECT 1)` ({found['sizes']['session']:,} "
+        f"and {3 * found['sizes']['session']:,}), the difference of two runs under `valgrind "
+        "--tool=cachegrind`: independent of the machine's load, unlike any time. bare (A/A) "
+        "shows how much the count itself varies (the event loop's polling, the network)."
+    )
+    out.append("")
+    for workload in WORKLOADS:
+        out.append(f"**{workload}**")
+        out.append("")
+        out += _table(
+            ["arm", "instructions", "Δ", "ratio"],
+            [
+                [row["arm"], f"{row['instructions']:,.0f}", f"{row['delta']:+,.0f}",
+                 f"{row['ratio']:.3f}"]
+                for row in summary(found, workload)
+            ],
+        )  # fmt: skip
+    return out
+
+
 def _e2e(results: dict[str, Any]) -> list[str]:
     data = results["e2e"]
-    out = ["## 3. End to end over HTTP (uvicorn + wrk)", ""]
+    out = ["## 3. End to end over HTTP (uvicorn + wrk), every arm at the same time", ""]
     pinned = (
-        "uvicorn (1 worker, `--loop asyncio --http h11`) pinned to one core; wrk (`-t1`) and "
-        "the PostgreSQL backends of the benchmark database pinned to the other"
+        "one uvicorn per arm (1 worker, `--loop asyncio --http h11`), all pinned to the same "
+        "core; one wrk (`-t1`) per server, all pinned with the PostgreSQL backends of the "
+        "benchmark database to the other core"
         if data["pinned"]
         else "nothing pinned (fewer than 2 cores)"
     )
     out.append(
-        f"{pinned}. wrk `-c{data['connections']}`, {data['warmup']:g} s warm-up + "
-        f"{data['seconds']:g} s measured per endpoint; one fresh server per arm and round, "
-        f"{data['rounds']} rounds, arms rotated. Throughput is closed-loop at saturation, so "
-        "p50/p99 are latencies under full load. ratio = median over rounds of (arm RPS / bare "
-        "RPS in the same round); µs/req = 1e6/RPS(arm) - 1e6/RPS(bare)."
+        f"{pinned}. Every server is loaded during the same seconds, so whatever else the "
+        "machine does hits every arm alike, and the scheduler shares the core fairly: each "
+        "arm's throughput follows its CPU cost per request. wrk "
+        f"`-c{data['connections']}` per server, {data['warmup']:g} s warm-up + "
+        f"{data['seconds']:g} s measured per endpoint; fresh servers every round, "
+        f"{data['rounds']} rounds. ratio = median over rounds of (arm / bare in the same "
+        "round). *CPU µs/req*: the server process's own CPU time per request; *GC per 10k*: "
+        "garbage collections by generation (young/middle/full) and the time spent in them, per "
+        "10,000 requests (read inside each server). p50/p99 are latencies at saturation."
     )
     out.append("")
     for endpoint, rows_ in data["summary"].items():
@@ -137,23 +170,28 @@ def _e2e(results: dict[str, Any]) -> list[str]:
         out.append("")
         rows = []
         for row in rows_:
+            gc = row.get("gc_per_10k") or [None, None, None]
             rows.append(
                 [
                     row["arm"],
+                    f"{row['rps_ratio_paired']:.3f}",
                     _f(row["rps"], 0),
                     _pct(row["rps_spread"]),
-                    f"{row['rps_ratio_paired']:.3f}",
-                    _f(row["p50_ms"], 2),
-                    _f(row["p99_ms"], 2),
-                    f"{row['p99_ratio']:.3f}",
-                    f"{row['us_per_request']:+.0f}",
-                    _pct(row["server_cpu"]),
+                    _f(row.get("cpu_us")),
+                    "-"
+                    if row.get("cpu_ratio_paired") is None
+                    else f"{row['cpu_ratio_paired']:.3f}",
+                    " / ".join(_f(g, 1) for g in gc),
+                    _f(row.get("gc_ms_per_10k"), 1),
+                    _f(row["p50_ms"], 1),
+                    _f(row["p99_ms"], 1),
                     str(row["errors"]),
                 ]
             )
         out += _table(
-            ["arm", "RPS", "spread", "RPS ratio", "p50 ms", "p99 ms", "p99 ratio", "µs/req",
-             "server core busy", "errors"],
+            ["arm", "RPS ratio", "RPS", "spread", "CPU µs/req", "CPU ratio",
+             "GC per 10k (young / middle / full)", "GC ms per 10k", "p50 ms", "p99 ms",
+             "errors"],
             rows,
         )  # fmt: skip
     return out
@@ -237,70 +275,142 @@ def _scale(results: dict[str, Any]) -> list[str]:
     return out
 
 
+# The targets of issue #17, as ratios to bare in the same run (they travel between machines).
+HTTP_TARGETS = {"/noop": 0.98, "/db": 0.97}  # observer throughput / bare throughput, at least
+CYCLE_TARGET = 1.06  # checkout cycle (asyncpg), in and out of a request: observer / bare, at most
+SESSION_TARGET = 1.03  # ORM session cycle with origin capture: observer / bare, at most
+
+
+def _verdict(ok: bool, distance: float, noise: float) -> str:
+    """``met`` or ``missed``; ``not resolvable`` when the figure is no further from the target
+    (``distance``, either side) than the A/A pair of the same run is from 1 (``noise``)."""
+    if abs(distance) <= noise:
+        return "not resolvable: within the A/A noise"
+    return "met" if ok else "missed"
+
+
+def _http_targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    found = []
+    for endpoint, rows in results["e2e"]["summary"].items():
+        by = {row["arm"]: row for row in rows}
+        obs, aa = by["observer"], by["bare (A/A)"]
+        target = HTTP_TARGETS.get(endpoint)
+        if target is None:
+            continue
+        noise = abs(1 - aa["rps_ratio_paired"])  # two identical servers, side by side
+        ratio = obs["rps_ratio_paired"]
+        floor = by.get("passthrough (the floor)")
+        cpu = obs.get("cpu_ratio_paired")
+        found.append(
+            (
+                f"{endpoint} throughput with instrument() ≥ {target:.2f} x bare",
+                f"{ratio:.3f} (A/A {aa['rps_ratio_paired']:.3f}"
+                + (f"; pass-through {floor['rps_ratio_paired']:.3f}" if floor else "")
+                + (f"; server CPU per request {cpu:.3f} x bare" if cpu else "")
+                + ")",
+                _verdict(ratio >= target, ratio - target, noise),
+            )
+        )
+    return found
+
+
+def _ratio_target(
+    bench: dict[str, Any], arms: list[str], target: float, what: str
+) -> tuple[str, str, str]:
+    """A checkout or session benchmark's ratio target: met when every arm's paired CPU ratio
+    is within it (CPU: what the process itself spent; wall time also counts the time other
+    tenants of a shared machine take, shown next to it)."""
+    by = {row["arm"]: row for row in bench["summary"]}
+    aa = by["bare (A/A)"]
+    noise = max(abs(1 - aa["cpu_ratio_paired"]), abs(1 - aa["ratio_paired"]))
+    worst = max(by[arm]["cpu_ratio_paired"] for arm in arms)
+    measured = "; ".join(
+        f"{arm}: CPU {by[arm]['cpu_ratio_paired']:.3f}, wall {by[arm]['ratio_paired']:.3f}"
+        for arm in arms
+    )
+    return (
+        f"{what} ≤ {target:.2f} x bare",
+        f"{measured} (A/A CPU {aa['cpu_ratio_paired']:.3f}, wall {aa['ratio_paired']:.3f})",
+        _verdict(worst <= target, worst - target, noise),
+    )
+
+
+def _instruction_target(
+    found: dict[str, Any], workload: str, arms: list[str], target: float, what: str
+) -> tuple[str, str, str]:
+    """The same target decided on instructions per operation (valgrind: independent of the
+    machine's load)."""
+    from bench.instructions import summary
+
+    by = {row["arm"]: row for row in summary(found, workload)}
+    aa = by["bare (A/A)"]["ratio"]
+    worst = max(by[arm]["ratio"] for arm in arms)
+    measured = "; ".join(
+        f"{arm}: {by[arm]['ratio']:.3f} ({by[arm]['delta']:+,.0f} instructions)" for arm in arms
+    )
+    return (
+        f"{what} ≤ {target:.2f} x bare (instructions)",
+        f"{measured}; A/A {aa:.3f}",
+        _verdict(worst <= target, worst - target, abs(1 - aa)),
+    )
+
+
 def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(target, measured, verdict) for each target of the issue this run covers."""
+    """(target, measured, verdict) for each target this run covers."""
     found: list[tuple[str, str, str]] = []
     if "e2e" in results:
-        for endpoint, rows in results["e2e"]["summary"].items():
-            by = {row["arm"]: row for row in rows}
-            obs, aa = by["observer"], by["bare (A/A)"]
-            # the noise floor: how far two identical bare servers drifted apart in any round
-            noise = max(abs(1 - r) for r in aa["rps_ratios"])
-            ratio = obs["rps_ratio_paired"]
-            verdict = "met" if ratio >= 0.98 else "missed"
-            if verdict == "missed" and 1 - ratio <= noise:
-                verdict = "not resolvable: the miss is within the A/A noise"
-            floor = by.get("passthrough (the floor)")
-            found.append(
-                (
-                    f"{endpoint} throughput with instrument() ≥ 98 % of bare",
-                    f"{ratio * 100:.1f} % (A/A median {aa['rps_ratio_paired'] * 100:.1f} %, "
-                    f"worst round ±{noise * 100:.0f} %"
-                    + (
-                        f"; a pass-through middleware {floor['rps_ratio_paired'] * 100:.1f} %"
-                        if floor
-                        else ""
-                    )
-                    + ")",
-                    verdict,
-                )
+        found += _http_targets(results)
+    counted = results.get("instructions")
+    if counted is not None:
+        found.append(
+            _instruction_target(
+                counted,
+                "cycle",
+                ["observer", "observer, in a request"],
+                CYCLE_TARGET,
+                "checkout cycle (asyncpg), in and out of a request,",
             )
-            p99 = obs["p99_ratio"]
-            p99_noise = max(abs(r - 1) for r in aa["p99_ratios"])
-            verdict = "met" if p99 <= 1.05 else "missed"
-            if verdict == "missed" and p99 - 1 <= p99_noise:
-                verdict = "not resolvable: the miss is within the A/A noise"
-            found.append(
-                (
-                    f"{endpoint} p99 with instrument() within 5 % of bare",
-                    f"{(p99 - 1) * 100:+.1f} % (A/A {(aa['p99_ratio'] - 1) * 100:+.1f} %, "
-                    f"worst round ±{p99_noise * 100:.0f} %)",
-                    verdict,
-                )
+        )
+        found.append(
+            _instruction_target(
+                counted,
+                "session",
+                ["observer, capture_origin=True"],
+                SESSION_TARGET,
+                "ORM session cycle (asyncpg) with origin capture",
             )
+        )
     if "checkout" in results:
         for bench in results["checkout"]:
-            if bench["name"] != "cycle":
-                continue
-            by = {row["arm"]: row for row in bench["summary"]}
-            obs, otel, aa = by["observer"], by["otel-sqlalchemy"], by["bare (A/A)"]
-            inreq = by["observer, in a request"]
-            found.append(
-                (
-                    "added cost per checkout cycle ≤ 5 µs (median; asyncpg cycle, wall and CPU)",
-                    f"{obs['delta_us']:+.1f} µs wall, {obs['cpu_delta_us']:+.1f} µs CPU; in a "
-                    f"request {inreq['delta_us']:+.1f} / {inreq['cpu_delta_us']:+.1f} µs "
-                    f"(A/A {aa['delta_us']:+.1f} / {aa['cpu_delta_us']:+.1f} µs)",
-                    _cycle_verdict(obs, inreq),
+            if bench["name"] == "cycle" and counted is None:
+                found.append(
+                    _ratio_target(
+                        bench,
+                        ["observer", "observer, in a request"],
+                        CYCLE_TARGET,
+                        "checkout cycle (asyncpg), in and out of a request,",
+                    )
                 )
-            )
-            found.append(
-                (
-                    "…and lower than OpenTelemetry's in the same run",
-                    f"observer {obs['delta_us']:+.1f} µs vs otel {otel['delta_us']:+.1f} µs",
-                    "met" if obs["delta_us"] < otel["delta_us"] else "missed",
+            if bench["name"] == "cycle":
+                by = {row["arm"]: row for row in bench["summary"]}
+                obs, otel = by["observer"], by["otel-sqlalchemy"]
+                found.append(
+                    (
+                        "checkout cycle: lower cost than OpenTelemetry's in the same run",
+                        f"observer {obs['ratio_paired']:.3f} x bare vs otel "
+                        f"{otel['ratio_paired']:.3f} x bare",
+                        "met" if obs["delta_us"] < otel["delta_us"] else "missed",
+                    )
                 )
-            )
+            elif bench["name"] == "session" and counted is None:
+                found.append(
+                    _ratio_target(
+                        bench,
+                        ["observer, capture_origin=True"],
+                        SESSION_TARGET,
+                        "ORM session cycle (asyncpg) with origin capture",
+                    )
+                )
     if "scale" in results:
         render = results["scale"]["render"]
         found.append(
@@ -348,29 +458,18 @@ def markdown(results: dict[str, Any]) -> str:
             f"benchmark database and the load generator on CPU {p['postgres_and_load']}."
         )
         out.append("")
+    checked = targets(results)
+    if checked:
+        out += ["## Targets (ratios to bare, computed from this run)", ""]
+        out += _table(["target", "measured", "verdict"], [list(t) for t in checked])
     if "checkout" in results:
         out += _checkout(results)
+    if "instructions" in results:
+        out += _instructions(results)
     if "asgi" in results:
         out += _asgi(results)
     if "e2e" in results:
         out += _e2e(results)
     if "scale" in results:
         out += _scale(results)
-    checked = targets(results)
-    if checked:
-        out += ["## Targets (computed from this run)", ""]
-        out += _table(["target", "measured", "verdict"], [list(t) for t in checked])
     return "\n".join(out)
-
-
-def _cycle_verdict(outside: dict[str, float], inside: dict[str, float]) -> str:
-    """Met only if the cycle is within 5 µs both outside and inside a request."""
-    worst_outside = max(outside["delta_us"], outside["cpu_delta_us"])
-    worst_inside = max(inside["delta_us"], inside["cpu_delta_us"])
-    if max(worst_outside, worst_inside) <= 5:
-        return "met"
-    if worst_outside <= 5:
-        return "met outside a request, missed inside one"
-    if worst_inside <= 5:
-        return "met inside a request, missed outside one"
-    return "missed"

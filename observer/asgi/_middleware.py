@@ -11,7 +11,7 @@ from observer._hooks import Hooks
 from observer._types import Snapshot
 from observer.asgi._live_page import LivePage
 from observer.asgi._requests import Requests
-from observer.attribution._scope import ENDED, REQUEST, ROOT_PATH, RequestScope, current_http
+from observer.attribution._scope import ENDED, HttpRequest, RequestScope, current_http
 from observer.settings import Settings
 
 
@@ -82,27 +82,28 @@ class ObserverMiddleware:
             await self.live_page(scope, receive, send)
             return
         observer = self.observer
-        scope[ROOT_PATH] = scope.get("root_path", "")
+        # The contextvar holds a small holder, never the scope: see HttpRequest.
+        http = HttpRequest(scope)
         if self.eager:  # request logs need every request's scope (status, duration, id) at once
             try:
-                scope[REQUEST] = observer.begin_request(scope)
+                http.request = observer.begin_request(scope)
             except Exception as exc:  # never fail the request because of us
                 observer.hooks.failed("begin_request", exc)
-                scope[REQUEST] = ENDED  # the request goes on unobserved
+                http.request = ENDED  # the request goes on unobserved
         # Otherwise the pool hooks create the request's scope on first use (request_now); a
         # request that never uses the pool only counts on its route when it ends.
-        sender = _Sender(send, scope, observer, self.server_timing)
-        token = current_http.set(scope)
+        sender = _Sender(send, http, observer, self.server_timing)
+        token = current_http.set(http)
         try:
             await self.app(scope, receive, sender)
         except BaseException as exc:  # recorded for the request's log line, then re-raised
-            request = scope.get(REQUEST)
+            request = http.request
             if request is not None and request is not ENDED:
                 request.error = type(exc).__name__
             raise
         finally:
             current_http.reset(token)
-            observer.requests.end_http(scope)
+            observer.requests.end_http(http)
 
 
 class _Sender:
@@ -116,7 +117,7 @@ class _Sender:
     __slots__ = ("http", "observer", "send", "server_timing")
 
     def __init__(
-        self, send: Send, http: Scope, observer: RequestObserver, server_timing: bool
+        self, send: Send, http: HttpRequest, observer: RequestObserver, server_timing: bool
     ) -> None:
         self.send = send
         self.http = http
@@ -126,15 +127,22 @@ class _Sender:
     async def __call__(self, message: Message, clock: Callable[[], float] = perf_counter) -> None:
         kind = message["type"]
         if kind == "http.response.start":
-            request = self.http.get(REQUEST)
+            request = self.http.request
             if request is not None and request is not ENDED:
                 request.status = message.get("status", 0)
                 if self.server_timing:
                     message = _with_server_timing(message, request, self.observer)
             await self.send(message)
         elif kind == "http.response.body" and not message.get("more_body", False):
-            await self.send(message)
-            request = self.http.get(REQUEST)
+            # The server may schedule work that copies the context inside the last send
+            # (uvicorn's keep-alive timer: it stays in the loop's heap for seconds, cancelled
+            # or not): it gets a context without this request, so nothing of ours lives on.
+            token = current_http.set(None)
+            try:
+                await self.send(message)
+            finally:
+                current_http.reset(token)
+            request = self.http.request
             if request is not None and request is not ENDED:
                 request.response_end = clock()
         else:

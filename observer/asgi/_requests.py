@@ -12,7 +12,7 @@ from observer._logs import emit
 from observer.attribution._request_ids import request_id
 from observer.attribution._route_metrics import RouteMetrics
 from observer.attribution._route_templates import UNMATCHED, route_template
-from observer.attribution._scope import ENDED, REQUEST, ROOT_PATH, RequestScope
+from observer.attribution._scope import ENDED, HttpRequest, RequestScope
 from observer.sessions._tracker import SessionTracker
 from observer.settings import Settings
 
@@ -48,10 +48,9 @@ class Requests:
         """The app returned: resolve the route template, add the totals to the route, check
         the sessions left open, and log the request (opt-in). Never raises."""
         now = clock()
+        asgi, request.asgi = request.asgi, None  # whatever happens below
         try:
-            asgi = request.asgi
             request.route = UNMATCHED if asgi is None else route_template(asgi, request.root_path)
-            request.asgi = None
             hold = request.hold_now(now)
             self._routes.finish(request)
             self.serving = True
@@ -77,21 +76,24 @@ class Requests:
         except Exception as exc:
             self._hooks.failed("end_request", exc)
 
-    def end_http(self, http: Scope) -> None:
+    def end_http(self, http: HttpRequest) -> None:
         """The app returned, for a request whose scope was created on first use (if at all):
-        one that used the pool ends like any; one that did not only counts on its route."""
+        one that used the pool ends like any; one that did not only counts on its route.
+        Either way ``http`` forgets the ASGI scope (code that keeps the request's context,
+        such as a server's keep-alive timer, must not keep the scope alive)."""
+        asgi = http.end()
         try:
-            root_path = http.pop(ROOT_PATH, "")
-            request = http.get(REQUEST)
+            request = http.request
             if request is ENDED:  # never observed (starting its scope failed)
                 return
             if request is not None:
-                # end() drops the scope's reference to ``http`` (no cycle); the finished scope
+                # end() drops the scope's reference to the ASGI scope; the finished scope
                 # stays, so work the request left running (a task) still counts on its route
                 self.end(request)
                 return
-            http[REQUEST] = ENDED
-            self._routes.count_request(route_template(http, root_path))
+            http.request = ENDED
+            if asgi is not None:
+                self._routes.count_request(route_template(asgi, http.root_path))
             self.serving = True
         except Exception as exc:
             self._hooks.failed("end_request", exc)

@@ -69,20 +69,44 @@ current_request: ContextVar[RequestScope | None] = ContextVar("pool_observer_req
 """A :class:`RequestScope` set directly by code that runs outside the middleware (tests,
 benchmarks); it wins over :data:`current_http`. Read it with :func:`request_now`."""
 
-current_http: ContextVar[MutableMapping[str, Any] | None] = ContextVar(
-    "pool_observer_http", default=None
-)
-"""The ASGI scope of the HTTP request being served. Its :class:`RequestScope` is created when
-the request first uses the pool (:func:`request_now`): a request that never does costs no
-scope, no id and no Server-Timing header."""
-
-REQUEST = "pool_observer.request"
-"""Key of the request's :class:`RequestScope` in its ASGI scope, once created."""
 ENDED: Any = object()
-"""The value at :data:`REQUEST` once a request that never used the pool has ended: work it
-left running (a task it spawned) counts as outside any request."""
-ROOT_PATH = "pool_observer.root_path"
-"""Key of the ASGI scope's ``root_path`` as the middleware saw it (mounts change it later)."""
+""":attr:`HttpRequest.request` of a request that ended without using the pool (or whose scope
+could not be made): work it left running (a task it spawned) counts as outside any request."""
+
+
+class HttpRequest:
+    """What the middleware puts in :data:`current_http` for one HTTP request: its ASGI scope
+    while it runs, and its :class:`RequestScope` once the request used the pool.
+
+    Never the ASGI scope itself: code that copies the context keeps whatever the contextvar
+    holds, and the server does so in the request's last ``send`` (uvicorn's keep-alive timer,
+    ``loop.call_later``; cancelled at the connection's next request, a ``TimerHandle`` stays in
+    the loop's heap with its context until its time). The scope, and all it references, then
+    lived for seconds after its request: dozens of them under load, work for the garbage
+    collector that cost several percent of the HTTP throughput (bench/README.md, "The HTTP
+    gap"). This holder drops its reference to the scope when the request ends (:meth:`end`);
+    what stays is a few slots.
+    """
+
+    __slots__ = ("asgi", "request", "root_path")
+
+    def __init__(self, asgi: MutableMapping[str, Any]) -> None:
+        self.asgi: MutableMapping[str, Any] | None = asgi
+        self.request: RequestScope | None = None  # or ENDED
+        self.root_path: str = asgi.get("root_path", "")
+        """``root_path`` when the request reached the middleware (a proxy prefix; mounts change
+        the scope's own later)."""
+
+    def end(self) -> MutableMapping[str, Any] | None:
+        """The request ended: forget its ASGI scope (returned, for the last look at it)."""
+        asgi, self.asgi = self.asgi, None
+        return asgi
+
+
+current_http: ContextVar[HttpRequest | None] = ContextVar("pool_observer_http", default=None)
+"""The HTTP request being served. Its :class:`RequestScope` is created when the request first
+uses the pool (:func:`request_now`): a request that never does costs no scope, no id and no
+Server-Timing header."""
 
 
 def request_now(clock: Callable[[], float] = perf_counter) -> RequestScope | None:
@@ -93,17 +117,20 @@ def request_now(clock: Callable[[], float] = perf_counter) -> RequestScope | Non
     http = current_http.get()
     if http is None:
         return None
-    found: RequestScope | None = http.get(REQUEST)
-    if found is ENDED:
-        return None
+    found = http.request
     if found is None:
-        found = http[REQUEST] = RequestScope(
-            method=http.get("method", ""),
-            request_id=request_id(http),
-            asgi=http,
-            root_path=http.get(ROOT_PATH, ""),
+        asgi = http.asgi
+        if asgi is None:  # it ended (never used the pool while it ran)
+            return None
+        found = http.request = RequestScope(
+            method=asgi.get("method", ""),
+            request_id=request_id(asgi),
+            asgi=asgi,
+            root_path=http.root_path,
             started=clock(),
         )
+    elif found is ENDED:
+        return None
     return found
 
 

@@ -41,6 +41,9 @@ class ThreadSums:
     def __init__(self, size: int) -> None:
         self._size = size
         self._by_thread: dict[int, list[float]] = {}
+        self.by_thread = self._by_thread
+        """Each thread's sums by ``get_ident()``: the hot path's inline lookup, falling back
+        to :meth:`slot` the first time (``by_thread.get(get_ident()) or slot()``)."""
         self._taken: dict[int, list[float]] = {}
         self._lock = threading.Lock()
 

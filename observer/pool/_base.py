@@ -108,6 +108,7 @@ class TrackerParts:
     _lock: threading.Lock
     _batched: bool
     _slot: Callable[[], list[float]]
+    _by_thread: dict[int, list[float]]  # the ThreadSums' lists by thread (looked up inline)
     _idle_in_old: dict[int, int]
     _queue_pools: set[int]
     _reclaiming: weakref.WeakKeyDictionary[ConnectionPoolEntry, Reclaimed]

@@ -95,6 +95,7 @@ class PoolTracker(PoolEvents):
         self._waiters: list[None] = []
         self._sums = ThreadSums(_SIZE)
         self._slot = self._sums.slot
+        self._by_thread = self._sums.by_thread
         # Batched only in a single process, where every read of the registry adds the sums not
         # moved yet (metrics/_collectors.py); in multiprocess mode another process reads the
         # files at any time (and a worker can die between two flushes), so every event goes to
@@ -112,8 +113,7 @@ class PoolTracker(PoolEvents):
         # connections are still in use. Plain dict operations only, atomic under the GIL,
         # because the garbage-collection path removes entries from inside a finalizer.
         self.held: dict[int, Stamp] = {}
-        # OpenTelemetry (observer/_otel.py): None unless configured, so it costs one test.
-        self.otel: PoolOtel | None = None
+        self.otel: PoolOtel | None = None  # OpenTelemetry (observer/_otel.py), when configured
         self.exemplars = False  # trace ids on the histograms (OpenMetrics), with tracing on
         self.span_events = False  # pool wait and hold as events of the current span
         # The pool whose connect() is wrapped now, weakly: SQLAlchemy's pool holds its engine

@@ -6,7 +6,6 @@ import os
 import sys
 import sysconfig
 from types import CodeType, FrameType
-from typing import NamedTuple
 
 # observer/ (this file is observer/sessions/_origin.py): every frame of the library is skipped
 _PACKAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "")
@@ -22,21 +21,43 @@ _LIBRARY_DIRS = tuple(
 _APP_DIRS = (os.path.join(_PACKAGE_DIR, "demo", ""),)
 _MAX_DEPTH = 80
 
-# id(code) -> (code, is it app code?). Bounded by the amount of code in the program. Keyed by
-# id(): hashing a code object hashes its constants again on every lookup (0.07-0.25 us each for
-# SQLAlchemy's functions); the entry holds the code object, so its id cannot be reused.
-_is_app_code: dict[int, tuple[CodeType, bool]] = {}
+# id(code) -> is it app code? Bounded by the amount of code in the program. Keyed by id():
+# hashing a code object hashes its constants again on every lookup (0.07-0.25 us each for
+# SQLAlchemy's functions); _seen holds every code object classified, so no id is reused.
+_is_app_code: dict[int, bool] = {}
+_seen: list[CodeType] = []
 
 
-class Origin(NamedTuple):
-    """A code location: file, line and function."""
+class Origin(tuple[CodeType, int]):
+    """A code location, captured as (code object, line) on the hot path (one tuple, no string)
+    and formatted as ``file:line in function`` only when it is shown (a leak reported, a
+    snapshot). Equal when the code object and line are."""
 
-    filename: str
-    lineno: int
-    function: str
+    __slots__ = ()
+
+    @property
+    def filename(self) -> str:
+        return self[0].co_filename
+
+    @property
+    def lineno(self) -> int:
+        return self[1]
+
+    @property
+    def function(self) -> str:
+        return self[0].co_name
 
     def __str__(self) -> str:
-        return f"{_display_path(self.filename)}:{self.lineno} in {self.function}"
+        return display(self[0].co_filename, self[1], self[0].co_name)
+
+    def __repr__(self) -> str:
+        return f"Origin({str(self)!r})"
+
+
+def display(filename: str, lineno: int, function: str) -> str:
+    """How an origin is shown: ``file:line in function``, the file relative to the working
+    directory when it is under it."""
+    return f"{_display_path(filename)}:{lineno} in {function}"
 
 
 def _display_path(filename: str) -> str:
@@ -63,14 +84,12 @@ def _search(frame: FrameType | None) -> Origin | None:
     depth = 0
     while frame is not None and depth < _MAX_DEPTH:
         code = frame.f_code
-        known = _is_app_code.get(id(code))
-        if known is None:
-            app = _classify(code)
-            _is_app_code[id(code)] = (code, app)
-        else:
-            app = known[1]
+        app = _is_app_code.get(id(code))
+        if app is None:
+            app = _is_app_code[id(code)] = _classify(code)
+            _seen.append(code)
         if app:
-            return Origin(code.co_filename, frame.f_lineno, code.co_name)
+            return Origin((code, frame.f_lineno))
         frame = frame.f_back
         depth += 1
     return None

@@ -11,6 +11,7 @@ import weakref
 from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
+from threading import get_ident
 from time import perf_counter
 from typing import Any
 
@@ -112,13 +113,18 @@ class SessionTracker:
         self.leak_origins: dict[tuple[str, str, str], int] = {}
         # origin -> sessions garbage-collected while open, whatever they were counted as first
         self.collected_origins: dict[str, int] = {}
+        # The two hooks run for every session: each catches its own errors (one call less
+        # than Hooks.guard, whose *args wrapper is a frame and a tuple a call).
+        self._begin_failed = hooks.reporter("session_begin")
+        self._end_failed = hooks.reporter("session_end")
         self._listeners = (
-            ("after_transaction_create", hooks.guard("session_begin", self._on_begin)),
-            ("after_transaction_end", hooks.guard("session_end", self._on_end)),
+            ("after_transaction_create", self._on_begin),
+            ("after_transaction_end", self._on_end),
         )
         self._attached = False
         self._sums = ThreadSums(_DURATION.end)
         self._slot = self._sums.slot
+        self._by_thread = self._sums.by_thread  # looked up inline on the hot path
         # as in the pool tracker: batched only where every read of the registry adds the sums
         self._batched = not metrics.multiprocess and can_batch(
             metrics.session_duration, HOLD_BUCKETS
@@ -146,7 +152,7 @@ class SessionTracker:
         self.listen()
 
     def listen(self) -> None:
-        """Listen to every ``Session`` (once); :meth:`_watched` picks the ones tracked."""
+        """Listen to every ``Session`` (once); :meth:`_on_begin` picks the ones tracked."""
         if not self._attached:
             for identifier, fn in self._listeners:
                 event.listen(Session, identifier, fn)
@@ -170,49 +176,45 @@ class SessionTracker:
         self._attached = False
         self._engines.clear()
 
-    def _watched(self, session: Session) -> bool:
-        bind: Any = session.bind
-        if isinstance(bind, Connection):
-            bind = bind.engine
-        return bind is not None and id(bind) in self._engines
-
     def _on_begin(
         self,
         session: Session,
         transaction: SessionTransaction,
         clock: Callable[[], float] = perf_counter,
     ) -> None:
-        if transaction.parent is not None or not self._watched(session):
-            return  # a nested transaction, or a session of an engine nobody watches
-        key = id(session)
-        scope = request_now()
-        origin = created = None
-        if self._capture_origin:
-            origin = origins.capture()
-            created = session.__dict__.get(_CREATED)  # set by the Session.__init__ wrapper
-        record = OpenSession(
-            key=key,
-            started=clock(),
-            scope=scope,
-            origin=origin,
-            created=created,
-            tracker=self,
-        )
-        record.ref = weakref.ref(session, record)
-        self.open[key] = record
-        if self._batched:
-            self._slot()[_OPENED] += 1
-        else:
-            self._m.sessions_opened.inc()
-        if scope is not None:
-            if not scope.span_noted:
-                remember_span(scope)
-            scope.sessions_opened += 1
-            if not scope.finished:  # checked for request_end leaks when the request ends
-                if scope.sessions is None:
-                    scope.sessions = [record]
-                else:
-                    scope.sessions.append(record)
+        try:
+            if transaction.parent is not None:
+                return  # a nested transaction
+            bind: Any = session.bind
+            if isinstance(bind, Connection):
+                bind = bind.engine
+            if bind is None or id(bind) not in self._engines:
+                return  # a session of an engine nobody watches
+            scope = request_now()
+            if self._capture_origin:  # (code, line) each: formatted only if a leak is shown
+                origin = origins.capture()
+                created = session.__dict__.get(_CREATED)  # set by the Session.__init__ wrapper
+            else:
+                origin = created = None
+            key = id(session)
+            record = OpenSession(key, clock(), scope, origin, created, None, None, False, self)
+            record.ref = weakref.ref(session, record)
+            self.open[key] = record
+            if self._batched:
+                (self._by_thread.get(get_ident()) or self._slot())[_OPENED] += 1
+            else:
+                self._m.sessions_opened.inc()
+            if scope is not None:
+                if not scope.span_noted:
+                    remember_span(scope)
+                scope.sessions_opened += 1
+                if not scope.finished:  # checked for request_end leaks when the request ends
+                    if scope.sessions is None:
+                        scope.sessions = [record]
+                    else:
+                        scope.sessions.append(record)
+        except Exception as exc:
+            self._begin_failed(exc)
 
     def _on_end(
         self,
@@ -220,22 +222,25 @@ class SessionTracker:
         transaction: SessionTransaction,
         clock: Callable[[], float] = perf_counter,
     ) -> None:
-        if transaction.parent is not None:
-            return
-        record = self.open.pop(id(session), None)
-        if record is None:
-            return
-        record.ref = None  # the session ended properly: its finalizer callback is dropped
-        record.closed = True
-        now = clock()
-        self._ended(record, now)
-        if record.reported is not None:
-            self._resolved(record, "closed", now)
+        try:
+            if transaction.parent is not None:
+                return
+            record = self.open.pop(id(session), None)
+            if record is None:
+                return
+            record.ref = None  # the session ended properly: its finalizer callback is dropped
+            record.closed = True
+            now = clock()
+            self._ended(record, now)
+            if record.reported is not None:
+                self._resolved(record, "closed", now)
+        except Exception as exc:
+            self._end_failed(exc)
 
     def _ended(self, record: OpenSession, now: float) -> None:
         took = now - record.started
         if self._batched:
-            sums = self._slot()
+            sums = self._by_thread.get(get_ident()) or self._slot()
             sums[_CLOSED] += 1
             sums[_DURATION_START + bisect_left(_DURATION_BOUNDS, took)] += 1
             sums[_DURATION_SUM] += took

@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 
 from observer.attribution._scope import RequestScope, current_request
 from observer.pool._handout import HINT
-from observer.sessions._origin import Origin
+from observer.sessions._origin import display
 from tests.helpers import hook_errors, sample
 
 pytestmark = pytest.mark.postgres
@@ -32,7 +32,7 @@ SELECT_1 = text("SELECT 1")
 def origin(marker: str, function: str) -> str:
     """The origin the observer records for the line of this file that carries ``marker``."""
     line = next(n for n, source in enumerate(SOURCE, 1) if source.endswith(f"# {marker}"))
-    return str(Origin(__file__, line, function))
+    return display(__file__, line, function)
 
 
 class GatedClose(asyncpg.Connection):  # type: ignore[misc]

@@ -149,3 +149,58 @@ def _fn() -> str:
     assert frame is not None
     assert frame.f_back is not None
     return frame.f_back.f_code.co_name
+
+
+async def test_a_failing_session_hook_is_counted_and_never_reaches_the_app(
+    make_engine: Any,
+    make_observer: Any,
+    registry: CollectorRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The two session hooks catch their own errors (no guard wrapper on the hot path): a bug
+    of ours while a transaction begins or ends loses that session's tracking, is counted in
+    observer_hook_errors_total under the hook's name, and the app's session works as usual."""
+    from observer.sessions import _origin
+
+    engine = make_engine(pool_size=2)
+    obs = make_observer()
+    obs.watch(engine)
+    Session = async_sessionmaker(engine)
+
+    def broken() -> None:
+        raise RuntimeError("a bug of ours")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_origin, "capture", broken)
+        async with Session() as session:
+            assert (await session.execute(text("SELECT 1"))).scalar_one() == 1
+    with monkeypatch.context() as patch:
+        patch.setattr(obs.sessions, "_ended", lambda record, now: broken())
+        async with Session() as session:
+            assert (await session.execute(text("SELECT 2"))).scalar_one() == 2
+    obs.flush()
+    errors = "observer_hook_errors_total"
+    assert sample(registry, errors, hook="session_begin") == 1.0
+    assert sample(registry, errors, hook="session_end") == 1.0
+    assert sample(registry, "sqlalchemy_orm_sessions_opened_total") == 1.0  # the second one
+    assert sample(registry, "sqlalchemy_orm_sessions_open") == 0.0
+
+
+def test_an_origin_is_a_code_object_and_a_line_formatted_only_when_shown() -> None:
+    """capture() returns (code object, line): no string is built on the hot path; str() gives
+    ``file:line in function``, and two captures of the same line are equal."""
+    from types import CodeType
+
+    from observer.sessions._origin import capture
+
+    def here() -> Any:
+        return capture()
+
+    first, second = here(), here()
+    assert first is not None
+    code, line = first
+    assert isinstance(code, CodeType)
+    assert code is here.__code__
+    assert first == second
+    assert (first.filename, first.lineno, first.function) == (__file__, line, "here")
+    assert str(first).endswith(f"test_sessions.py:{line} in here")
