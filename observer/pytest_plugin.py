@@ -27,7 +27,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry, Pool
 
 from observer._compat.sqlalchemy import in_gc_finalizer, pool_of_record, record_needs_gc
@@ -53,8 +52,7 @@ class _EverySession(SessionTracker):
     """The session tracker of the guard: every session, whatever its engine; it only keeps
     what it sees (no metrics, no log lines: the app's own observer reports those)."""
 
-    def _watched(self, session: Session) -> bool:
-        return True
+    every_engine = True
 
     def report(self, record: OpenSession, reason: str, now: float | None = None) -> None:
         record.reported = reason

@@ -176,6 +176,9 @@ class SessionTracker:
         self._attached = False
         self._engines.clear()
 
+    every_engine = False
+    """Track the sessions of every engine, watched or not (the pytest leak guard's tracker)."""
+
     def _on_begin(
         self,
         session: Session,
@@ -185,11 +188,12 @@ class SessionTracker:
         try:
             if transaction.parent is not None:
                 return  # a nested transaction
-            bind: Any = session.bind
-            if isinstance(bind, Connection):
-                bind = bind.engine
-            if bind is None or id(bind) not in self._engines:
-                return  # a session of an engine nobody watches
+            if not self.every_engine:
+                bind: Any = session.bind
+                if isinstance(bind, Connection):
+                    bind = bind.engine
+                if bind is None or id(bind) not in self._engines:
+                    return  # a session of an engine nobody watches
             scope = request_now()
             if self._capture_origin:  # (code, line) each: formatted only if a leak is shown
                 origin = origins.capture()
