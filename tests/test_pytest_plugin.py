@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+# Each inner run is a subprocess: one that never exits (an aiosqlite worker thread left running
+# by a leaked connection on SQLAlchemy before 2.0.46: docs/compatibility.md) fails its test
+# after this many seconds instead of stalling the whole suite.
+RUN_TIMEOUT = 300
+
 CONFTEST = """
 import pytest
 from prometheus_client import CollectorRegistry
@@ -133,7 +138,9 @@ HINT = (
 def test_leaky_tests_fail_with_where_the_session_was_opened(suite: pytest.Pytester) -> None:
     """Each leaky test, sync or async, fails with one line per leak and the line that opened
     the session; clean tests, an allowed leak and a session a fixture closes pass."""
-    result = suite.runpytest_subprocess("-p", "observer.pytest_plugin", "-p", "no:cacheprovider")
+    result = suite.runpytest_subprocess(
+        "-p", "observer.pytest_plugin", "-p", "no:cacheprovider", timeout=RUN_TIMEOUT
+    )
     result.assert_outcomes(passed=9, failed=1, errors=4)
     result.stdout.fnmatch_lines(
         [
@@ -181,7 +188,13 @@ def test_leaky_tests_fail_with_where_the_session_was_opened(suite: pytest.Pytest
 def test_clean_tests_pass_under_the_guard(suite: pytest.Pytester) -> None:
     """Tests that close what they open pass, sync and async."""
     result = suite.runpytest_subprocess(
-        "-p", "observer.pytest_plugin", "-p", "no:cacheprovider", "-k", "clean or fixture_session"
+        "-p",
+        "observer.pytest_plugin",
+        "-p",
+        "no:cacheprovider",
+        "-k",
+        "clean or fixture_session",
+        timeout=RUN_TIMEOUT,
     )
     result.assert_outcomes(passed=4)
 
@@ -189,7 +202,7 @@ def test_clean_tests_pass_under_the_guard(suite: pytest.Pytester) -> None:
 def test_without_the_plugin_nothing_is_checked(suite: pytest.Pytester) -> None:
     """The guard is opt-in: without ``-p observer.pytest_plugin`` leaky tests pass."""
     result = suite.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-k", "left_open or connection_kept"
+        "-p", "no:cacheprovider", "-k", "left_open or connection_kept", timeout=RUN_TIMEOUT
     )
     result.assert_outcomes(passed=3)
 
@@ -213,7 +226,9 @@ def test_leaks(observer_leak_guard):
     KEPT.append(session)
 """
     )
-    result = suite.runpytest_subprocess("-p", "no:cacheprovider", "test_fixture_only.py")
+    result = suite.runpytest_subprocess(
+        "-p", "no:cacheprovider", "test_fixture_only.py", timeout=RUN_TIMEOUT
+    )
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(
         [
@@ -298,7 +313,9 @@ def test_a_suite_that_builds_its_own_engine_and_session_factory_is_guarded(
         "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
     )
     pytester.makepyfile(test_login=OWN_ENGINE_TESTS)
-    result = pytester.runpytest_subprocess("-p", "observer.pytest_plugin", "-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess(
+        "-p", "observer.pytest_plugin", "-p", "no:cacheprovider", timeout=RUN_TIMEOUT
+    )
     result.assert_outcomes(passed=3, errors=2)
     result.stdout.fnmatch_lines(
         [

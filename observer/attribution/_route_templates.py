@@ -5,7 +5,8 @@ Starlette 1.10):
 
 - The router writes the matched route into ``scope["route"]`` (Starlette's ``Route`` and
   FastAPI's ``APIRoute``); the scope is updated in place, so a middleware sees it after the
-  app ran.
+  app ran. Older Starlette routers (0.37, the floor) leave only ``scope["endpoint"]``: the
+  route is then re-derived from it (observer/_compat/starlette.py).
 - FastAPI >= 0.137 no longer copies the routes of ``include_router(prefix=...)``: the
   original ``APIRoute`` (path without the prefixes) lands in ``scope["route"]`` and the
   prefixed template is in ``scope["fastapi"]["effective_route_context"].path_format``.
@@ -23,6 +24,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from observer._asgi_types import Scope
+from observer._compat.starlette import routed_route
 
 UNMATCHED = "unmatched"
 """Route label of a request no route matched (404s, scanners): one value, however many paths."""
@@ -42,8 +44,10 @@ def route_template(scope: Scope, root_path: str = "") -> str:
     """
     try:
         route: Any = scope.get("route")
-        if route is None:
-            return UNMATCHED
+        if route is None:  # an older Starlette router did not record it: re-derive it
+            route = routed_route(scope, root_path)
+            if route is None:
+                return UNMATCHED
         mount: str | None = ""
         current = scope.get("root_path")
         if current != root_path and isinstance(current, str):  # mounts grew it: walk them

@@ -12,12 +12,13 @@ import logging
 import os
 import sys
 import traceback
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
@@ -56,6 +57,14 @@ def create() -> FastAPI:
     )
     Session = async_sessionmaker(engine, expire_on_commit=False)
     app = FastAPI()
+    # The driver connections the app opened, held weakly: /admin/state reports how many the
+    # driver still sees open, so a test waits until the app has read the end of every backend
+    # the server killed before it uses them (tests/helpers/terminate.py says why).
+    drivers: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def remember(dbapi_connection: Any, connection_record: Any) -> None:
+        drivers.add(dbapi_connection.driver_connection)
 
     async def error(request: Request, exc: Exception) -> JSONResponse:
         # The error class in the body lets the test compare the two arms; the traceback goes to
@@ -101,7 +110,12 @@ def create() -> FastAPI:
     async def state() -> dict[str, Any]:
         await asyncio.sleep(0)
         pool: Any = engine.pool
-        return {"pid": os.getpid(), "rss_kib": _rss_kib(), "checked_out": pool.checkedout()}
+        return {
+            "pid": os.getpid(),
+            "rss_kib": _rss_kib(),
+            "checked_out": pool.checkedout(),
+            "open_connections": sum(1 for driver in list(drivers) if not driver.is_closed()),
+        }
 
     if env.get("CHAOS_OBSERVER") == "1":
         import observer

@@ -198,6 +198,17 @@ def wait_checked_out(server: Server, n: int, timeout: float = 10) -> None:
         time.sleep(0.02)
 
 
+def wait_connections_closed(server: Server, timeout: float = 10) -> None:
+    """Wait until the app's driver has read the end of every connection it opened, after the
+    server killed them all: a statement started before that point fails with an error that is
+    not a disconnect (asyncpg's InternalClientError; tests/helpers/terminate.py)."""
+    deadline = time.monotonic() + timeout
+    while server.state()["open_connections"]:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the app still sees connections open: {server.state()}")
+        time.sleep(0.02)
+
+
 # -- checks -------------------------------------------------------------------------------
 
 _FRAME = re.compile(r'^\s+File "([^"]+)", line \d+, in (\S+)')

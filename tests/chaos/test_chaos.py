@@ -184,7 +184,7 @@ def test_backends_terminated(chaos_url: str, tmp_path: Path) -> None:
         phases["busy"] = in_flight(server, ["/sleep?seconds=5"] * 4, kill, hold=4)
         phases["after_busy"] = load(server, ["/work"] * 10 * SCALE, concurrency=1)
         assert asyncio.run(terminate_backends(chaos_url, name)) >= 1  # idle in the pool
-        time.sleep(0.3)  # the backend exits after the call returns
+        harness.wait_connections_closed(server)  # the app has read each killed backend's end
         phases["after_idle"] = load(server, ["/work"] * 10 * SCALE, concurrency=1)
         return phases
 

@@ -27,6 +27,7 @@ from structlog.testing import capture_logs
 import observer
 from observer._logs import RedactSecrets, scrub
 from tests.helpers import PG_HOST, PG_PORT, PG_USER, sample
+from tests.helpers.terminate import terminate_backend
 
 pytestmark = pytest.mark.postgres
 
@@ -230,16 +231,15 @@ async def test_terminated_backend_logs_connection_invalidated_with_the_error_cla
     make_engine: Callable[..., AsyncEngine], registry: CollectorRegistry
 ) -> None:
     """A backend killed by the server: pool.connection_invalidated names the error class and
-    the route of the request that held the connection, never the driver's message."""
+    the route of the request that held the connection, never the driver's message. (The kill
+    returns once the client has seen the backend end: tests/helpers/terminate.py.)"""
     engine = make_engine(pool_size=2, max_overflow=0)
     app = FastAPI()
 
     @app.get("/victim")
     async def victim() -> int:
         async with engine.connect() as conn:
-            pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
-            async with engine.connect() as killer:
-                await killer.execute(text(f"SELECT pg_terminate_backend({pid})"))
+            await terminate_backend(engine, conn)
             await conn.execute(text("SELECT 1"))
         return 0  # pragma: no cover
 

@@ -42,6 +42,7 @@ def test_the_floors_corner_pins_the_declared_floors() -> None:
     """Each pinned dependency has one declared floor, and the corner installs exactly it."""
     pins, floors = matrix_pins(), declared_floors()
     assert sorted(pins) == [
+        "aiosqlite",
         "asyncpg",
         "fastapi",
         "opentelemetry-api",

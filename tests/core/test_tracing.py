@@ -4,6 +4,8 @@ semantic-convention pool metrics with an InMemoryMetricReader, exemplars in Open
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -18,8 +20,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.exposition import generate_latest
-from sqlalchemy import event, exc, text
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy import create_engine, event, exc, text
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import QueuePool
 
 import observer
 from observer._otel import meter_provider_or_none
@@ -223,5 +226,55 @@ async def test_tracing_off_adds_no_listener_and_no_span(
         async with engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
         assert "trace_id" not in generate_latest(registry).decode()
+    finally:
+        obs.close()
+
+
+def _query_span_listeners() -> int:
+    from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+
+    from observer._compat.otel import engine_tracer_listeners
+
+    return len(engine_tracer_listeners(EngineTracer))
+
+
+async def test_tracing_holds_a_watched_engine_weakly(
+    pg_url: str, registry: CollectorRegistry
+) -> None:
+    """With tracing on, a watched engine, sync or async, is still held weakly: the app drops
+    its last reference (no dispose, no unwatch) and the engine is freed, with its query-span
+    listeners; the observer forgets the pool, and drops its QuerySpans, at the next flush."""
+    from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+
+    from observer._otel import QuerySpans
+
+    def tracers() -> int:
+        return sum(1 for o in gc.get_objects() if type(o) in (QuerySpans, EngineTracer))
+
+    provider, exporter = tracing()
+    obs = observer.Observer(registry=registry, tracing=True, tracer_provider=provider)
+    before, tracers_before = _query_span_listeners(), tracers()
+    try:
+        sync_engine = create_engine("sqlite://", poolclass=QueuePool)
+        async_engine = create_async_engine(pg_url)
+        obs.watch(sync_engine, name="sync")
+        obs.watch(async_engine, name="async")
+        with sync_engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        async with async_engine.connect() as aconn:
+            await aconn.execute(text("SELECT 2"))
+        await async_engine.dispose()  # closes the asyncpg connections inside this event loop
+        statements = [s.attributes.get("db.statement") for s in exporter.get_finished_spans()]
+        assert statements == ["SELECT 1", "SELECT 2"]
+        assert _query_span_listeners() == before + 14  # 7 per engine
+        assert tracers() == tracers_before + 4  # a QuerySpans and its EngineTracer per engine
+        gone = [weakref.ref(e) for e in (sync_engine, async_engine, async_engine.sync_engine)]
+        del sync_engine, async_engine, conn, aconn
+        gc.collect()
+        assert [ref() for ref in gone] == [None, None, None]
+        assert _query_span_listeners() == before
+        obs.flush()
+        assert obs.pool_names == []
+        assert tracers() == tracers_before
     finally:
         obs.close()

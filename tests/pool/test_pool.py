@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 
 from observer import Observer
 from tests.helpers import hook_errors, sample
+from tests.helpers.terminate import terminate_backend
 
 pytestmark = pytest.mark.postgres
 
@@ -145,17 +146,17 @@ async def test_backend_terminated_by_the_server_is_an_invalidation_with_exact_ga
     make_engine: Any, make_observer: Any, registry: CollectorRegistry
 ) -> None:
     """pg_terminate_backend on a held connection: the app's DBAPIError is unchanged, the
-    connection is counted invalidated, and the gauges come back to exact values."""
+    connection is counted invalidated, and the gauges come back to exact values. (The kill
+    returns once the client has seen the backend end: tests/helpers/terminate.py.)"""
     engine = make_engine(pool_size=2, max_overflow=0)
     admin = make_engine(poolclass=NullPool)
     obs = make_observer()
     obs.watch(engine, name=POOL)
     async with engine.connect() as conn:
-        pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar()
-        async with admin.connect() as other:
-            await other.execute(text(f"SELECT pg_terminate_backend({pid})"))
-        with pytest.raises(exc.DBAPIError):
+        await terminate_backend(admin, conn)
+        with pytest.raises(exc.DBAPIError) as raised:
             await conn.execute(text("SELECT 1"))
+        assert raised.value.connection_invalidated is True
         # SQLAlchemy invalidates a disconnected connection and checks it in at once
         assert gauges(registry)["out"] == 0.0
     assert gauges(registry)["out"] == 0.0
