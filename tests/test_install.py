@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import PG_HOST, PG_PORT, PG_USER, require, throwaway_database
-from tests.helpers.pgcluster import free_port
+from tests.helpers.processes import free_port
 from tests.helpers.scrape import Samples, scrape, value
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers.pgcluster import free_port
+from tests.helpers.processes import free_port
 from tests.helpers.scrape import Samples, scrape, value
 
 __all__ = ["value"]

@@ -26,7 +26,8 @@ from sqlalchemy.engine import make_url
 from tests.chaos import harness
 from tests.chaos.harness import SCALE, Outcomes, Server, load
 from tests.helpers import require
-from tests.helpers.pgcluster import PgCluster, available, free_port
+from tests.helpers.pgcluster import PgCluster, available
+from tests.helpers.processes import free_port
 
 pytestmark = [pytest.mark.chaos, pytest.mark.postgres]
 

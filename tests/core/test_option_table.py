@@ -578,7 +578,7 @@ def test_the_demo_says_in_one_line_that_it_cannot_connect(
     """A database that refuses the connection (nothing listening; on a server with password
     authentication a wrong password fails the same way) is one line naming the URL without its
     password, before any server starts."""
-    from tests.helpers.pgcluster import free_port
+    from tests.helpers.processes import free_port
 
     port = free_port()
     code = main(["demo", "--database-url", f"postgresql+asyncpg://app:Secr3t@127.0.0.1:{port}/x"])

@@ -32,7 +32,7 @@ from structlog.testing import capture_logs
 
 import observer
 from tests.helpers import PG_HOST, PG_PORT, admin
-from tests.helpers.pgcluster import free_port
+from tests.helpers.processes import free_port
 
 pytestmark = pytest.mark.postgres
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from observer.cli import main
-from tests.helpers.pgcluster import free_port
+from tests.helpers.processes import free_port
 
 
 def run_demo(capsys: pytest.CaptureFixture[str], *args: str) -> str:

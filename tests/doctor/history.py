@@ -7,9 +7,6 @@ import base64
 import contextlib
 import json
 import math
-import os
-import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -19,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from observer.metrics._spec import HOLD_BUCKETS, WAIT_BUCKETS
+from tests.helpers.processes import free_port, process_group
 
 JOB = "api"
 OTHER_JOB = "worker"
@@ -180,13 +178,6 @@ def _bcrypt(password: str) -> str:
         return crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
 def serve_history(
     text: str,
@@ -212,25 +203,15 @@ def serve_history(
     web.write_text(json.dumps({"basic_auth_users": users} if users else {}))
     port = free_port()
     log = work / "prometheus.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [prometheus, f"--config.file={config}", f"--storage.tsdb.path={data}",
-             f"--web.listen-address=127.0.0.1:{port}", f"--web.config.file={web}",
-             "--storage.tsdb.retention.time=30d"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+    args = [
+        prometheus, f"--config.file={config}", f"--storage.tsdb.path={data}",
+        f"--web.listen-address=127.0.0.1:{port}", f"--web.config.file={web}",
+        "--storage.tsdb.retention.time=30d",
+    ]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    try:
+    with process_group(args, log) as proc:
         _wait_ready(url, proc, log, time.monotonic() + deadline_seconds, login)
         yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
 
 
 def _wait_ready(

@@ -19,7 +19,8 @@ from observer.cli import main
 from observer.doctor import check_engine, check_sync_engine
 from observer.doctor._pool_checks import Deployment, PoolSettings
 from tests.helpers import require
-from tests.helpers.pgcluster import PgCluster, available, free_port
+from tests.helpers.pgcluster import PgCluster, available
+from tests.helpers.processes import free_port
 
 pytestmark = pytest.mark.postgres
 

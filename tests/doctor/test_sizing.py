@@ -16,8 +16,9 @@ import asyncpg
 import pytest
 
 from observer.cli import main
-from tests.doctor.history import JOB, WORKERS_A, A, Truth, free_port, openmetrics, serve_history
+from tests.doctor.history import JOB, WORKERS_A, A, Truth, openmetrics, serve_history
 from tests.helpers import PG_HOST, PG_PORT, PG_USER, require
+from tests.helpers.processes import free_port
 
 pytestmark = [pytest.mark.promtool, pytest.mark.slow]
 

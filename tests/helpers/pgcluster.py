@@ -22,6 +22,8 @@ import time
 from collections.abc import Mapping
 from types import TracebackType
 
+from tests.helpers.processes import free_port
+
 
 def find_bindir() -> str | None:
     """The directory holding initdb and pg_ctl (Debian keeps them out of PATH)."""
@@ -33,14 +35,6 @@ def find_bindir() -> str | None:
         if os.access(os.path.join(path, "initdb"), os.X_OK):
             return path
     return None
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def available() -> bool:

@@ -7,13 +7,11 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from observer.monitoring._render import write
 from observer.monitoring.config import MonitoringConfig
 from observer.server._label import server_label
 from tests.helpers import require
+from tests.helpers.processes import free_port, process_group
 from tests.monitoring.promql import MACROS, dashboard_expressions, substitute, variable_queries
 from tests.monitoring.shipped import ALERTS, DASHBOARDS, ROOT, RULES
 
@@ -36,32 +35,6 @@ JOB = "pool-observer-e2e"
 SIDECAR_JOB = "pool-observer-e2e-sidecar"
 # The Grafana interval for a 1 s scrape: 4 scrapes, as Grafana computes $__rate_interval.
 RATE_INTERVAL = "4s"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def _process(args: list[str], log: Path, **kwargs: Any) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``args`` in its own process group; stop the group (TERM, then KILL) on exit."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kwargs
-        )
-        try:
-            yield proc
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
 
 
 def _wait(
@@ -125,7 +98,7 @@ def test_alerts_fire_rules_evaluate_and_every_panel_has_data(
     require(prometheus_bin is not None, "prometheus is not installed (apt-get install prometheus)")
     assert prometheus_bin is not None
     deadline = time.monotonic() + DEADLINE_SECONDS
-    app_port, sidecar_port, prom_port = _free_port(), _free_port(), _free_port()
+    app_port, sidecar_port, prom_port = free_port(), free_port(), free_port()
     app_url, prom_url = f"http://127.0.0.1:{app_port}", f"http://127.0.0.1:{prom_port}"
     sidecar_url = f"http://127.0.0.1:{sidecar_port}"
     instance, sidecar_instance = f"127.0.0.1:{app_port}", f"127.0.0.1:{sidecar_port}"
@@ -176,9 +149,9 @@ def test_alerts_fire_rules_evaluate_and_every_panel_has_data(
     ]
     stop = threading.Event()
     with (
-        _process(app_args, app_log, cwd=ROOT) as app_proc,
-        _process(sidecar_args, sidecar_log, cwd=ROOT) as sidecar_proc,
-        _process(prom_args, prom_log) as prom_proc,
+        process_group(app_args, app_log, cwd=ROOT) as app_proc,
+        process_group(sidecar_args, sidecar_log, cwd=ROOT) as sidecar_proc,
+        process_group(prom_args, prom_log) as prom_proc,
         httpx.Client(base_url=app_url, timeout=10) as app,
         httpx.Client(base_url=prom_url, timeout=10) as prom,
     ):
@@ -356,7 +329,7 @@ def test_a_pool_stuck_by_leaks_keeps_the_held_now_alerts_firing(
     require(prometheus_bin is not None, "prometheus is not installed (apt-get install prometheus)")
     assert prometheus_bin is not None
     deadline = time.monotonic() + DEADLINE_SECONDS
-    app_port, prom_port = _free_port(), _free_port()
+    app_port, prom_port = free_port(), free_port()
     app_url, prom_url = f"http://127.0.0.1:{app_port}", f"http://127.0.0.1:{prom_port}"
     instance = f"127.0.0.1:{app_port}"
     rules = write(tmp_path / "rules", FAST)
@@ -379,8 +352,8 @@ def test_a_pool_stuck_by_leaks_keeps_the_held_now_alerts_firing(
         f"--web.listen-address=127.0.0.1:{prom_port}",
     ]
     with (
-        _process(app_args, app_log, cwd=ROOT) as app_proc,
-        _process(prom_args, prom_log) as prom_proc,
+        process_group(app_args, app_log, cwd=ROOT) as app_proc,
+        process_group(prom_args, prom_log) as prom_proc,
         httpx.Client(base_url=app_url, timeout=10) as app,
         httpx.Client(base_url=prom_url, timeout=10) as prom,
     ):

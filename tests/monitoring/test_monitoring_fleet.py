@@ -24,7 +24,8 @@ from observer.monitoring._render import write
 from observer.monitoring.config import MonitoringConfig
 from observer.server._label import server_label
 from tests.helpers import require
-from tests.helpers.pgcluster import PgCluster, available, free_port
+from tests.helpers.pgcluster import PgCluster, available
+from tests.helpers.processes import free_port
 from tests.monitoring.shipped import ROOT
 
 pytestmark = [pytest.mark.promtool, pytest.mark.postgres, pytest.mark.slow]

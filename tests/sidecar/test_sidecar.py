@@ -27,7 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from observer.cli import main
 from observer.sidecar import Sidecar, SidecarConfig, check_health
 from tests.helpers import PG_HOST, PG_PORT, PG_USER, require, throwaway_database
-from tests.helpers.pgcluster import PgCluster, available, free_port
+from tests.helpers.pgcluster import PgCluster, available
+from tests.helpers.processes import free_port
 from tests.helpers.scrape import Samples, reaches, scrape, value, wait_for
 
 PASSWORD = "Sidecar-Secret-PW"

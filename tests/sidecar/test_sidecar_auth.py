@@ -17,7 +17,7 @@ import pytest
 
 from observer.sidecar._config import add_arguments, resolve
 from tests.helpers import PG_HOST, PG_PORT, PG_USER
-from tests.helpers.pgcluster import free_port
+from tests.helpers.processes import free_port
 
 TOKEN = "sidecar-token-" + "0123456789abcdef"
 ENV = {k: v for k, v in os.environ.items() if not k.startswith(("OBSERVER_", "PROMETHEUS_"))}
