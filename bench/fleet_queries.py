@@ -241,6 +241,39 @@ def _close(raw: dict[float, float], recorded: dict[float, float], shift: int) ->
     )
 
 
+def agreeing(
+    url: str, raw_expr: str, name: str, start: int, end: int, title: str, tries: int = 3
+) -> tuple[dict[str, dict[float, float]], dict[str, dict[float, float]]]:
+    """Both arms' answers, which must agree. Asked again (up to ``tries`` times, a second
+    apart) when they do not: a Prometheus just started on overlapping blocks may still be
+    merging them. Fails with the first difference when they never agree."""
+    for attempt in range(tries):
+        raw = query(url, raw_expr, start, end)[1]
+        rec = query(url, name, start, end)[1]
+        if _same(raw, rec):
+            return raw, rec
+        if attempt + 1 < tries:
+            time.sleep(1)
+    raise AssertionError(f"{title}: raw and recorded values differ: {_difference(raw, rec)}")
+
+
+def _difference(raw: dict[str, dict[float, float]], rec: dict[str, dict[float, float]]) -> str:
+    """The first series or point where the two answers differ, for the failure message."""
+    if raw.keys() != rec.keys():
+        only_raw, only_rec = (
+            sorted(raw.keys() - rec.keys())[:3],
+            sorted(rec.keys() - raw.keys())[:3],
+        )
+        return f"series only raw {only_raw}, only recorded {only_rec}"
+    for key, points in raw.items():
+        for t, value in points.items():
+            other = rec[key].get(t)
+            if other is None or not math.isclose(value, other, rel_tol=1e-9, abs_tol=1e-12):
+                sizes = f"{len(points)} vs {len(rec[key])} points"
+                return f"{key} at {t}: raw {value}, recorded {other} ({sizes})"
+    return "no point differs at shift 0 (compare with the recorded ones one step later)"
+
+
 def run(processes: int, hours: float, rounds: int) -> dict[str, Any]:
     """Build the data, then time every query raw and recorded, alternating."""
     groups = rule_groups(MonitoringConfig())
@@ -271,9 +304,7 @@ def run(processes: int, hours: float, rounds: int) -> dict[str, Any]:
             times: dict[tuple[str, str], list[float]] = {arm: [] for arm in arms}
             sizes: dict[tuple[str, str], int] = {}
             for title, name in QUERIES:  # warm both; they must return the same numbers
-                raw = query(url, inline(name, recorded), q_start, end)[1]
-                rec = query(url, name, q_start, end)[1]
-                assert _same(raw, rec), f"{title}: raw and recorded values differ"
+                raw, rec = agreeing(url, inline(name, recorded), name, q_start, end, title)
                 sizes[(title, "raw")], sizes[(title, "recorded")] = len(raw), len(rec)
             for round_no in range(rounds):
                 for title, kind in rotated(arms, round_no):
