@@ -245,16 +245,25 @@ def observer_origins(log: str) -> list[str]:
     ]
 
 
+# The last line of a traceback: a class name (its last dotted part capitalised, not an all-caps
+# log level such as "INFO:"), then ":" and the message, or nothing.
+_EXCEPTION_LINE = re.compile(r"((?:[A-Za-z_]\w*\.)*[A-Z]\w*[a-z]\w*)(?::|$)")
+
+
 def exception_lines(log: str) -> Outcomes:
-    """Exception classes in the log's tracebacks (the line after each traceback's frames)."""
+    """Exception classes in the log's tracebacks (the line after each traceback's frames).
+    Another thread's log line can land between a traceback's lines (the server prints a
+    traceback in many writes): such a line is passed over, not taken for the exception."""
     found: Outcomes = collections.Counter()
     inside = False
     for line in log.splitlines():
         if line.startswith("Traceback (most recent call last):"):
             inside = True
         elif inside and line and not line[0].isspace():
-            found[line.split(":", 1)[0]] += 1
-            inside = False
+            match = _EXCEPTION_LINE.match(line)
+            if match is not None:
+                found[match.group(1)] += 1
+                inside = False
     return found
 
 

@@ -71,9 +71,12 @@ def test_the_sidecar_drops_a_sigkilled_uvicorn_workers_gauges_by_default(
     held = threading.Thread(target=fetch_quietly, args=(f"{server.url}/sleep?seconds=60",))
     try:
         held.start()
+        # Each gauge reaches the directory at its worker's next push: wait for all three.
         samples = wait_for(
-            url, lambda s: sorted(checked_out(s, pool).values()) == [0.0, 1.0],
-            what="one worker holding a connection", timeout=20,
+            url, lambda s: sorted(checked_out(s, pool).values()) == [0.0, 1.0]
+            and value(s, "sqlalchemy_orm_sessions_open") == 1
+            and value(s, "sqlalchemy_route_connections_held", route="/sleep") == 1,
+            what="one worker holding a session and a connection", timeout=20,
         )  # fmt: skip
         (pid,) = (worker for worker, held in checked_out(samples, pool).items() if held == 1)
         assert value(samples, "sqlalchemy_orm_sessions_open") == 1
