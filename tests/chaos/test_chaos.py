@@ -35,6 +35,25 @@ Phases = dict[str, Outcomes]
 Scenario = Callable[[Server], Phases]
 
 
+def _settled_with_server(
+    server: Server, database_url: str, broken_checkin: bool
+) -> dict[str, float]:
+    """The settled figures once the server's view agrees: every connection opened and not
+    closed is a backend. Closes are counted by deferred work (within a sweep, 0.1 s, not at
+    once), so the two are compared until they agree or 10 s have passed."""
+    deadline = time.monotonic() + 10
+    while True:
+        figures = harness.settle(
+            server, harness.pool_label(database_url), broken_checkin=broken_checkin
+        )
+        figures["server_backends"] = asyncio.run(backends(database_url, "pool-observer"))
+        if figures["opened"] - figures["closed"] == figures["server_backends"]:
+            return figures
+        if time.monotonic() > deadline:
+            raise AssertionError(f"opened - closed != the server's backends: {figures}")
+        time.sleep(0.1)
+
+
 def run_arms(
     scenario: Scenario,
     database_url: str,
@@ -60,16 +79,7 @@ def run_arms(
                 if settle is not None:
                     figures = settle(server)
                 else:
-                    figures = harness.settle(
-                        server, harness.pool_label(database_url), broken_checkin=broken_checkin
-                    )
-                    # the server's view: every connection opened and not closed is a backend
-                    figures["server_backends"] = asyncio.run(
-                        backends(database_url, "pool-observer")
-                    )
-                    assert figures["opened"] - figures["closed"] == figures["server_backends"], (
-                        figures
-                    )
+                    figures = _settled_with_server(server, database_url, broken_checkin)
         finally:
             harness.stop_server(server)
         logs[with_observer] = server.log()
