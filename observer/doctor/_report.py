@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
@@ -135,11 +135,13 @@ def render_text(report: Report, out: TextIO, assumed: Mapping[str, str] | None =
             file=out,
         )
     print(file=out)
-    for f in report.findings:
+    print_findings(report.findings, out)
+
+
+def print_findings(findings: Sequence[Finding], out: TextIO) -> None:
+    """Each finding with its fix, then the count of problems and notes (every doctor report)."""
+    for f in findings:
         print(f"{f.severity.upper():8} {f.code}: {f.message}", file=out)
         print(f"{'':8} fix: {f.fix}", file=out)
-    problems = [f for f in report.findings if f.severity != "info"]
-    print(
-        f"{len(problems)} problem(s), {len(report.findings) - len(problems)} note(s).",
-        file=out,
-    )
+    problems = [f for f in findings if f.severity != "info"]
+    print(f"{len(problems)} problem(s), {len(findings) - len(problems)} note(s).", file=out)

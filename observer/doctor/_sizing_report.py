@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from observer.doctor._history import FleetHistory
-from observer.doctor._report import EXIT_FINDINGS, EXIT_OK
+from observer.doctor._report import EXIT_FINDINGS, EXIT_OK, print_findings
 from observer.doctor._sizing import ServerRoom, Sizing, largest_replicas, size_pool
 from observer.server._findings import SEVERITY_RANK, Finding
 
@@ -222,8 +222,4 @@ def render_sizing(report: SizingReport, out: TextIO) -> None:
             file=out,
         )
     print(file=out)
-    for f in report.findings:
-        print(f"{f.severity.upper():8} {f.code}: {f.message}", file=out)
-        print(f"{'':8} fix: {f.fix}", file=out)
-    problems = [f for f in report.findings if f.severity != "info"]
-    print(f"{len(problems)} problem(s), {len(report.findings) - len(problems)} note(s).", file=out)
+    print_findings(report.findings, out)
