@@ -10,9 +10,9 @@ from time import perf_counter
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection, QueuePool
 
-from observer._compat.sqlalchemy import Acquire, Return, state_of
+from observer._compat.sqlalchemy import Acquire, Return, max_overflow, state_of
 from observer._logs import current_span_context, emit, remember_span
 from observer.attribution._scope import ENDED, current_http, current_request, request_now
 from observer.pool._base import (
@@ -35,6 +35,11 @@ from observer.pool._base import (
 from observer.pool._handout import Handouts
 from observer.pool._state import pool_fields
 
+_request_get = current_request.get
+_http_get = current_http.get
+_http_set = current_http.set
+_http_reset = current_http.reset
+
 
 def acquire_wrapper(
     original: Acquire,
@@ -44,27 +49,46 @@ def acquire_wrapper(
     record_timeout: Callable[[float], object],
     loop_error: Callable[[BaseException], object],
     pool_id: int,
+    held: dict[int, Any] | None = None,
+    capacity: float = float("inf"),
     clock: Callable[[], float] = perf_counter,
 ) -> Acquire:
     """``pool.connect`` measured: SQLAlchemy has no "checkout started" event, and a checkout
     that times out fires no event at all, so waiting time, waiters and timeouts are measured
-    around the call that ``Engine.raw_connection`` makes."""
+    around the call that ``Engine.raw_connection`` makes.
+
+    A checkout that finds every connection out (``held`` reaches the pool's ``capacity``) runs
+    without the request in the observer's context: an async pool waits with a
+    ``pool_timeout`` timer, and the event loop keeps that timer, with a copy of the context,
+    until its time (30 s by default) even once the wait is over. The request's holder and
+    attribution scope would live on with it, under contention for every waiting checkout
+    (bench/README.md, "Waiting checkouts")."""
+    held = {} if held is None else held
 
     def connect() -> PoolProxiedConnection:
         waiters.append(None)
         started = clock()
+        token = None
+        if len(held) >= capacity and _http_get() is not None:
+            token = _http_set(None)  # put back before anything is recorded
         try:
             connection = original()
         except sa_exc.TimeoutError:
+            if token is not None:
+                _put_back(token, checkout_failed)
             waited = clock() - started
             waiters.pop()
             record_timeout(waited)
             raise
         except BaseException as exc:
+            if token is not None:
+                _put_back(token, checkout_failed)
             waiters.pop()
             if isinstance(exc, RuntimeError):
                 loop_error(exc)
             raise
+        if token is not None:
+            _put_back(token, checkout_failed)
         now = clock()
         waiters.pop()
         try:
@@ -74,6 +98,25 @@ def acquire_wrapper(
         return connection
 
     return connect
+
+
+def _put_back(token: Any, failed: Callable[[Exception], None]) -> None:
+    """The request back in the context after a checkout that had to wait (never raises)."""
+    try:
+        _http_reset(token)
+    except (ValueError, RuntimeError) as exc:  # another context: that request loses its route
+        failed(exc)
+
+
+def capacity(pool: Pool) -> float:
+    """How many connections ``pool`` hands out at most (a ``QueuePool``'s size plus its
+    overflow), infinite for a pool that never makes a checkout wait."""
+    if not isinstance(pool, QueuePool):
+        return float("inf")
+    overflow = max_overflow(pool)
+    if overflow is None or overflow < 0:
+        return float("inf")
+    return float(pool.size() + overflow)
 
 
 def return_wrapper(
@@ -87,10 +130,6 @@ def return_wrapper(
         original(record)
 
     return return_conn
-
-
-_request_get = current_request.get
-_http_get = current_http.get
 
 
 class Checkouts(Handouts):
