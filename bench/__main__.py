@@ -62,6 +62,7 @@ class Sizes:
     traced_distinct: int
     instruction_cycles: int  # checkout cycles per valgrind run (0: the part is skipped)
     instruction_sessions: int
+    instruction_requests: int  # of /db (twice as many of /noop) per valgrind run
 
 
 FULL = Sizes(
@@ -85,6 +86,7 @@ FULL = Sizes(
     traced_distinct=10_000,
     instruction_cycles=1_000,
     instruction_sessions=200,
+    instruction_requests=1_000,
 )
 TINY = Sizes(
     cycles=200,
@@ -107,6 +109,7 @@ TINY = Sizes(
     traced_distinct=100,
     instruction_cycles=0,  # valgrind's start-up alone takes minutes: not in --tiny
     instruction_sessions=0,
+    instruction_requests=0,
 )
 
 ASGI_ARMS = ("bare", "observer", "otel", "bare (A/A)", "passthrough (the floor)")
@@ -304,7 +307,10 @@ def main(argv: list[str] | None = None) -> int:
 
             if instructions.available():
                 results["instructions"] = instructions.run(
-                    server.url(database), sizes.instruction_cycles, sizes.instruction_sessions
+                    server.url(database),
+                    sizes.instruction_cycles,
+                    sizes.instruction_sessions,
+                    sizes.instruction_requests,
                 )
             else:
                 print("valgrind is not installed: no instruction counts", file=sys.stderr)

@@ -22,11 +22,13 @@ time and its garbage collections, read before and after each measured run.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import gc
 import json
 import os
 import resource
+from collections.abc import Iterator
 from time import thread_time
 from typing import Any
 
@@ -36,6 +38,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 ARMS = ("bare", "observer", "otel", "passthrough", "scopevar")
+ABLATIONS = {
+    "idle": "held-idle measurement (the dialect's execute, commit and rollback not wrapped)",
+    "sessions": "session tracking (no Session listeners, no origins)",
+    "middleware": "the middleware (requests not attributed: work counts under route none)",
+}
+"""Parts of the observer a benchmark arm can leave out (not options: a user cannot turn these
+off). Only to split the observer's cost by part."""
 STATS_PATH = "/_bench/stats"
 
 
@@ -113,10 +122,34 @@ class ScopeVar(PassThrough):
             _request_scope.reset(token)
 
 
+@contextlib.contextmanager
+def ablated(parts: tuple[str, ...]) -> Iterator[None]:
+    """While ``instrument()`` runs: the parts in ``parts`` are not attached."""
+    unknown = set(parts) - set(ABLATIONS)
+    if unknown:
+        raise ValueError(f"unknown ablation {sorted(unknown)}; one of {', '.join(ABLATIONS)}")
+    from observer.pool._idle import IdleWatch
+    from observer.sessions._tracker import SessionTracker
+
+    saved = IdleWatch.attach, SessionTracker.listen
+    if "idle" in parts:
+        IdleWatch.attach = lambda self, dialect: None  # type: ignore[method-assign]
+    if "sessions" in parts:
+        SessionTracker.listen = lambda self: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        IdleWatch.attach, SessionTracker.listen = saved  # type: ignore[method-assign]
+
+
 SELECT_1 = text("SELECT 1")
 
 
-def create_app(arm: str, dsn: str, **observer_options: Any) -> tuple[FastAPI, AsyncEngine]:
+def create_app(
+    arm: str, dsn: str, ablate: tuple[str, ...] = (), **observer_options: Any
+) -> tuple[FastAPI, AsyncEngine]:
+    """The bench app of ``arm``; ``ablate`` (observer arm only): parts of the observer left out,
+    to measure each part's share of its cost (:data:`ABLATIONS`)."""
     if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r}; one of {', '.join(ARMS)}")
     # BENCH_POOL="size,overflow": the e2e run keeps it small (every arm's server at once must
@@ -152,7 +185,10 @@ def create_app(arm: str, dsn: str, **observer_options: Any) -> tuple[FastAPI, As
     if arm == "observer":
         import observer
 
-        observer.instrument(app, engine, **observer_options)
+        with ablated(ablate):
+            observer.instrument(app, engine, **observer_options)
+        if "middleware" in ablate:  # the engine watched, the requests not
+            app.user_middleware.clear()
     elif arm == "passthrough":
         app.add_middleware(PassThrough)
     elif arm == "scopevar":

@@ -17,6 +17,8 @@ asyncpg counts vary by about 1 %.
 from __future__ import annotations
 
 import asyncio
+import gc
+import json
 import os
 import re
 import shutil
@@ -41,8 +43,36 @@ WORKLOADS: dict[str, dict[str, str]] = {
         "observer, capture_origin=False": "noorigin",
         "observer, capture_origin=True": "observer",
     },
+    # one request through the bench app in process (no sockets): GET /noop, GET /db
+    "noop": {
+        "bare": "bare",
+        "bare (A/A)": "bare",
+        "passthrough (the floor)": "passthrough",
+        "observer": "observer",
+    },
+    "db": {
+        "bare": "bare",
+        "bare (A/A)": "bare",
+        "passthrough (the floor)": "passthrough",
+        "observer": "observer",
+        "observer, capture_origin=False": 'observer{"capture_origin": false}',
+        "observer, server_timing=False": 'observer{"server_timing": false}',
+        "observer without held-idle measurement": "observer-idle",
+        "observer without session tracking": "observer-sessions",
+        "observer without the middleware": "observer-middleware",
+    },
+}
+DESCRIPTIONS = {
+    "cycle": "`async with engine.connect(): pass`",
+    "session": "`async with Session() as s: await s.execute(SELECT 1)`",
+    "noop": "`GET /noop` through the bench app, in process",
+    "db": "`GET /db` (one `SELECT 1` through an `AsyncSession`) through the bench app, in process",
 }
 WARMUP = 300
+# The sweeper ticks once a second of wall time, and valgrind runs the process 50 times slower:
+# its ticks (flushes, age checks) would count as per-operation work, more of them in the 3N run
+# and more on a loaded machine. A real process runs thousands of operations per tick.
+QUIET_SWEEPER = {"sweep_interval_seconds": 3600}
 
 
 def available() -> bool:
@@ -64,13 +94,23 @@ def _count(arm: str, workload: str, n: int, dsn: str) -> int:
     return int(match.group(1).replace(",", ""))
 
 
-def run(dsn: str, cycles: int, sessions: int, parallel: int = 2) -> dict[str, Any]:
+def run(
+    dsn: str,
+    cycles: int,
+    sessions: int,
+    requests: int = 0,
+    parallel: int = 2,
+    workloads: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """Instructions per operation for every arm of every workload (two valgrind processes at
-    a time: the counts do not depend on what runs next to them)."""
-    sizes = {"cycle": cycles, "session": sessions}
+    a time: the counts do not depend on what runs next to them): ``requests`` of ``/db`` and
+    twice as many of ``/noop`` (0: as many as ``sessions``)."""
+    chosen = {w: a for w, a in WORKLOADS.items() if not workloads or w in workloads}
+    requests = requests or sessions
+    sizes = {"cycle": cycles, "session": sessions, "noop": 2 * requests, "db": requests}
     jobs = [
         (workload, label, arm, n)
-        for workload, arms in WORKLOADS.items()
+        for workload, arms in chosen.items()
         for label, arm in arms.items()
         for n in (sizes[workload], 3 * sizes[workload])
     ]
@@ -78,7 +118,7 @@ def run(dsn: str, cycles: int, sessions: int, parallel: int = 2) -> dict[str, An
         counts = list(pool.map(lambda job: _count(job[2], job[0], job[3], dsn), jobs))
     found: dict[str, Any] = {"sizes": sizes, "per_op": {}}
     by_job = {(w, label, n): c for (w, label, _, n), c in zip(jobs, counts, strict=True)}
-    for workload, arms in WORKLOADS.items():
+    for workload, arms in chosen.items():
         n = sizes[workload]
         per_op = {
             label: (by_job[(workload, label, 3 * n)] - by_job[(workload, label, n)]) / (2 * n)
@@ -108,14 +148,46 @@ def _attach(arm: str, engine: Any) -> Any:
     from observer import Observer
     from observer.attribution._scope import RequestScope, current_request
 
-    obs = Observer(registry=CollectorRegistry(), capture_origin=arm != "noorigin")
+    obs = Observer(registry=CollectorRegistry(), capture_origin=arm != "noorigin", **QUIET_SWEEPER)
     obs.watch(engine, name="bench")
     if arm == "inreq":
         current_request.set(RequestScope(route="/bench"))
     return obs
 
 
+def _settle() -> None:
+    """After the warm-up: everything alive so far is left out of later garbage collections.
+    Otherwise whether a full collection (tens of millions of instructions over the import-time
+    heap) falls in the N or the 3N run is chance, and moved the per-request counts by 2 %."""
+    gc.collect()
+    gc.freeze()
+
+
+async def _requests(arm: str, path: str, n: int, dsn: str) -> None:
+    """``n`` requests to ``path`` through the bench app of ``arm``, after a warm-up."""
+    from bench.app import create_app
+    from bench.asgi import Driver
+
+    # observer{"option": value}: instrument() options; observer-part: a part left out (ablation)
+    kind, _, options = arm.partition("{")
+    kind, *ablate = kind.split("-")
+    chosen = json.loads("{" + options) if options else {}
+    if kind == "observer":
+        chosen = {**QUIET_SWEEPER, **chosen}
+    app, engine = create_app(kind, dsn, tuple(ablate), **chosen)
+    driver = Driver(app)
+    await driver.many([path] * WARMUP)
+    _settle()
+    await driver.many([path] * n)
+    await engine.dispose()
+    if set(driver.statuses) != {200}:
+        raise RuntimeError(f"{arm} {path}: statuses {driver.statuses}")
+
+
 async def _work(arm: str, workload: str, n: int, dsn: str) -> None:
+    if workload in ("noop", "db"):
+        await _requests(arm, "/" + workload, n, dsn)
+        return
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
@@ -136,6 +208,7 @@ async def _work(arm: str, workload: str, n: int, dsn: str) -> None:
 
     for _ in range(WARMUP):
         await one()
+    _settle()
     for _ in range(n):
         await one()
     if obs is not None:

@@ -116,21 +116,24 @@ def _asgi(results: dict[str, Any]) -> list[str]:
 
 
 def _instructions(results: dict[str, Any]) -> list[str]:
-    from bench.instructions import WORKLOADS, summary
+    from bench.instructions import DESCRIPTIONS, summary
 
     found = results["instructions"]
+    sizes = found["sizes"]
     out = ["## 1b. Instructions per operation (valgrind, asyncpg)", ""]
     out.append(
-        "Machine instructions the process executes per `async with engine.connect(): pass` "
-        f"cycle ({found['sizes']['cycle']:,} and {3 * found['sizes']['cycle']:,} cycles) and per "
-        f"`async with Session() as s: await s.execute(SELECT 1)` ({found['sizes']['session']:,} "
-        f"and {3 * found['sizes']['session']:,}), the difference of two runs under `valgrind "
-        "--tool=cachegrind`: independent of the machine's load, unlike any time. bare (A/A) "
-        "shows how much the count itself varies (the event loop's polling, the network)."
+        "Machine instructions the process executes per operation, the difference of two runs "
+        "of N and 3N operations under `valgrind --tool=cachegrind`: independent of the "
+        "machine's load, unlike any time. bare (A/A) shows how much the count itself varies "
+        "(the event loop's polling, the network). The requests go through the bench app in "
+        "process (no sockets); an arm *without* a part leaves that part of the observer out "
+        "(a benchmark-only ablation, `ABLATIONS` in bench/app.py): its Δ to *observer* is "
+        "that part's cost."
     )
     out.append("")
-    for workload in WORKLOADS:
-        out.append(f"**{workload}**")
+    for workload in found["per_op"]:
+        n = sizes[workload]
+        out.append(f"**{workload}**: {DESCRIPTIONS[workload]} ({n:,} and {3 * n:,})")
         out.append("")
         out += _table(
             ["arm", "instructions", "Δ", "ratio"],
