@@ -79,20 +79,25 @@ async def test_a_waiting_request_gets_the_leaked_connection_alone(engine: AsyncE
 
 @pytest.mark.filterwarnings("ignore:The garbage collector is trying:sqlalchemy.exc.SAWarning")
 @pytest.mark.usefixtures("collector_paused")
-async def test_the_task_collects_while_serving_and_stop_collects_the_rest(
+async def test_the_task_collects_each_leak_after_its_hold_and_stop_collects_the_rest(
     engine: AsyncEngine,
 ) -> None:
-    held = LeakedSessions()
+    held = LeakedSessions(hold=0.2)
+    assert held.collect(due_only=True) == 0
     held.start(0.02)
+    assert gc.get_freeze_count() > 0  # serving: the collections walk only the new objects
     await leak(engine, held)
+    assert held.collect(due_only=True) == 0  # held for its hold first: it keeps the connection
+    await asyncio.sleep(0.1)
+    assert len(held) == 1
     for _ in range(100):
         if not len(held):
             break
         await asyncio.sleep(0.01)
     assert len(held) == 0
-    await held.stop()
     async with engine.connect() as conn:  # the pool's only connection came back
         await conn.execute(SELECT_1)
     held.drop(object())
-    await held.stop()  # stopped already: collects what is left
+    await held.stop()  # collects what is left, however recent
     assert len(held) == 0
+    assert gc.get_freeze_count() == 0
