@@ -24,6 +24,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from observer.demo._leaked import LeakedSessions
+
 metadata = MetaData()
 orders = Table(
     "demo_orders",
@@ -64,20 +66,27 @@ async def pool_exhausted(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The schema before serving, the leaked sessions collected while serving (from a plain
+    task, see _leaked.py), the engines created per request disposed of after."""
+    await create_schema(app.state.engine)
+    app.state.leaked_sessions.start()
+    yield
+    await app.state.leaked_sessions.stop()
+    for stray in app.state.stray_engines:
+        await stray.dispose()
+
+
 def create_app(engine: AsyncEngine) -> FastAPI:
     """The demo app on ``engine`` (not instrumented: the caller does that, in one line)."""
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await create_schema(engine)
-        yield
-        for stray in stray_engines:
-            await stray.dispose()
-
     app = FastAPI(title="pool-observer demo", lifespan=lifespan)
+    app.state.engine = engine
     Session = async_sessionmaker(engine, expire_on_commit=False)
     stray_engines: list[AsyncEngine] = []
     app.state.stray_engines = stray_engines
+    # the demo's plumbing, not one of its bugs: where the leaking routes drop their sessions
+    leaked = app.state.leaked_sessions = LeakedSessions()
     app.state.pool_timeouts = Counter()  # route template -> requests answered 503
     app.add_exception_handler(PoolTimeout, pool_exhausted)
 
@@ -118,6 +127,7 @@ def create_app(engine: AsyncEngine) -> FastAPI:
         garbage collector finds it (the 'non-checked-in connection' warning)."""
         session = Session()
         rows = (await session.execute(select(orders.c.item).limit(3))).scalars().all()
+        leaked.drop(session)  # the demo's plumbing: collected from a plain task (_leaked.py)
         return {"cart": cart_id, "items": list(rows)}
 
     @app.get("/checkout/{cart_id}")
@@ -129,6 +139,7 @@ def create_app(engine: AsyncEngine) -> FastAPI:
             await session.execute(text("SELECT * FROM demo_missing_table"))
             await session.close()
         except Exception:
+            leaked.drop(session)  # the demo's plumbing: collected from a plain task (_leaked.py)
             return {"cart": cart_id, "status": "retry later"}  # the session is left open
         return {"cart": cart_id, "status": "ok"}  # pragma: no cover
 
