@@ -133,7 +133,7 @@ class Prometheus:
             )
         try:
             answer = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # nested deeper than Python's
             answer = None
         if not isinstance(answer, dict) or "status" not in answer:
             raise PrometheusError(
@@ -143,6 +143,11 @@ class Prometheus:
         if answer["status"] != "success":
             error = self._clean(str(answer.get("error", "no reason given")))
             raise PrometheusError(f"--prometheus {self.shown} refused a query: {error}")
+        if "data" not in answer:
+            raise PrometheusError(
+                f"--prometheus {self.shown} did not answer as the Prometheus HTTP API does "
+                f"({path}: a success without data); {_FIX}"
+            )
         return answer["data"]
 
     def _clean(self, reason: object) -> str:

@@ -1,0 +1,75 @@
+"""``observer doctor --prometheus`` against bad input: URLs and tokens it cannot use, and a local
+server answering what no Prometheus would. Each is one line on stderr, exit 2, within the
+timeout, never a traceback or a credential."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from observer.cli import main
+
+USER, PASSWORD = "doctor", "Pr0m-Secret-pw"
+TOKEN_ENV = "OBSERVER_PROMETHEUS_TOKEN"
+# What each path of the server answers (status, body).
+ANSWERS: dict[str, tuple[int, bytes]] = {
+    "no-data": (200, b'{"status": "success"}'),
+    "deep": (200, b"[" * 100_000),
+    "deep-data": (200, b'{"status": "success", "data": ' + b"[" * 100_000 + b"}"),
+}
+
+
+class _Answers(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        mode = self.path.split("/")[1]
+        status, body = ANSWERS[mode]
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    """``http://doctor:<password>@127.0.0.1:<port>``: paths name the answer (ANSWERS)."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{USER}:{PASSWORD}@127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def doctor(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["doctor", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_clean_line(err: str) -> None:
+    assert err.endswith("\n"), err
+    assert err.count("\n") == 1, err
+    assert "Traceback" not in err, err
+    assert PASSWORD not in err, err
+
+
+@pytest.mark.parametrize("mode", list(ANSWERS))
+def test_an_answer_not_shaped_as_the_api_is_one_line(
+    server: str, mode: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A success without its data, JSON nested deeper than Python parses: one line saying to
+    give the API's base URL (was a KeyError, a RecursionError traceback)."""
+    code, out, err = doctor(capsys, "--prometheus", f"{server}/{mode}")
+    assert (code, out) == (2, ""), err
+    _one_clean_line(err)
+    assert "did not answer" in err, err
+    assert "give the base URL of the Prometheus HTTP API" in err, err
