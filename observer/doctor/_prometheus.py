@@ -7,6 +7,7 @@ import http.client
 import json
 import math
 import re
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -98,32 +99,40 @@ class Prometheus:
             url, headers={"Accept": "application/json", **self.headers}
         )
         try:
-            with _OPENER.open(request, timeout=self.timeout) as response:
-                body = response.read(MAX_RESPONSE_BYTES + 1)
-        except urllib.error.HTTPError as exc:
-            body = exc.read(MAX_RESPONSE_BYTES + 1)
-            if exc.code in {401, 403}:
-                raise PrometheusError(
-                    f"--prometheus {self.shown} refused the query (HTTP {exc.code}); give its "
-                    f"credentials as https://user:password@host/ or a bearer token in ${TOKEN_ENV}"
-                ) from None
-            if 300 <= exc.code < 400:
-                raise PrometheusError(
-                    f"--prometheus {self.shown} redirected {path} (HTTP {exc.code}) to "
-                    f"{_location(exc)}; doctor follows no redirect (the credentials would go "
-                    "along): give the URL it redirects to"
-                ) from None
-            if exc.code not in {400, 422, 503}:  # the API's own errors come with a JSON body
-                raise PrometheusError(
-                    f"--prometheus {self.shown} answered HTTP {exc.code} to {path}; {_FIX}"
-                ) from None
+            refused, body = _fetch(request, self.timeout)
+        except _Late:
+            raise PrometheusError(
+                f"--prometheus {self.shown} did not answer {path} within {self.timeout:g} s "
+                "(--connect-timeout); check that it is the Prometheus HTTP API, or raise "
+                "--connect-timeout"
+            ) from None
         except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
             raise PrometheusError(
                 f"--prometheus {self.shown} could not be reached ({self._clean(reason)}); check "
                 f"its host and port, or raise --connect-timeout; {_FIX}"
             ) from None
+        if refused is not None:
+            self._check_status(refused, path)
         return self._data(body, path)
+
+    def _check_status(self, exc: urllib.error.HTTPError, path: str) -> None:
+        """PrometheusError for an HTTP error status, but the API's own errors (a JSON body)."""
+        if exc.code in {401, 403}:
+            raise PrometheusError(
+                f"--prometheus {self.shown} refused the query (HTTP {exc.code}); give its "
+                f"credentials as https://user:password@host/ or a bearer token in ${TOKEN_ENV}"
+            )
+        if 300 <= exc.code < 400:
+            raise PrometheusError(
+                f"--prometheus {self.shown} redirected {path} (HTTP {exc.code}) to "
+                f"{_location(exc)}; doctor follows no redirect (the credentials would go "
+                "along): give the URL it redirects to"
+            )
+        if exc.code not in {400, 422, 503}:  # the API's own errors come with a JSON body
+            raise PrometheusError(
+                f"--prometheus {self.shown} answered HTTP {exc.code} to {path}; {_FIX}"
+            )
 
     def _data(self, body: bytes, path: str) -> Any:
         if len(body) > MAX_RESPONSE_BYTES:
@@ -167,6 +176,42 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 _OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+class _Late(Exception):
+    """No whole answer within the timeout."""
+
+
+def _fetch(
+    request: urllib.request.Request, timeout: float
+) -> tuple[urllib.error.HTTPError | None, bytes]:
+    """(the HTTP error status, if any; the body) of one request, read within ``timeout`` in
+    all, else :class:`_Late`. The socket's timeout bounds each read only: a server sending a
+    byte now and then would hold doctor as long as it kept sending. The reading thread is
+    left behind when late (a daemon: it ends with the server, or with the process)."""
+    outcome: list[tuple[urllib.error.HTTPError | None, bytes] | Exception] = []
+
+    def fetch() -> None:
+        try:
+            with _OPENER.open(request, timeout=timeout) as response:
+                outcome.append((None, response.read(MAX_RESPONSE_BYTES + 1)))
+        except urllib.error.HTTPError as exc:
+            try:
+                outcome.append((exc, exc.read(MAX_RESPONSE_BYTES + 1)))
+            except Exception as error:  # the error's body broke off
+                outcome.append(error)
+        except Exception as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=fetch, name="observer-doctor-prometheus", daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not outcome:
+        raise _Late
+    result = outcome[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def _location(exc: urllib.error.HTTPError) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.server
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -14,7 +15,7 @@ from observer.cli import main
 
 USER, PASSWORD = "doctor", "Pr0m-Secret-pw"
 TOKEN_ENV = "OBSERVER_PROMETHEUS_TOKEN"
-# What each path of the server answers (status, body).
+# What each path of the server answers (status, body); "drip" sends a byte every 0.2 s.
 ANSWERS: dict[str, tuple[int, bytes]] = {
     "no-data": (200, b'{"status": "success"}'),
     "deep": (200, b"[" * 100_000),
@@ -25,6 +26,17 @@ ANSWERS: dict[str, tuple[int, bytes]] = {
 class _Answers(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         mode = self.path.split("/")[1]
+        if mode == "drip":
+            self.send_response(200)
+            self.end_headers()
+            try:
+                for _ in range(100):  # 20 s in all
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:
+                pass
+            return
         status, body = ANSWERS[mode]
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
@@ -73,3 +85,17 @@ def test_an_answer_not_shaped_as_the_api_is_one_line(
     _one_clean_line(err)
     assert "did not answer" in err, err
     assert "give the base URL of the Prometheus HTTP API" in err, err
+
+
+def test_a_server_sending_a_byte_now_and_then_is_cut_at_the_timeout(
+    server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--connect-timeout bounds each whole answer, not each read: a server dripping a byte
+    every 0.2 s held doctor for as long as it kept dripping."""
+    started = time.monotonic()
+    code, out, err = doctor(capsys, "--prometheus", f"{server}/drip", "--connect-timeout", "1")
+    took = time.monotonic() - started
+    assert (code, out) == (2, ""), err
+    _one_clean_line(err)
+    assert took < 5, took
+    assert "did not answer /api/v1/label/job/values within 1 s (--connect-timeout)" in err, err
