@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from observer._values import valid_host
+
 TOKEN_ENV = "OBSERVER_PROMETHEUS_TOKEN"
 # A 7-day range at a 10-minute step is ~1000 points a series: a few MB for a large fleet.
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
@@ -238,19 +240,57 @@ def _number(text: str) -> float:
     return value if math.isfinite(value) else math.nan
 
 
+_NOT_URL = "--prometheus must be an http(s) URL"
+
+
+def _split(text: str) -> tuple[urllib.parse.SplitResult, str, int | None]:
+    """The parts of the URL ``text``, its host and port; ValueError saying what is wrong,
+    never repeating ``text`` (it may hold a password)."""
+    text = text.strip()
+    if not text.isprintable() or re.search(r"\s", text):
+        raise ValueError(
+            f"{_NOT_URL} without spaces or control characters (percent-encode them); {_FIX}"
+        )
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError:  # an unclosed '['
+        raise ValueError(
+            f"{_NOT_URL}: its host is unreadable (an IPv6 address goes in brackets: "
+            f"http://[::1]:9090); {_FIX}"
+        ) from None
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ValueError(f"{_NOT_URL}; {_FIX}")
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        port = 0
+    if port == 0:
+        raise ValueError(f"{_NOT_URL}: its port is not a number from 1 to 65535; {_FIX}")
+    host = parts.hostname or ""
+    if not valid_host(_ascii(host)):
+        raise ValueError(f"{_NOT_URL}: its host is not a host name or IP address; {_FIX}")
+    if not parts.path.isascii():
+        raise ValueError(
+            f"{_NOT_URL}: its path has characters other than ASCII (percent-encode them); {_FIX}"
+        )
+    if parts.query or parts.fragment:
+        raise ValueError(f"--prometheus takes no query or fragment; {_FIX}")
+    return parts, host, port
+
+
+def _ascii(host: str) -> str:
+    """An international host name as DNS spells it (punycode); empty when it cannot be one."""
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return ""
+
+
 def connect(text: str, *, timeout: float, environ: Mapping[str, str]) -> Prometheus:
     """The API ``text`` names: an http(s) URL, its userinfo (if any) sent as basic auth and
     masked in output; ``$OBSERVER_PROMETHEUS_TOKEN`` sent as a bearer token. ValueError naming
     ``--prometheus`` for a URL that cannot be one, never repeating a credential."""
-    parts = urllib.parse.urlsplit(text.strip()) if text.isprintable() else None
-    try:
-        host, port = (parts.hostname, parts.port) if parts else (None, None)
-    except ValueError:  # a port that is not a number or out of range
-        host = port = None
-    if parts is None or parts.scheme not in {"http", "https"} or not host:
-        raise ValueError(f"--prometheus must be an http(s) URL; {_FIX}")
-    if parts.query or parts.fragment:
-        raise ValueError(f"--prometheus takes no query or fragment; {_FIX}")
+    parts, host, port = _split(text)
     netloc = host if ":" not in host else f"[{host}]"
     netloc += f":{port}" if port else ""
     base = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))

@@ -99,3 +99,32 @@ def test_a_server_sending_a_byte_now_and_then_is_cut_at_the_timeout(
     _one_clean_line(err)
     assert took < 5, took
     assert "did not answer /api/v1/label/job/values within 1 s (--connect-timeout)" in err, err
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (f"http://{USER}:{PASSWORD}@[::1", "--prometheus must be an http(s) URL: its host is "
+         "unreadable (an IPv6 address goes in brackets: http://[::1]:9090)"),
+        (f"http://{USER}:{PASSWORD}@127.0.0.1:0", "--prometheus must be an http(s) URL: its port "
+         "is not a number from 1 to 65535"),
+        ("http://127.0.0.1:99999", "its port is not a number from 1 to 65535"),
+        ("http://prom etheus:9090", "--prometheus must be an http(s) URL without spaces or control "
+         "characters (percent-encode them)"),
+        ("http://127.0.0.1:1/prom etheus", "without spaces or control characters"),
+        (f"http://{USER}:{PASSWORD}@127.0.0.1:1/\u00e9t\u00e9", "its path has characters other "
+         "than ASCII (percent-encode them)"),
+        ("http://prom_$etheus:9090", "its host is not a host name or IP address"),
+    ],
+)  # fmt: skip
+def test_a_url_doctor_cannot_ask_says_why_before_connecting(
+    url: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unclosed IPv6 bracket (was a bare "Invalid IPv6 URL"), port 0 (was dropped from the
+    URL shown, then "connection refused" on port 80), a space or a non-ASCII path (was "could
+    not be reached" quoting the whole query): one line saying what to fix."""
+    code, out, err = doctor(capsys, "--prometheus", url)
+    assert (code, out) == (2, ""), err
+    _one_clean_line(err)
+    assert message in err, err
+    assert "could not be reached" not in err, err
