@@ -306,10 +306,12 @@ def connect(text: str, *, timeout: float, environ: Mapping[str, str]) -> Prometh
         shown = base.replace("://", f"://{_MASK}@", 1)
     token = environ.get(TOKEN_ENV)
     if token is not None:
-        if not token.strip() or re.search(r"\s", token.strip()) or not token.isprintable():
+        value = token.strip()
+        if not value or re.search(r"\s", value) or not (value.isprintable() and value.isascii()):
+            # An HTTP header carries ASCII only: http.client failed on it, "could not be reached"
             raise ValueError(
-                f"${TOKEN_ENV} is set but is not a token (empty, or with blanks or control "
-                "characters): set it to the bearer token, or unset it"
+                f"${TOKEN_ENV} is set but is not a token (empty, or with blanks, control or "
+                "non-ASCII characters): set it to the bearer token, or unset it"
             )
         if headers:
             raise ValueError(

@@ -128,3 +128,17 @@ def test_a_url_doctor_cannot_ask_says_why_before_connecting(
     _one_clean_line(err)
     assert message in err, err
     assert "could not be reached" not in err, err
+
+
+def test_a_token_no_http_header_can_carry_is_refused(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token with non-ASCII characters (a copy from a rich-text page) was sent, failed in
+    http.client, and read "could not be reached (ordinal not in range(256))"."""
+    monkeypatch.setenv(TOKEN_ENV, "\uff54\uff4f\uff4b\uff45\uff4e-0123456789")
+    code, out, err = doctor(capsys, "--prometheus", "http://127.0.0.1:1")
+    assert (code, out) == (2, ""), err
+    _one_clean_line(err)
+    assert f"${TOKEN_ENV} is set but is not a token" in err, err
+    assert "non-ASCII" in err, err
+    assert "\uff54" not in err, err
