@@ -142,3 +142,20 @@ def test_a_token_no_http_header_can_carry_is_refused(
     assert f"${TOKEN_ENV} is set but is not a token" in err, err
     assert "non-ASCII" in err, err
     assert "\uff54" not in err, err
+
+
+def test_a_range_starting_with_a_dash_says_how_to_give_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--range -5m``: argparse takes -5m for an option and said only "expected one
+    argument"; the error says how to pass it, and that value then gets --range's own error."""
+    code, out, err = doctor(capsys, "--prometheus", "http://127.0.0.1:1", "--range", "-5m")
+    assert (code, out) == (2, ""), err
+    _one_clean_line(err)
+    assert err == (
+        "observer doctor: error: argument --range: expected one argument (a value that starts "
+        "with '-' goes after '=': --range=VALUE)\n"
+    ), err
+    code, out, err = doctor(capsys, "--prometheus", "http://127.0.0.1:1", "--range=-5m")
+    assert (code, out) == (2, ""), err
+    assert "--range must be a Prometheus duration from 15m to 366d" in err, err
