@@ -5,8 +5,10 @@ timeout, never a traceback or a credential."""
 from __future__ import annotations
 
 import http.server
+import json
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 
 import pytest
@@ -37,7 +39,7 @@ class _Answers(http.server.BaseHTTPRequestHandler):
             except OSError:
                 pass
             return
-        status, body = ANSWERS[mode]
+        status, body = _plausible(self.path) if mode == "1e308" else ANSWERS[mode]
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -45,6 +47,20 @@ class _Answers(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+def _plausible(path: str) -> tuple[int, bytes]:
+    """Answers shaped as the API's, of job "api" and pool "p", every value 1e308."""
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)
+    data: object = ["api"]
+    series = {"pool": "p", "instance": "app:8000", "le": "+Inf"}
+    if "/query_range" in path:
+        start, end = float(query["start"][0]), float(query["end"][0])
+        values = [[start + (end - start) * k / 10, "1e308"] for k in range(10)]
+        data = {"resultType": "matrix", "result": [{"metric": series, "values": values}]}
+    elif "/query" in path:
+        data = {"resultType": "vector", "result": [{"metric": series, "value": [0, "1e308"]}]}
+    return 200, json.dumps({"status": "success", "data": data}).encode()
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +175,14 @@ def test_a_range_starting_with_a_dash_says_how_to_give_it(
     code, out, err = doctor(capsys, "--prometheus", "http://127.0.0.1:1", "--range=-5m")
     assert (code, out) == (2, ""), err
     assert "--range must be a Prometheus duration from 15m to 366d" in err, err
+
+
+def test_values_no_pool_can_have_are_one_line(
+    server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Prometheus answering 1e308 checkouts a second (finite, so kept): the sizing overflowed
+    ("cannot convert float infinity to integer", a traceback)."""
+    code, out, err = doctor(capsys, "--prometheus", f"{server}/1e308", "--range", "1h")
+    assert (code, out) == (2, ""), err
+    _one_clean_line(err)
+    assert "for pool 'p' of --job 'api': no pool holds that many" in err, err
