@@ -77,9 +77,9 @@ class Prometheus:
         values = self._get(path, params)
 
         def names() -> list[str]:
-            if not isinstance(values, list):
-                raise TypeError(type(values).__name__)
-            return sorted(str(v) for v in values)
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                raise TypeError(type(values).__name__)  # the API's label values are strings
+            return sorted(values)
 
         return self._parsed(path, names)
 

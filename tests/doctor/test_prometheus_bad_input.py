@@ -22,6 +22,7 @@ ANSWERS: dict[str, tuple[int, bytes]] = {
     "no-data": (200, b'{"status": "success"}'),
     "deep": (200, b"[" * 100_000),
     "deep-data": (200, b'{"status": "success", "data": ' + b"[" * 100_000 + b"}"),
+    "not-names": (200, b'{"status": "success", "data": [1, null, {"a": 1}]}'),
 }
 
 
@@ -94,8 +95,9 @@ def _one_clean_line(err: str) -> None:
 def test_an_answer_not_shaped_as_the_api_is_one_line(
     server: str, mode: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A success without its data, JSON nested deeper than Python parses: one line saying to
-    give the API's base URL (was a KeyError, a RecursionError traceback)."""
+    """A success without its data, JSON nested deeper than Python parses, label values that
+    are no strings: one line saying to give the API's base URL (were a KeyError, a
+    RecursionError traceback, and "pools of several jobs (1, None, {'a': 1})")."""
     code, out, err = doctor(capsys, "--prometheus", f"{server}/{mode}")
     assert (code, out) == (2, ""), err
     _one_clean_line(err)
