@@ -79,7 +79,7 @@ class Prometheus:
         def names() -> list[str]:
             if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
                 raise TypeError(type(values).__name__)  # the API's label values are strings
-            return sorted(values)
+            return sorted(_printable(v) for v in values)
 
         return self._parsed(path, names)
 
@@ -166,7 +166,7 @@ class Prometheus:
         text = str(reason)
         for secret in (*self.secrets, *self.headers.values()):
             text = text.replace(secret, _MASK) if secret else text
-        return text.splitlines()[0] if text else text
+        return _printable(text.splitlines()[0]) if text else text
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -231,7 +231,15 @@ def _labels(metric: object) -> Labels:
     """A series' labels, as strings."""
     if not isinstance(metric, dict):
         raise TypeError(type(metric).__name__)
-    return {str(k): str(v) for k, v in metric.items()}
+    return {str(k): _printable(str(v)) for k, v in metric.items()}
+
+
+def _printable(text: str) -> str:
+    """``text`` with its control characters escaped (``\\x1b``): what Prometheus sends goes to
+    a terminal, where an escape sequence would clear the screen or retitle the window."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def _number(text: str) -> float:

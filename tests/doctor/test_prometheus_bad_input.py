@@ -24,6 +24,8 @@ ANSWERS: dict[str, tuple[int, bytes]] = {
     "deep-data": (200, b'{"status": "success", "data": ' + b"[" * 100_000 + b"}"),
     "not-names": (200, b'{"status": "success", "data": [1, null, {"a": 1}]}'),
 }
+# The API's own error (422), with terminal escapes in its text.
+ESCAPES = (422, b'{"status": "error", "error": "bad \\u001b[2J\\u001b]0;owned\\u0007 query"}')
 
 
 class _Answers(http.server.BaseHTTPRequestHandler):
@@ -40,7 +42,10 @@ class _Answers(http.server.BaseHTTPRequestHandler):
             except OSError:
                 pass
             return
-        status, body = _plausible(self.path) if mode == "1e308" else ANSWERS[mode]
+        if mode == "1e308":
+            status, body = _plausible(self.path)
+        else:
+            status, body = ESCAPES if mode == "escapes" else ANSWERS[mode]
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -188,3 +193,14 @@ def test_values_no_pool_can_have_are_one_line(
     assert (code, out) == (2, ""), err
     _one_clean_line(err)
     assert "for pool 'p' of --job 'api': no pool holds that many" in err, err
+
+
+def test_terminal_escapes_in_an_answer_are_shown_not_run(
+    server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The API's error text went to the terminal as sent: an ESC sequence in it cleared the
+    screen or retitled the window. Control characters are shown escaped."""
+    code, out, err = doctor(capsys, "--prometheus", f"{server}/escapes")
+    assert (code, out) == (2, ""), err
+    _one_clean_line(err)
+    assert err.endswith("refused a query: bad \\x1b[2J\\x1b]0;owned\\x07 query\n"), err
