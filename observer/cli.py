@@ -42,6 +42,9 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # "argument --port: --port must be ..." says the option twice: once is enough.
         message = re.sub(r"^argument (\S+): (?=\1 )", "", message)
+        flag = re.fullmatch(r"argument (--\S+): expected one argument", message)
+        if flag:  # "--range -5m": argparse took the value for an option
+            message += f" (a value that starts with '-' goes after '=': {flag[1]}=VALUE)"
         if "unrecognized arguments" in message or "invalid choice" in message:
             message += f" (see: {self.prog} --help)"
         self.exit(2, f"{self.prog}: error: {message}\n")

@@ -235,17 +235,17 @@ def _parse_env(env_name: str, raw: str, hint: object) -> object:
         if lowered in {"0", "false", "no", "off"}:
             return False
         raise ConfigurationError(f"{env_name} must be true or false (got {raw!r})")
-    if hint is float:
-        return _env_number(env_name, raw, DECIMAL, "a number of seconds")
-    if hint is int:
-        return _env_number(env_name, raw, WHOLE, "a whole number")
+    if hint is float or hint is int:  # an option that may be None also reads "off"
+        kind = "a number of seconds" if hint is float else "a whole number"
+        return _env_number(env_name, raw, DECIMAL if hint is float else WHOLE, kind, optional)
     return text
 
 
-def _env_number(env_name: str, raw: str, pattern: re.Pattern[str], kind: str) -> float:
+def _env_number(env_name: str, raw: str, pattern: re.Pattern[str], kind: str, off: bool) -> float:
     """A number in ASCII digits (``int()``, ``float()`` also read other digits, 'inf', 'nan')."""
     if not pattern.fullmatch(raw.strip()):
-        raise ConfigurationError(f"{env_name} must be {kind} in ASCII digits (got {raw!r})")
+        kind += " in ASCII digits" + (", or off" if off else "")
+        raise ConfigurationError(f"{env_name} must be {kind} (got {raw!r})")
     return (int if pattern is WHOLE else float)(raw)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from time import perf_counter
+from typing import NamedTuple
 
 from observer._asgi_types import Scope
 from observer._hooks import Hooks
@@ -15,6 +16,13 @@ from observer.attribution._route_templates import UNMATCHED, route_template
 from observer.attribution._scope import ENDED, HttpRequest, RequestScope
 from observer.sessions._tracker import SessionTracker
 from observer.settings import Settings
+
+
+class _Opened(NamedTuple):
+    """Where a session left open at the request's end was opened, without the session's
+    record (which points back at the request)."""
+
+    origin: object
 
 
 class Requests:
@@ -100,7 +108,9 @@ class Requests:
 
     def _check_sessions(self, request: RequestScope, now: float) -> None:
         records = [record for record in request.sessions or () if not record.closed]
-        request.sessions = None  # the records point back at the request: break the cycle
+        # The records point back at the request: break the cycle, but keep where the open ones
+        # were opened, for the connections they still hold (snapshot(), the live page).
+        request.sessions = [_Opened(record.origin) for record in records] or None
         if not records:
             return  # the common case: every session was closed before the app returned
         # FastAPI >= 0.118 closes yield dependencies after the response is sent, but before the

@@ -15,6 +15,8 @@ from observer.doctor._sizing import Peak, PoolHistory, ServerRoom
 # range query stays near 2000 points a series.
 MIN_WINDOW_SECONDS = 300
 MAX_ROUTES = 10
+# More connections than one process ever holds: the answer is not a pool's.
+MAX_PLAUSIBLE_CONNECTIONS = 1e6
 # Metrics the sizing needs (observer/metrics/_contract.py names them).
 CHECKOUTS = "sqlalchemy_pool_checkouts_total"
 TIMEOUTS = "sqlalchemy_pool_checkout_timeouts_total"
@@ -132,10 +134,28 @@ def read_history(
             f"--job {job!r}: no checkout in the last {range_text} (the pools were idle or "
             "their counters not scraped); give a --range that covers busy hours"
         )
+    for history in pools:
+        _check_plausible(prom, job, history)
     busiest = max(pools, key=lambda p: p.peak.concurrency).peak
     routes = _routes(prom, sel, busiest.time, window)
     server = _server(prom, sel, span, end)
     return FleetHistory(job, start, end, window, pools, replicas, workers, routes, server, idle)
+
+
+def _check_plausible(prom: Prometheus, job: str, history: PoolHistory) -> None:
+    """PrometheusError for connection counts no process has (a Prometheus answering nonsense,
+    or other series under these names): the sizing would overflow on them."""
+    for what, value in (
+        ("connections in use at the peak (Little's law)", history.peak.concurrency),
+        ("connections checked out at once", history.max_checked_out),
+        ("requests waiting at once", history.max_waiting),
+    ):
+        if not 0 <= value <= MAX_PLAUSIBLE_CONNECTIONS:
+            raise PrometheusError(
+                f"--prometheus {prom.shown} answered {value:.3g} {what} for pool "
+                f"{history.pool!r} of --job {job!r}: no pool holds that many; check that "
+                "these series are the app's pool metrics"
+            )
 
 
 def _p99(histogram: str, sel: str, span: str) -> str:

@@ -7,12 +7,15 @@ import http.client
 import json
 import math
 import re
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+from observer._values import valid_host
 
 TOKEN_ENV = "OBSERVER_PROMETHEUS_TOKEN"
 # A 7-day range at a 10-minute step is ~1000 points a series: a few MB for a large fleet.
@@ -74,9 +77,9 @@ class Prometheus:
         values = self._get(path, params)
 
         def names() -> list[str]:
-            if not isinstance(values, list):
-                raise TypeError(type(values).__name__)
-            return sorted(str(v) for v in values)
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                raise TypeError(type(values).__name__)  # the API's label values are strings
+            return sorted(_printable(v) for v in values)
 
         return self._parsed(path, names)
 
@@ -98,32 +101,40 @@ class Prometheus:
             url, headers={"Accept": "application/json", **self.headers}
         )
         try:
-            with _OPENER.open(request, timeout=self.timeout) as response:
-                body = response.read(MAX_RESPONSE_BYTES + 1)
-        except urllib.error.HTTPError as exc:
-            body = exc.read(MAX_RESPONSE_BYTES + 1)
-            if exc.code in {401, 403}:
-                raise PrometheusError(
-                    f"--prometheus {self.shown} refused the query (HTTP {exc.code}); give its "
-                    f"credentials as https://user:password@host/ or a bearer token in ${TOKEN_ENV}"
-                ) from None
-            if 300 <= exc.code < 400:
-                raise PrometheusError(
-                    f"--prometheus {self.shown} redirected {path} (HTTP {exc.code}) to "
-                    f"{_location(exc)}; doctor follows no redirect (the credentials would go "
-                    "along): give the URL it redirects to"
-                ) from None
-            if exc.code not in {400, 422, 503}:  # the API's own errors come with a JSON body
-                raise PrometheusError(
-                    f"--prometheus {self.shown} answered HTTP {exc.code} to {path}; {_FIX}"
-                ) from None
+            refused, body = _fetch(request, self.timeout)
+        except _Late:
+            raise PrometheusError(
+                f"--prometheus {self.shown} did not answer {path} within {self.timeout:g} s "
+                "(--connect-timeout); check that it is the Prometheus HTTP API, or raise "
+                "--connect-timeout"
+            ) from None
         except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
             raise PrometheusError(
                 f"--prometheus {self.shown} could not be reached ({self._clean(reason)}); check "
                 f"its host and port, or raise --connect-timeout; {_FIX}"
             ) from None
+        if refused is not None:
+            self._check_status(refused, path)
         return self._data(body, path)
+
+    def _check_status(self, exc: urllib.error.HTTPError, path: str) -> None:
+        """PrometheusError for an HTTP error status, but the API's own errors (a JSON body)."""
+        if exc.code in {401, 403}:
+            raise PrometheusError(
+                f"--prometheus {self.shown} refused the query (HTTP {exc.code}); give its "
+                f"credentials as https://user:password@host/ or a bearer token in ${TOKEN_ENV}"
+            )
+        if 300 <= exc.code < 400:
+            raise PrometheusError(
+                f"--prometheus {self.shown} redirected {path} (HTTP {exc.code}) to "
+                f"{_location(exc)}; doctor follows no redirect (the credentials would go "
+                "along): give the URL it redirects to"
+            )
+        if exc.code not in {400, 422, 503}:  # the API's own errors come with a JSON body
+            raise PrometheusError(
+                f"--prometheus {self.shown} answered HTTP {exc.code} to {path}; {_FIX}"
+            )
 
     def _data(self, body: bytes, path: str) -> Any:
         if len(body) > MAX_RESPONSE_BYTES:
@@ -133,7 +144,7 @@ class Prometheus:
             )
         try:
             answer = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # nested deeper than Python's
             answer = None
         if not isinstance(answer, dict) or "status" not in answer:
             raise PrometheusError(
@@ -143,6 +154,11 @@ class Prometheus:
         if answer["status"] != "success":
             error = self._clean(str(answer.get("error", "no reason given")))
             raise PrometheusError(f"--prometheus {self.shown} refused a query: {error}")
+        if "data" not in answer:
+            raise PrometheusError(
+                f"--prometheus {self.shown} did not answer as the Prometheus HTTP API does "
+                f"({path}: a success without data); {_FIX}"
+            )
         return answer["data"]
 
     def _clean(self, reason: object) -> str:
@@ -150,7 +166,7 @@ class Prometheus:
         text = str(reason)
         for secret in (*self.secrets, *self.headers.values()):
             text = text.replace(secret, _MASK) if secret else text
-        return text.splitlines()[0] if text else text
+        return _printable(text.splitlines()[0]) if text else text
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -162,6 +178,42 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 _OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+class _Late(Exception):
+    """No whole answer within the timeout."""
+
+
+def _fetch(
+    request: urllib.request.Request, timeout: float
+) -> tuple[urllib.error.HTTPError | None, bytes]:
+    """(the HTTP error status, if any; the body) of one request, read within ``timeout`` in
+    all, else :class:`_Late`. The socket's timeout bounds each read only: a server sending a
+    byte now and then would hold doctor as long as it kept sending. The reading thread is
+    left behind when late (a daemon: it ends with the server, or with the process)."""
+    outcome: list[tuple[urllib.error.HTTPError | None, bytes] | Exception] = []
+
+    def fetch() -> None:
+        try:
+            with _OPENER.open(request, timeout=timeout) as response:
+                outcome.append((None, response.read(MAX_RESPONSE_BYTES + 1)))
+        except urllib.error.HTTPError as exc:
+            try:
+                outcome.append((exc, exc.read(MAX_RESPONSE_BYTES + 1)))
+            except Exception as error:  # the error's body broke off
+                outcome.append(error)
+        except Exception as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=fetch, name="observer-doctor-prometheus", daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not outcome:
+        raise _Late
+    result = outcome[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def _location(exc: urllib.error.HTTPError) -> str:
@@ -179,7 +231,15 @@ def _labels(metric: object) -> Labels:
     """A series' labels, as strings."""
     if not isinstance(metric, dict):
         raise TypeError(type(metric).__name__)
-    return {str(k): str(v) for k, v in metric.items()}
+    return {str(k): _printable(str(v)) for k, v in metric.items()}
+
+
+def _printable(text: str) -> str:
+    """``text`` with its control characters escaped (``\\x1b``): what Prometheus sends goes to
+    a terminal, where an escape sequence would clear the screen or retitle the window."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def _number(text: str) -> float:
@@ -188,19 +248,57 @@ def _number(text: str) -> float:
     return value if math.isfinite(value) else math.nan
 
 
+_NOT_URL = "--prometheus must be an http(s) URL"
+
+
+def _split(text: str) -> tuple[urllib.parse.SplitResult, str, int | None]:
+    """The parts of the URL ``text``, its host and port; ValueError saying what is wrong,
+    never repeating ``text`` (it may hold a password)."""
+    text = text.strip()
+    if not text.isprintable() or re.search(r"\s", text):
+        raise ValueError(
+            f"{_NOT_URL} without spaces or control characters (percent-encode them); {_FIX}"
+        )
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError:  # an unclosed '['
+        raise ValueError(
+            f"{_NOT_URL}: its host is unreadable (an IPv6 address goes in brackets: "
+            f"http://[::1]:9090); {_FIX}"
+        ) from None
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ValueError(f"{_NOT_URL}; {_FIX}")
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        port = 0
+    if port == 0:
+        raise ValueError(f"{_NOT_URL}: its port is not a number from 1 to 65535; {_FIX}")
+    host = parts.hostname or ""
+    if not valid_host(_ascii(host)):
+        raise ValueError(f"{_NOT_URL}: its host is not a host name or IP address; {_FIX}")
+    if not parts.path.isascii():
+        raise ValueError(
+            f"{_NOT_URL}: its path has characters other than ASCII (percent-encode them); {_FIX}"
+        )
+    if parts.query or parts.fragment:
+        raise ValueError(f"--prometheus takes no query or fragment; {_FIX}")
+    return parts, host, port
+
+
+def _ascii(host: str) -> str:
+    """An international host name as DNS spells it (punycode); empty when it cannot be one."""
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return ""
+
+
 def connect(text: str, *, timeout: float, environ: Mapping[str, str]) -> Prometheus:
     """The API ``text`` names: an http(s) URL, its userinfo (if any) sent as basic auth and
     masked in output; ``$OBSERVER_PROMETHEUS_TOKEN`` sent as a bearer token. ValueError naming
     ``--prometheus`` for a URL that cannot be one, never repeating a credential."""
-    parts = urllib.parse.urlsplit(text.strip()) if text.isprintable() else None
-    try:
-        host, port = (parts.hostname, parts.port) if parts else (None, None)
-    except ValueError:  # a port that is not a number or out of range
-        host = port = None
-    if parts is None or parts.scheme not in {"http", "https"} or not host:
-        raise ValueError(f"--prometheus must be an http(s) URL; {_FIX}")
-    if parts.query or parts.fragment:
-        raise ValueError(f"--prometheus takes no query or fragment; {_FIX}")
+    parts, host, port = _split(text)
     netloc = host if ":" not in host else f"[{host}]"
     netloc += f":{port}" if port else ""
     base = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
@@ -216,10 +314,12 @@ def connect(text: str, *, timeout: float, environ: Mapping[str, str]) -> Prometh
         shown = base.replace("://", f"://{_MASK}@", 1)
     token = environ.get(TOKEN_ENV)
     if token is not None:
-        if not token.strip() or re.search(r"\s", token.strip()) or not token.isprintable():
+        value = token.strip()
+        if not value or re.search(r"\s", value) or not (value.isprintable() and value.isascii()):
+            # An HTTP header carries ASCII only: http.client failed on it, "could not be reached"
             raise ValueError(
-                f"${TOKEN_ENV} is set but is not a token (empty, or with blanks or control "
-                "characters): set it to the bearer token, or unset it"
+                f"${TOKEN_ENV} is set but is not a token (empty, or with blanks, control or "
+                "non-ASCII characters): set it to the bearer token, or unset it"
             )
         if headers:
             raise ValueError(

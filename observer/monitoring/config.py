@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
+
+from observer._values import valid_host
 
 # ASCII digits: \d alone also matches other digits, which int() reads and Prometheus does not.
 _DURATION = re.compile(r"(?:(\d+)(ms|s|m|h|d|w|y))+", re.ASCII)
@@ -48,18 +51,42 @@ def check_selector(name: str, selector: str) -> None:
         )
 
 
-def check_url(name: str, url: str, *, empty: bool = False) -> None:
-    """ValueError unless ``url`` is an http(s) URL without spaces or control characters."""
+SOURCE_URL_EXAMPLE = "https://github.com/org/repo/blob/main/{path}#L{line}"
+# user:password@ in a URL's authority (an '@' in its path is none)
+_USERINFO = re.compile(r"^([^:/?#]*://)[^/?#]*@")
+
+
+def _shown(url: str) -> str:
+    """``url`` quoted for a message, its ``user:password@`` masked."""
+    return repr(_USERINFO.sub(r"\1***@", url))
+
+
+def check_url(name: str, url: str, *, empty: bool = False, example: str = "") -> None:
+    """ValueError unless ``url`` is an http(s) URL of printable ASCII without spaces, with a
+    host name and no ``user:password@``: the rendered files are read by whoever sees them.
+    Messages never repeat a password."""
     if empty and url == "":
         return
     if re.fullmatch(r"https?://[!-~]+", url, re.ASCII) is None:
         raise ValueError(
-            f"{name} must be an http(s) URL without spaces (got {url!r})"
-            + ("; empty for none" if empty else "")
+            f"{name} must be an http(s) URL without spaces, control or non-ASCII characters "
+            f"(percent-encode them) (got {_shown(url)})" + ("; empty for none" if empty else "")
         )
-
-
-SOURCE_URL_EXAMPLE = "https://github.com/org/repo/blob/main/{path}#L{line}"
+    if _USERINFO.match(url):
+        raise ValueError(
+            f"{name} must not hold a user or password (got {_shown(url)}): the rendered files "
+            "are read by whoever sees them; give the URL without user:password@"
+        )
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host, _ = parts.hostname, parts.port  # ValueError: an unclosed '[', a port not 0-65535
+    except ValueError:
+        host = None
+    if not valid_host(host):
+        raise ValueError(
+            f"{name} must be an http(s) URL with a host name (and a port number, if any), such "
+            f"as {example or 'https://docs.example.com/page'} (got {_shown(url)})"
+        )
 
 
 def check_source_url(name: str, url: str) -> None:
@@ -67,18 +94,18 @@ def check_source_url(name: str, url: str) -> None:
     maybe ``{line}``) and no other placeholder, quote, backslash or ``$``."""
     if url == "":
         return
-    check_url(name, url, empty=True)
+    check_url(name, url, empty=True, example=SOURCE_URL_EXAMPLE)
     placeholders = re.findall(r"\{[^{}]*\}", url)
     if "{path}" not in placeholders:
         raise ValueError(
-            f"{name} must contain {{path}}, where the leaking line's file goes (got {url!r}); "
-            f"e.g. {SOURCE_URL_EXAMPLE}"
+            f"{name} must contain {{path}}, where the leaking line's file goes (got "
+            f"{_shown(url)}); e.g. {SOURCE_URL_EXAMPLE}"
         )
     rest = re.sub(r"\{(?:path|line)\}", "", url)
     if re.search(r'[{}"\\$`]', rest):
         raise ValueError(
             f"{name} may hold only the placeholders {{path}} and {{line}}, and no quote, "
-            f"backslash or '$' (got {url!r}); e.g. {SOURCE_URL_EXAMPLE}"
+            f"backslash or '$' (got {_shown(url)}); e.g. {SOURCE_URL_EXAMPLE}"
         )
 
 

@@ -207,6 +207,12 @@ SETTINGS: dict[str, Row] = {
         env_bad=(
             ("soon", "OBSERVER_IDLE_GAP_LOG_SECONDS must be a number of seconds"),
             ("7200", "idle_gap_log_seconds must be a number of seconds from 0.001 to 3600"),
+            # "false" to turn it off: the error says how (it named no way to)
+            (
+                "false",
+                "OBSERVER_IDLE_GAP_LOG_SECONDS must be a number of seconds in ASCII digits, "
+                "or off (got 'false')",
+            ),
         ),
     ),
     "tracing": Row(
@@ -240,7 +246,7 @@ SETTINGS: dict[str, Row] = {
             ("99999", "metrics_port must be a port number from 0 to 65535 (got 99999)"),
             (
                 "\u0669\u0664\u0666\u0664",
-                "OBSERVER_METRICS_PORT must be a whole number in ASCII digits (got "
+                "OBSERVER_METRICS_PORT must be a whole number in ASCII digits, or off (got "
                 "'\u0669\u0664\u0666\u0664')",
             ),
         ),

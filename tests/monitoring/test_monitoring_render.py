@@ -238,3 +238,40 @@ def test_source_url_links_the_leaking_code_lines(tmp_path: Path) -> None:
     assert str(shipped["description"]).endswith(
         "Render with --source-url to link each line to its source."
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--source-url", "https://ci:gh-Secret-pw@github.com/o/r/blob/main/{path}#L{line}"],
+         "--source-url must not hold a user or password (got 'https://***@github.com/o/r/blob/"
+         "main/{path}#L{line}'): the rendered files are read by whoever sees them"),
+        (["--source-url", "https://ci:gh-Secret-pw@github.com/o/r/{line}"],
+         "--source-url must not hold a user or password"),
+        (["--runbook-url", "https://ci:gh-Secret-pw@wiki.example.com/runbooks"],
+         "--runbook-url must not hold a user or password"),
+        (["--source-url", "https://{path}#L{line}"],
+         "--source-url must be an http(s) URL with a host name (and a port number, if any), "
+         "such as https://github.com/org/repo/blob/main/{path}#L{line} (got "
+         "'https://{path}#L{line}')"),
+        (["--source-url", "https://git.example.com:{line}/{path}"],
+         "--source-url must be an http(s) URL with a host name (and a port number, if any)"),
+        (["--source-url", "http:///{path}"], "--source-url must be an http(s) URL with a host"),
+        (["--source-url", "https://git.example.com/\u00fcber/{path}"],
+         "--source-url must be an http(s) URL without spaces, control or non-ASCII characters "
+         "(percent-encode them)"),
+    ],
+)  # fmt: skip
+def test_a_link_with_credentials_or_without_a_host_is_refused(
+    tmp_path: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """user:password@ in a link was written into the dashboards (and echoed by any other error
+    about it); a template whose host is a placeholder, or empty, rendered links that go nowhere;
+    a non-ASCII character was called a space. One line, exit 2, nothing written."""
+    code = main(["render", "--out", str(tmp_path), *argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err, err
+    assert "gh-Secret-pw" not in err, err
+    assert err.count("\n") == 1, err  # argparse: usage, then the one-line error
+    assert not any(tmp_path.iterdir())
