@@ -12,16 +12,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from observer.sessions._origin import Origin, capture
+from observer.sessions._origin import capture
 
-CREATED: dict[int, Origin | None] = {}
-"""id(session) -> where it was created, written by every ``Session.__init__`` while installed.
-
-Kept here, never in the session's own ``__dict__`` (the app's object: nothing of the observer
-goes in it). Each new session writes its own entry, so an id reused by a later session never
-reads an earlier one's line. A session that never begins a transaction leaves its entry until
-its id is reused; :data:`MAX_CREATED` bounds what such sessions can leave."""
-MAX_CREATED = 10_000  # then the map starts over: a few sessions lose their creation line
+ATTRIBUTE = "_pool_observer_created"  # on the session: where it was created (an Origin)
 _lock = threading.Lock()
 _users = 0
 _original: Callable[..., None] | None = None
@@ -34,10 +27,8 @@ def _wrap(original: Callable[..., None]) -> Callable[..., None]:
         original(self, *args, **kwargs)
         # Never raise into the app: a failed capture only loses the line. (A plain try, not
         # contextlib.suppress: that is a context manager per session created.)
-        try:
-            if len(CREATED) >= MAX_CREATED:
-                CREATED.clear()
-            CREATED[id(self)] = capture()
+        try:  # noqa: SIM105
+            self.__dict__[ATTRIBUTE] = capture()
         except Exception:
             pass
 
@@ -61,8 +52,6 @@ def uninstall() -> None:
         if _users == 0:
             return
         _users -= 1
-        if _users == 0:
-            CREATED.clear()
         if _users == 0 and _original is not None:
             # Put back only our own wrapper: another library may have wrapped it since.
             if Session.__dict__.get("__init__") is _wrapper:

@@ -35,7 +35,7 @@ from observer.metrics._batching import (
 from observer.metrics._families import HOLD_BUCKETS, Metrics
 from observer.sessions import _created
 from observer.sessions import _origin as origins
-from observer.sessions._created import CREATED as _CREATED
+from observer.sessions._created import ATTRIBUTE as _CREATED
 from observer.sessions._leak_log import LeakLog
 from observer.sessions._leak_origins import LeakOrigins
 
@@ -195,12 +195,12 @@ class SessionTracker:
                 if bind is None or id(bind) not in self._engines:
                     return  # a session of an engine nobody watches
             scope = request_now()
-            key = id(session)
             if self._capture_origin:  # (code, line) each: formatted only if a leak is shown
                 origin = origins.capture()
-                created = _CREATED.get(key)  # written by the Session.__init__ wrapper
+                created = session.__dict__.get(_CREATED)  # set by the Session.__init__ wrapper
             else:
                 origin = created = None
+            key = id(session)
             record = OpenSession(key, clock(), scope, origin, created, None, None, False, self)
             record.ref = weakref.ref(session, record)
             self.open[key] = record
