@@ -212,7 +212,8 @@ def _from_env() -> FastAPI:
     if not dsn:
         raise RuntimeError("BENCH_DSN is not set (python -m bench sets it)")
     options = json.loads(os.environ.get("BENCH_OBSERVER_OPTIONS") or "{}")
-    app, _ = create_app(os.environ.get("BENCH_ARM", "bare"), dsn, **options)
+    ablate = tuple(p for p in os.environ.get("BENCH_ABLATE", "").split(",") if p)
+    app, _ = create_app(os.environ.get("BENCH_ARM", "bare"), dsn, ablate, **options)
     return app
 
 

@@ -33,7 +33,8 @@ from bench.common import PgServer, median, pin_backends, spread
 
 ROOT = Path(__file__).resolve().parent.parent
 # arm -> (BENCH_ARM, instrument() options): a feature's cost is one more observer arm with its
-# option on, e.g. "observer + <feature>": ("observer", {"<option>": True})
+# option on, e.g. "observer + <feature>": ("observer", {"<option>": True}), or with a part left
+# out, e.g. "observer without <part>": ("observer-<part>", {}) (ABLATIONS in bench/app.py)
 ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "bare": ("bare", {}),
     "bare (A/A)": ("bare", {}),
@@ -119,8 +120,10 @@ class Server:
         self.port = _free_port()
         env = dict(os.environ)
         kind, options = ARMS[arm]
+        kind, *ablate = kind.split("-")  # observer-part: that part left out (bench/app.py)
         env.update(
             BENCH_ARM=kind,
+            BENCH_ABLATE=",".join(ablate),
             BENCH_OBSERVER_OPTIONS=json.dumps(options),
             BENCH_DSN=dsn,
             BENCH_POOL=POOL,
