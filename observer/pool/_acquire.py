@@ -10,9 +10,9 @@ from time import perf_counter
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection, QueuePool
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
-from observer._compat.sqlalchemy import Acquire, Return, max_overflow, state_of
+from observer._compat.sqlalchemy import Acquire, Return, state_of
 from observer._logs import current_span_context, emit, remember_span
 from observer.attribution._scope import ENDED, current_http, current_request, request_now
 from observer.pool._base import (
@@ -49,28 +49,23 @@ def acquire_wrapper(
     record_timeout: Callable[[float], object],
     loop_error: Callable[[BaseException], object],
     pool_id: int,
-    held: dict[int, Any] | None = None,
-    capacity: float = float("inf"),
     clock: Callable[[], float] = perf_counter,
 ) -> Acquire:
     """``pool.connect`` measured: SQLAlchemy has no "checkout started" event, and a checkout
     that times out fires no event at all, so waiting time, waiters and timeouts are measured
     around the call that ``Engine.raw_connection`` makes.
 
-    A checkout that finds every connection out (``held`` reaches the pool's ``capacity``) runs
-    without the request in the observer's context: an async pool waits with a
-    ``pool_timeout`` timer, and the event loop keeps that timer, with a copy of the context,
-    until its time (30 s by default) even once the wait is over. The request's holder and
-    attribution scope would live on with it, under contention for every waiting checkout
-    (bench/README.md, "Waiting checkouts")."""
-    held = {} if held is None else held
+    The call runs without the HTTP request in the observer's context: an async pool takes a
+    connection under ``asyncio.wait_for``/``asyncio.timeout(pool_timeout)`` (SQLAlchemy 2.0 on
+    every checkout, 2.1 when it has to wait), the event loop's timer copies the context, and a
+    cancelled timer stays in the loop's heap with that copy until its time (30 s by default).
+    The request's holder and attribution scope would live on with it (bench/README.md,
+    "Checkouts"). The request is put back before anything is recorded; 150 ns."""
 
     def connect() -> PoolProxiedConnection:
         waiters.append(None)
         started = clock()
-        token = None
-        if len(held) >= capacity and _http_get() is not None:
-            token = _http_set(None)  # put back before anything is recorded
+        token = None if _http_get() is None else _http_set(None)
         try:
             connection = original()
         except sa_exc.TimeoutError:
@@ -106,17 +101,6 @@ def _put_back(token: Any, failed: Callable[[Exception], None]) -> None:
         _http_reset(token)
     except (ValueError, RuntimeError) as exc:  # another context: that request loses its route
         failed(exc)
-
-
-def capacity(pool: Pool) -> float:
-    """How many connections ``pool`` hands out at most (a ``QueuePool``'s size plus its
-    overflow), infinite for a pool that never makes a checkout wait."""
-    if not isinstance(pool, QueuePool):
-        return float("inf")
-    overflow = max_overflow(pool)
-    if overflow is None or overflow < 0:
-        return float("inf")
-    return float(pool.size() + overflow)
 
 
 def return_wrapper(

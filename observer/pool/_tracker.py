@@ -28,7 +28,7 @@ from observer.attribution._route_metrics import RouteMetrics
 from observer.attribution._scope import NO_ROUTE
 from observer.metrics._batching import LOCK, MOVE, Sink, ThreadSums, Unflushed, can_batch
 from observer.metrics._families import HOLD_BUCKETS, WAIT_BUCKETS, Metrics
-from observer.pool._acquire import acquire_wrapper, capacity, return_wrapper
+from observer.pool._acquire import acquire_wrapper, return_wrapper
 from observer.pool._base import (
     _CHECKOUTS,
     _HOLD,
@@ -262,8 +262,6 @@ class PoolTracker(PoolEvents):
                 self._record_timeout_safely,
                 self._loop_error_safely,
                 key,
-                self.held,
-                capacity(pool),
             ),
         )
         if self._wraps_return:

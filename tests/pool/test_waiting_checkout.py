@@ -1,10 +1,12 @@
-"""A checkout that waits for the pool keeps nothing of its request alive (real PostgreSQL).
+"""A checkout keeps nothing of its request alive, waiting or not (real PostgreSQL).
 
-SQLAlchemy's async pool waits for a connection under ``asyncio.timeout(pool_timeout)``: the
-event loop schedules a timer, which copies the current context, and keeps the cancelled timer
-(with that context) in its heap until its time, 30 s by default. Under contention every waiting
-request's context outlived it by that long; with the observer's contextvar in it, so did the
-request's holder and attribution scope (bench/README.md, "Waiting checkouts").
+SQLAlchemy's async pool takes a connection under ``asyncio.wait_for`` / ``asyncio.timeout``
+with ``pool_timeout`` (2.0: on every checkout; 2.1: when it has to wait): the event loop
+schedules a timer, which copies the current context, and keeps the cancelled timer (with that
+context) in its heap until its time, 30 s by default. Every such request's context outlived it
+by that long; with the observer's contextvar in it, so did the request's holder and
+attribution scope (bench/README.md, "Checkouts: nothing of a request outlives its pool
+timer").
 """
 
 from __future__ import annotations
@@ -58,9 +60,10 @@ async def test_requests_that_waited_for_the_pool_leave_nothing_alive(
     make_engine: Any, make_observer: Any, registry: CollectorRegistry
 ) -> None:
     """One request holds the pool's only connection while three others wait for it (30 s
-    pool_timeout, so their timers stay in the loop's heap for the rest of the test): once all
-    have ended, none of their holders or attribution scopes is alive, and each waiting
-    request's wait still counts on its own route, as do the checkouts."""
+    pool_timeout, so their timers stay in the loop's heap for the rest of the test; on
+    SQLAlchemy 2.0 the holding request's checkout too): once all have ended, none of their
+    holders or attribution scopes is alive, and each waiting request's wait still counts on its
+    own route, as do the checkouts."""
     engine = make_engine(pool_size=1, max_overflow=0, pool_timeout=30)
     obs = make_observer()
     obs.watch(engine, name=POOL)
