@@ -37,6 +37,12 @@ WORKLOADS: dict[str, dict[str, str]] = {
         "observer": "observer",
         "observer, in a request": "inreq",
     },
+    "select1": {
+        "bare": "bare",
+        "bare (A/A)": "bare",
+        "observer": "observer",
+        "observer without held-idle measurement": "noidle",
+    },
     "session": {
         "bare": "bare",
         "bare (A/A)": "bare",
@@ -64,6 +70,7 @@ WORKLOADS: dict[str, dict[str, str]] = {
 }
 DESCRIPTIONS = {
     "cycle": "`async with engine.connect(): pass`",
+    "select1": "`async with engine.connect() as c: await c.execute(SELECT 1)`",
     "session": "`async with Session() as s: await s.execute(SELECT 1)`",
     "noop": "`GET /noop` through the bench app, in process",
     "db": "`GET /db` (one `SELECT 1` through an `AsyncSession`) through the bench app, in process",
@@ -107,7 +114,13 @@ def run(
     twice as many of ``/noop`` (0: as many as ``sessions``)."""
     chosen = {w: a for w, a in WORKLOADS.items() if not workloads or w in workloads}
     requests = requests or sessions
-    sizes = {"cycle": cycles, "session": sessions, "noop": 2 * requests, "db": requests}
+    sizes = {
+        "cycle": cycles,
+        "select1": sessions,
+        "session": sessions,
+        "noop": 2 * requests,
+        "db": requests,
+    }
     jobs = [
         (workload, label, arm, n)
         for workload, arms in chosen.items()
@@ -145,11 +158,15 @@ def _attach(arm: str, engine: Any) -> Any:
         return None
     from prometheus_client import CollectorRegistry
 
+    from bench.app import ablated
     from observer import Observer
     from observer.attribution._scope import RequestScope, current_request
 
-    obs = Observer(registry=CollectorRegistry(), capture_origin=arm != "noorigin", **QUIET_SWEEPER)
-    obs.watch(engine, name="bench")
+    with ablated(("idle",) if arm == "noidle" else ()):
+        obs = Observer(
+            registry=CollectorRegistry(), capture_origin=arm != "noorigin", **QUIET_SWEEPER
+        )
+        obs.watch(engine, name="bench")
     if arm == "inreq":
         current_request.set(RequestScope(route="/bench"))
     return obs
@@ -202,6 +219,9 @@ async def _work(arm: str, workload: str, n: int, dsn: str) -> None:
         if workload == "cycle":
             async with engine.connect():
                 pass
+        elif workload == "select1":
+            async with engine.connect() as conn:
+                await conn.execute(select_1)
         else:
             async with factory() as session:
                 await session.execute(select_1)
