@@ -116,7 +116,7 @@ def run(
     requests = requests or sessions
     sizes = {
         "cycle": cycles,
-        "select1": sessions,
+        "select1": requests,  # the asyncpg counts need ~1,000 operations to settle
         "session": sessions,
         "noop": 2 * requests,
         "db": requests,
