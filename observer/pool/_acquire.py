@@ -60,7 +60,8 @@ def acquire_wrapper(
     every checkout, 2.1 when it has to wait), the event loop's timer copies the context, and a
     cancelled timer stays in the loop's heap with that copy until its time (30 s by default).
     The request's holder and attribution scope would live on with it (bench/README.md,
-    "Checkouts"). The request is put back before anything is recorded; 150 ns."""
+    "Checkouts: nothing of a request outlives its pool timer"). The request is put back
+    before anything is recorded; 150 ns."""
 
     def connect() -> PoolProxiedConnection:
         waiters.append(None)
@@ -96,7 +97,7 @@ def acquire_wrapper(
 
 
 def _put_back(token: Any, failed: Callable[[Exception], None]) -> None:
-    """The request back in the context after a checkout that had to wait (never raises)."""
+    """The request back in the context after the pool's ``connect`` (never raises)."""
     try:
         _http_reset(token)
     except (ValueError, RuntimeError) as exc:  # another context: that request loses its route
