@@ -54,11 +54,14 @@ def check_selector(name: str, selector: str) -> None:
 SOURCE_URL_EXAMPLE = "https://github.com/org/repo/blob/main/{path}#L{line}"
 # user:password@ in a URL's authority (an '@' in its path is none)
 _USERINFO = re.compile(r"^([^:/?#]*://)[^/?#]*@")
+# For messages: everything up to the last '@' (a password may hold an unescaped '/', '?' or
+# '#', which ends the authority before its '@'; masking an '@' of a path too is harmless)
+_UP_TO_LAST_AT = re.compile(r"^([^:/?#]*://).*@")
 
 
 def _shown(url: str) -> str:
-    """``url`` quoted for a message, its ``user:password@`` masked."""
-    return repr(_USERINFO.sub(r"\1***@", url))
+    """``url`` quoted for a message, whatever precedes its last ``@`` masked."""
+    return repr(_UP_TO_LAST_AT.sub(r"\1***@", url))
 
 
 def check_url(name: str, url: str, *, empty: bool = False, example: str = "") -> None:

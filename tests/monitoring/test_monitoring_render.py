@@ -250,6 +250,15 @@ def test_source_url_links_the_leaking_code_lines(tmp_path: Path) -> None:
          "--source-url must not hold a user or password"),
         (["--runbook-url", "https://ci:gh-Secret-pw@wiki.example.com/runbooks"],
          "--runbook-url must not hold a user or password"),
+        # a '/', '?' or '#' in the password ends the authority before its '@': still masked
+        (["--source-url", "https://ci:gh-Secret-pw/x@github.com/o/r/blob/main/{path}#L{line}"],
+         "--source-url must be an http(s) URL with a host name (and a port number, if any), "
+         "such as https://github.com/org/repo/blob/main/{path}#L{line} (got "
+         "'https://***@github.com/o/r/blob/main/{path}#L{line}')"),
+        (["--source-url", "https://ci:gh-Secret-pw?x@github.com/{path}"],
+         "(got 'https://***@github.com/{path}')"),
+        (["--dashboard-url", "https://ci:gh-Secret-pw#x@grafana.example.com/d"],
+         "(got 'https://***@grafana.example.com/d')"),
         (["--source-url", "https://{path}#L{line}"],
          "--source-url must be an http(s) URL with a host name (and a port number, if any), "
          "such as https://github.com/org/repo/blob/main/{path}#L{line} (got "
